@@ -1,0 +1,61 @@
+"""``python -m cloud_service --config cloud.toml``: run the cloud API (Werkzeug server).
+
+Exit codes: 0 stopped cleanly; 2 bad configuration; 3 model bundle unusable; 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+from device_sdk.errors import ConfigError, EdgeCascadeError, ModelError
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecascade cloud", description="Run the cloud inference API.")
+    parser.add_argument("--config", help="cloud.toml (settings may also come from EC_CLOUD__*)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from werkzeug.serving import make_server
+
+    from cloud_service.app import create_app
+    from cloud_service.config import load_cloud_config
+
+    try:
+        config = load_cloud_config(args.config)
+        server = make_server(config.cloud.host, config.cloud.port, create_app(config), threaded=True)
+    except ConfigError as exc:
+        logging.error("%s", exc)
+        return EXIT_CONFIG
+    except ModelError as exc:
+        logging.error("%s", exc)
+        return EXIT_MODEL
+    except (EdgeCascadeError, OSError) as exc:
+        logging.error("%s", exc)
+        return EXIT_ERROR
+    logging.info("cloud service listening on http://%s:%d", config.cloud.host, server.server_port)
+    _stop_on_sigterm(server)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return EXIT_OK
+
+
+def _stop_on_sigterm(server: object) -> None:
+    import signal
+    import threading
+
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown).start()  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""EdgeCascade device SDK: run the device partition, exit early, offload the rest.
+
+The public API is what ``__all__`` lists; implementation modules are importable but
+their names may change. This package never imports TensorFlow.
+"""
+
+from device_sdk.bundle import Bundle, Manifest, load_bundle
+from device_sdk.client import DeviceClient, Prediction
+from device_sdk.config import MqttConfig, load_config
+from device_sdk.errors import (
+    BundleError,
+    ConfigError,
+    DatasetError,
+    DependencyError,
+    EdgeCascadeError,
+    ModelError,
+    ModelVersionError,
+    RemoteError,
+    SchemaVersionError,
+    TensorSpecError,
+    TransportError,
+    TransportTimeout,
+    WireError,
+)
+from device_sdk.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
+from device_sdk.runtime import PartitionRunner
+from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
+
+__all__ = [
+    "AlwaysExit",
+    "Bundle",
+    "BundleError",
+    "ConfigError",
+    "DatasetError",
+    "DependencyError",
+    "DeviceClient",
+    "EdgeCascadeError",
+    "ExitPolicy",
+    "InMemoryTransport",
+    "Manifest",
+    "MaxProbExit",
+    "ModelError",
+    "ModelVersionError",
+    "MqttConfig",
+    "MqttTransport",
+    "NeverExit",
+    "PartitionRunner",
+    "Prediction",
+    "RemoteError",
+    "SchemaVersionError",
+    "TensorSpecError",
+    "Transport",
+    "TransportError",
+    "TransportTimeout",
+    "WireError",
+    "load_bundle",
+    "load_config",
+]

@@ -1,0 +1,200 @@
+"""Model bundles: a directory with ``manifest.json`` and one ``.tflite`` per partition.
+
+The manifest is the contract between training and every runtime tier. It names the model
+and its version, the classes, how raw inputs are normalised, and for each partition its
+file, sha256, input tensor, output tensors and exit settings. :func:`load_bundle` refuses a
+bundle whose manifest is malformed or whose files do not match their hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_sdk.errors import BundleError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TIERS = ("device", "gateway", "cloud")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a partition: its name in the TFLite graph, shape without batch, dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    """How a partition's exit decides: temperature for its logits and a confidence threshold."""
+
+    threshold: float
+    temperature: float = 1.0
+    score: str = "max_prob"
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """One partition of the multi-exit model and where it runs."""
+
+    tier: str
+    file: str
+    sha256: str
+    input: TensorSpec
+    logits: TensorSpec
+    exit: ExitSpec
+    features: TensorSpec | None = None  # cut features for the next tier; None on the last
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Raw input shape and normalisation: ``x = raw * scale + offset`` as float32."""
+
+    shape: tuple[int, ...]
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Raw images (uint8 or float) to the model's float32 input."""
+        return (np.asarray(raw, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
+            np.float32
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a tier needs to know about a model version."""
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    input: InputSpec
+    partitions: tuple[PartitionSpec, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    def partition(self, tier: str) -> PartitionSpec:
+        """The partition that runs on ``tier``."""
+        for p in self.partitions:
+            if p.tier == tier:
+                return p
+        raise BundleError(f"manifest has no {tier!r} partition")
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no insignificant whitespace differences."""
+        return json.dumps(asdict(self), sort_keys=True, indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Parse and validate a manifest dictionary; any problem is a BundleError."""
+        try:
+            if data.get("format") != MANIFEST_FORMAT:
+                raise BundleError(f"unsupported manifest format {data.get('format')!r}")
+            parts = tuple(_partition(p) for p in data["partitions"])
+            manifest = cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                input=InputSpec(
+                    shape=tuple(int(d) for d in data["input"]["shape"]),
+                    scale=float(data["input"]["scale"]),
+                    offset=float(data["input"]["offset"]),
+                ),
+                partitions=parts,
+                metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed manifest: {exc!r}") from None
+        tiers = tuple(p.tier for p in manifest.partitions)
+        if tiers != TIERS:
+            raise BundleError(f"manifest partitions must be {TIERS}, got {tiers}")
+        if manifest.version < 1:
+            raise BundleError("manifest version must be >= 1")
+        for p in manifest.partitions:
+            if p.logits.shape != (len(manifest.classes),):
+                raise BundleError(f"{p.tier} logits shape {p.logits.shape} != ({len(manifest.classes)},)")
+        return manifest
+
+
+def _tensor(d: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d.get("dtype", "float32")))
+
+
+def _partition(d: dict[str, Any]) -> PartitionSpec:
+    return PartitionSpec(
+        tier=str(d["tier"]),
+        file=str(d["file"]),
+        sha256=str(d["sha256"]),
+        input=_tensor(d["input"]),
+        logits=_tensor(d["logits"]),
+        exit=ExitSpec(**d["exit"]),
+        features=_tensor(d["features"]) if d.get("features") else None,
+    )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, tier: str) -> Path:
+        return self.path / self.manifest.partition(tier).file
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundle(path: str | Path, tiers: tuple[str, ...] = TIERS) -> Bundle:
+    """Read and verify a bundle; only the files of ``tiers`` need to be present."""
+    root = Path(path)
+    try:
+        data = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"no {MANIFEST} in {root}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{root / MANIFEST}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{root / MANIFEST}: expected a JSON object")
+    manifest = Manifest.from_dict(data)
+    for tier in tiers:
+        spec = manifest.partition(tier)
+        file = root / spec.file
+        if not file.is_file():
+            raise BundleError(f"bundle {root} is missing {spec.file}")
+        if sha256_file(file) != spec.sha256:
+            raise BundleError(f"{spec.file} does not match its sha256 in the manifest")
+    return Bundle(root, manifest)
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
+    root = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,236 @@
+"""DeviceClient: run the device partition, exit when confident, else ask the next tier.
+
+The client never lets a link failure reach the application: a timeout, an error reply or
+an unreadable reply becomes the device's own answer flagged ``degraded``. Bad input from
+the application itself (wrong shape, NaN) is the application's error and is raised as
+:class:`~device_sdk.errors.TensorSpecError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device_sdk import wire
+from device_sdk.bundle import Bundle, load_bundle
+from device_sdk.errors import EdgeCascadeError, RemoteError, TensorSpecError, TransportError, WireError
+from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
+from device_sdk.runtime import PartitionRunner
+from device_sdk.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer, with where it came from and what it cost."""
+
+    label: int
+    probabilities: np.ndarray
+    tier: str
+    latency_ms: float
+    bytes_sent: int  # device -> gateway, envelope included
+    bytes_upstream: int  # gateway -> cloud, caused by this input
+    degraded: bool
+    model_version: int
+    error: str | None = None  # why the answer is degraded
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+
+@dataclass
+class _Local:
+    """The device's own view of one input, kept until the upper tiers answer."""
+
+    probs: np.ndarray
+    features: np.ndarray
+    started: float
+
+
+class DeviceClient:
+    """Cascaded inference from a device: local exit first, then gateway and cloud."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device_id: str,
+        transport: Transport | None = None,
+        *,
+        policy: ExitPolicy | None = None,
+        timeout: float = 2.0,
+        num_threads: int = 1,
+    ) -> None:
+        wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.device_id = device_id
+        self.transport = transport
+        self.timeout = timeout
+        self._spec = self.manifest.partition("device")
+        self.policy = policy or policy_from_spec(self._spec.exit)
+        self._runner = PartitionRunner.from_bundle(bundle, "device", num_threads)
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, device_id: str, transport: Transport | None = None, **kwargs: object
+    ) -> DeviceClient:
+        """Load and verify the device partition of a bundle directory."""
+        return cls(load_bundle(path, tiers=("device",)), device_id, transport, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------- public API
+    def predict(self, x: np.ndarray) -> Prediction:
+        """Answer one input (raw image, e.g. uint8 28x28 or 28x28x1)."""
+        return self.predict_batch(np.asarray(x)[None])[0]
+
+    def predict_batch(
+        self, xs: np.ndarray | Sequence[np.ndarray], max_in_flight: int = 64
+    ) -> list[Prediction]:
+        """Answer a batch: one device pass, then up to ``max_in_flight`` requests in flight."""
+        started = time.perf_counter()
+        batch = self._prepare(xs)
+        out = self._runner.run(batch)
+        probs = softmax(out.logits, self._spec.exit.temperature)
+        assert out.features is not None
+        exits = self.policy.should_exit(probs)
+        device_ms = (time.perf_counter() - started) * 1000 / len(batch)
+        results: list[Prediction | None] = [None] * len(batch)
+        pending: list[tuple[int, _Local]] = []
+        for i in range(len(batch)):
+            if exits[i] or self.transport is None:
+                results[i] = self._local(
+                    probs[i], device_ms, degraded=not exits[i], error=None if exits[i] else "offline"
+                )
+            else:
+                pending.append((i, _Local(probs[i], out.features[i], started)))
+        for start in range(0, len(pending), max_in_flight):
+            window = pending[start : start + max_in_flight]
+            for i, prediction in zip(
+                [i for i, _ in window], self._offload([local for _, local in window]), strict=True
+            ):
+                results[i] = prediction
+        self.counters["inputs"] += len(batch)
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------ internals
+    def _prepare(self, xs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        batch = np.asarray(xs)
+        shape = self.manifest.input.shape
+        if batch.shape[1:] != shape and (*batch.shape[1:], 1) == shape:
+            batch = batch[..., None]
+        if batch.ndim != len(shape) + 1 or batch.shape[1:] != shape or len(batch) == 0:
+            raise TensorSpecError(f"expected inputs of shape {shape}, got a batch of shape {batch.shape}")
+        x = self.manifest.input.normalise(batch)
+        if not np.isfinite(x).all():
+            raise TensorSpecError("input holds NaN or infinite values")
+        return x
+
+    def _local(
+        self, probs: np.ndarray, latency_ms: float, *, degraded: bool, error: str | None
+    ) -> Prediction:
+        tier = wire.Tier.DEVICE.label
+        self.counters[f"answered_{tier}{'_degraded' if degraded else ''}"] += 1
+        return Prediction(
+            label=int(probs.argmax()),
+            probabilities=probs,
+            tier=tier,
+            latency_ms=latency_ms,
+            bytes_sent=0,
+            bytes_upstream=0,
+            degraded=degraded,
+            model_version=self.manifest.version,
+            error=error,
+        )
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            return next(self._seq)
+
+    def _offload(self, locals_: list[_Local]) -> list[Prediction]:
+        """Send each input's cut features to the next tier; degrade on any failure."""
+        assert self.transport is not None
+        sent: list[tuple[wire.Header, int, Future[bytes] | EdgeCascadeError]] = []
+        for local in locals_:
+            header = wire.Header(
+                wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self._next_seq()
+            )
+            request = wire.envelope_to_bytes(wire.Envelope(header, wire.encode_tensor(local.features)))
+            try:
+                sent.append((header, len(request), self.transport.submit(request, header.request_id)))
+            except TransportError as exc:
+                sent.append((header, 0, exc))
+        predictions = []
+        for local, (header, size, future) in zip(locals_, sent, strict=True):
+            try:
+                if isinstance(future, EdgeCascadeError):
+                    raise future
+                remaining = max(0.0, self.timeout - (time.perf_counter() - local.started))
+                try:
+                    reply = future.result(remaining)
+                except FutureTimeout:
+                    self.transport.forget(header.request_id)
+                    raise TransportError(f"no reply within {self.timeout:.3g} s") from None
+                result = self._read_reply(header, reply)
+            except (TransportError, WireError) as exc:
+                self.counters[f"offload_failed_{type(exc).__name__}"] += 1
+                logger.debug("offload of request %s failed: %s", header.request_id.hex(), exc)
+                latency = (time.perf_counter() - local.started) * 1000
+                predictions.append(self._degraded(local.probs, latency, size, str(exc)))
+                continue
+            latency = (time.perf_counter() - local.started) * 1000
+            self.counters[f"answered_{result.tier.label}{'_degraded' if result.degraded else ''}"] += 1
+            predictions.append(
+                Prediction(
+                    label=result.label,
+                    probabilities=result.probabilities,
+                    tier=result.tier.label,
+                    latency_ms=latency,
+                    bytes_sent=size,
+                    bytes_upstream=result.upstream_bytes,
+                    degraded=result.degraded,
+                    model_version=self.manifest.version,
+                )
+            )
+        return predictions
+
+    def _degraded(self, probs: np.ndarray, latency_ms: float, size: int, error: str) -> Prediction:
+        prediction = self._local(probs, latency_ms, degraded=True, error=error)
+        return Prediction(**{**prediction.__dict__, "bytes_sent": size})
+
+    def _read_reply(self, request: wire.Header, reply: bytes) -> wire.Result:
+        envelope = wire.envelope_from_bytes(reply)
+        if envelope.header.request_id != request.request_id:
+            raise WireError("reply does not answer this request")
+        if envelope.header.msg_type == wire.MessageType.ERROR:
+            code, message = wire.decode_error(envelope.body)
+            raise RemoteError(int(code), message)
+        if envelope.header.msg_type != wire.MessageType.RESULT:
+            raise WireError(f"unexpected reply type {envelope.header.msg_type.name}")
+        result = wire.decode_result(envelope.body)
+        if len(result.probabilities) != len(self.manifest.classes):
+            raise WireError("reply has the wrong number of classes")
+        return result

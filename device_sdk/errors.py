@@ -1,0 +1,90 @@
+"""The one exception tree of EdgeCascade.
+
+Every error the project raises on purpose derives from :class:`EdgeCascadeError`, so an
+application can catch one type. Third-party errors (paho, requests, LiteRT, TensorFlow)
+are translated at the boundary where they occur.
+
+::
+
+    EdgeCascadeError
+    ├── ConfigError            bad or missing configuration (lists every problem)
+    ├── WireError              a message that cannot be decoded or is not acceptable
+    │   ├── SchemaVersionError unknown envelope schema version
+    │   └── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    ├── ModelError             bundle or partition problems
+    │   ├── BundleError        missing files, bad manifest, hash mismatch
+    │   └── ModelVersionError  a request for a model version this node does not serve
+    ├── TransportError         a link failed
+    │   ├── TransportTimeout   no answer in time
+    │   └── RemoteError        the other side answered with an error message
+    ├── DatasetError           a dataset file is missing or malformed
+    └── DependencyError        an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+
+class EdgeCascadeError(Exception):
+    """Base class of every error raised by EdgeCascade."""
+
+
+class ConfigError(EdgeCascadeError):
+    """Configuration is missing, malformed or inconsistent."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class WireError(EdgeCascadeError):
+    """A message could not be decoded or is not acceptable."""
+
+
+class SchemaVersionError(WireError):
+    """The envelope was written with a schema version this code does not read."""
+
+
+class TensorSpecError(WireError):
+    """A tensor has the wrong shape or dtype, or holds NaN/inf."""
+
+
+class ModelError(EdgeCascadeError):
+    """A model bundle or partition cannot be used."""
+
+
+class BundleError(ModelError):
+    """A bundle is incomplete, malformed, or its files do not match their hashes."""
+
+
+class ModelVersionError(ModelError):
+    """A request names a model version this node does not serve."""
+
+
+class TransportError(EdgeCascadeError):
+    """A link to another tier failed."""
+
+
+class TransportTimeout(TransportError):
+    """The other tier did not answer in time."""
+
+
+class RemoteError(TransportError):
+    """The other tier answered with an error message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"remote error {code}: {message}")
+
+
+class DependencyError(EdgeCascadeError):
+    """An optional dependency is missing; the message says which extra to install."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(f"{module} is not installed; install it with: pip install 'edgecascade[{extra}]'")
+
+
+class DatasetError(EdgeCascadeError):
+    """A dataset file is missing, malformed or inconsistent."""

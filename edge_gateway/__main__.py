@@ -1,0 +1,49 @@
+"""``python -m edge_gateway --config gateway.toml``: run the gateway daemon.
+
+Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 2 bad configuration; 3 model bundle
+unusable; 4 broker unreachable; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from device_sdk.errors import ConfigError, EdgeCascadeError, ModelError, TransportError
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL, EXIT_BROKER = 0, 1, 2, 3, 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecascade gateway", description="Run the edge gateway daemon.")
+    parser.add_argument(
+        "--config", help="gateway.toml (settings may also come from EC_GATEWAY__*/EC_MQTT__*)"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from edge_gateway.config import load_gateway_config
+    from edge_gateway.daemon import GatewayDaemon
+
+    try:
+        GatewayDaemon(load_gateway_config(args.config)).run_forever()
+    except ConfigError as exc:
+        logging.error("%s", exc)
+        return EXIT_CONFIG
+    except ModelError as exc:
+        logging.error("%s", exc)
+        return EXIT_MODEL
+    except TransportError as exc:
+        logging.error("%s", exc)
+        return EXIT_BROKER
+    except EdgeCascadeError as exc:
+        logging.error("%s", exc)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The gateway daemon: MQTT in, micro-batched partition 2, cloud forwarding, MQTT out.
+
+paho's network thread only enqueues; one worker thread drains the queue in micro-batches
+through :class:`~edge_gateway.service.GatewayService`, and a small thread pool forwards
+unconfident requests to the cloud so a slow cloud never stalls confident answers.
+Replies always go to the requesting device's own response topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+from device_sdk import wire
+from device_sdk.bundle import load_bundle
+from device_sdk.mqtt import MqttLink
+from edge_gateway.cloud_link import CloudLink, HttpCloudLink
+from edge_gateway.config import GatewayConfig
+from edge_gateway.service import Forward, GatewayService, Request
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayDaemon:
+    """Serves every device's requests arriving through the broker."""
+
+    def __init__(
+        self, config: GatewayConfig, service: GatewayService | None = None, cloud: CloudLink | None = None
+    ) -> None:
+        self.config = config
+        settings = config.gateway
+        if service is None:
+            bundle = load_bundle(settings.bundle, tiers=("gateway",))
+            service = GatewayService(
+                bundle, cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout)
+            )
+        self.service = service
+        self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
+        self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
+        self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
+        self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
+        self._stopped = threading.Event()
+
+    def start(self, connect_timeout: float = 10.0) -> None:
+        """Connect to the broker and start serving."""
+        self._worker.start()
+        self._link.subscribe(
+            wire.gateway_subscription(self.config.gateway.shared_subscription), self._on_request
+        )
+        self._link.connect(connect_timeout)
+        logger.info(
+            "gateway %s serving model %s v%d via %s:%d",
+            self.config.gateway.gateway_id,
+            self.service.bundle.manifest.name,
+            self.service.version,
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+        )
+
+    def stop(self) -> None:
+        """Stop taking requests, finish those queued and in flight, disconnect."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._queue.put(None)
+        self._worker.join(timeout=10)
+        self._pool.shutdown(wait=True)
+        self._link.close()
+        logger.info("gateway stopped; counters: %s", dict(self.service.counters))
+
+    def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+
+        signalled = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("received signal %d, shutting down", signum)
+            signalled.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        signalled.wait()
+        self.stop()
+
+    # ---------------------------------------------------------------- network thread side
+    def _on_request(
+        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+    ) -> None:
+        device_id = wire.device_id_from_topic(topic)
+        if device_id is None:
+            self.service.count("rejected_bad_topic")
+            return
+        if response_topic is not None and response_topic != wire.response_topic(device_id):
+            self.service.count("rejected_foreign_response_topic")
+            logger.warning("device %s asked for replies on a foreign topic %s", device_id, response_topic)
+        try:
+            self._queue.put_nowait(Request(payload, device_id, correlation))
+        except queue.Full:
+            self.service.count("dropped_queue_full")
+            logger.warning("request queue full; dropping a request from %s", device_id)
+
+    # ------------------------------------------------------------------------ worker side
+    def _work(self) -> None:
+        max_batch = self.config.gateway.max_batch
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                decisions = self.service.decide(batch)
+            except Exception:  # keep serving whatever one batch did
+                logger.exception("batch of %d requests failed", len(batch))
+                self.service.count("batch_failed")
+                continue
+            for request, decision in zip(batch, decisions, strict=True):
+                if isinstance(decision, Forward):
+                    self._pool.submit(self._forward, request, decision)
+                elif decision is not None:
+                    self._reply(request, decision)
+
+    def _forward(self, request: Request, job: Forward) -> None:
+        try:
+            self._reply(request, self.service.forward(job))
+        except Exception:
+            logger.exception("forwarding failed")
+
+    def _reply(self, request: Request, payload: bytes) -> None:
+        assert request.device_id is not None
+        self._link.publish(
+            wire.response_topic(request.device_id), payload, correlation_data=request.correlation
+        )

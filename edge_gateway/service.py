@@ -1,0 +1,149 @@
+"""The gateway's request handling, apart from MQTT: validate, run partition 2, decide, forward.
+
+:meth:`GatewayService.decide` handles a micro-batch of requests with one interpreter call
+and returns, per request, either a finished reply or a :class:`Forward` job;
+:meth:`GatewayService.forward` sends a job to the cloud and turns any failure into the
+gateway's own answer flagged ``degraded``. :meth:`handle` chains both for one request, which
+is what the in-memory transport uses in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from device_sdk import serving, wire
+from device_sdk.bundle import Bundle
+from device_sdk.errors import EdgeCascadeError, WireError
+from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
+from device_sdk.runtime import PartitionRunner
+from edge_gateway.cloud_link import CloudLink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as it arrived: payload, and what the transport knows of its sender."""
+
+    payload: bytes
+    device_id: str | None = None  # from the MQTT topic; must match the envelope
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A request the gateway could not answer confidently: to be sent to the cloud."""
+
+    header: wire.Header
+    envelope: bytes  # INFER_REQUEST with cut-2 features
+    probs: np.ndarray  # exit-2 probabilities, the fallback answer
+
+
+class GatewayService:
+    """Middle tier of the cascade; thread-safe (the runner serialises interpreter calls)."""
+
+    def __init__(self, bundle: Bundle, cloud: CloudLink | None, *, policy: ExitPolicy | None = None) -> None:
+        self.bundle = bundle
+        self.version = bundle.manifest.version
+        self._spec = bundle.manifest.partition("gateway")
+        self.policy = policy or policy_from_spec(self._spec.exit)
+        self.cloud = cloud
+        self._runner = PartitionRunner.from_bundle(bundle, "gateway")
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    def decide(self, requests: list[Request]) -> list[bytes | Forward | None]:
+        """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
+        out: list[bytes | Forward | None] = [None] * len(requests)
+        valid: list[tuple[int, wire.Header, np.ndarray]] = []
+        for i, request in enumerate(requests):
+            self.count("requests")
+            self.count("bytes_in", len(request.payload))
+            try:
+                header, tensor = serving.parse_infer_request(request.payload, self.version, self._spec)
+                if request.device_id is not None and header.device_id != request.device_id:
+                    raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
+                valid.append((i, header, tensor))
+            except EdgeCascadeError as exc:
+                out[i] = self._reject(request, exc)
+        if valid:
+            result = self._runner.run(np.stack([t for _, _, t in valid]))
+            probs = softmax(result.logits, self._spec.exit.temperature)
+            exits = self.policy.should_exit(probs)
+            assert result.features is not None
+            for k, (i, header, _) in enumerate(valid):
+                if exits[k] or self.cloud is None:
+                    degraded = not exits[k]
+                    self.count("answered_gateway_degraded" if degraded else "answered_gateway")
+                    answer = wire.Result(int(probs[k].argmax()), probs[k], wire.Tier.GATEWAY, degraded)
+                    out[i] = serving.result_reply(header, answer)
+                else:
+                    body = wire.encode_tensor(result.features[k])
+                    forward = wire.Header(
+                        wire.MessageType.INFER_REQUEST,
+                        header.device_id,
+                        header.model_version,
+                        header.seq,
+                        header.request_id,
+                    )
+                    out[i] = Forward(header, wire.envelope_to_bytes(wire.Envelope(forward, body)), probs[k])
+        return out
+
+    def forward(self, job: Forward) -> bytes:
+        """Ask the cloud; on failure answer with the gateway's exit, flagged degraded."""
+        assert self.cloud is not None
+        self.count("forwarded")
+        self.count("bytes_to_cloud", len(job.envelope))
+        try:
+            reply = wire.envelope_from_bytes(self.cloud.infer(job.envelope))
+            if (
+                reply.header.request_id != job.header.request_id
+                or reply.header.msg_type != wire.MessageType.RESULT
+            ):
+                raise WireError("cloud reply does not answer the request")
+            cloud = wire.decode_result(reply.body)
+            answer = wire.Result(
+                cloud.label, cloud.probabilities, cloud.tier, cloud.degraded, len(job.envelope)
+            )
+            self.count("answered_cloud")
+        except EdgeCascadeError as exc:
+            self.count(f"cloud_failed_{type(exc).__name__}")
+            logger.warning("cloud could not answer request %s: %s", job.header.request_id.hex(), exc)
+            answer = wire.Result(
+                int(job.probs.argmax()),
+                job.probs,
+                wire.Tier.GATEWAY,
+                degraded=True,
+                upstream_bytes=len(job.envelope),
+            )
+            self.count("answered_gateway_degraded")
+        return serving.result_reply(job.header, answer)
+
+    def handle(self, payload: bytes) -> bytes:
+        """One request, start to finish (used by in-process transports)."""
+        (decision,) = self.decide([Request(payload)])
+        if decision is None:
+            raise WireError("request cannot be read or answered")
+        return self.forward(decision) if isinstance(decision, Forward) else decision
+
+    def _reject(self, request: Request, exc: EdgeCascadeError) -> bytes | None:
+        """Error reply for a request that cannot be served; None if it cannot be addressed."""
+        code = serving.error_code(exc)
+        self.count(f"rejected_{code.name.lower()}")
+        logger.warning("rejected request from %s: %s", request.device_id or "?", exc)
+        try:
+            header = wire.envelope_from_bytes(request.payload).header
+        except EdgeCascadeError:
+            if request.device_id is None or request.correlation is None or len(request.correlation) != 16:
+                return None
+            header = wire.Header(wire.MessageType.INFER_REQUEST, request.device_id, 0, 0, request.correlation)
+        return serving.error_reply(header, exc)

@@ -1,0 +1,125 @@
+"""The ``edgecascade`` command line: one entry point, one subcommand per job.
+
+Every subcommand is ``main(argv) -> int``-testable. Exit codes: 0 success, 1 failure,
+2 bad usage or configuration, 3 model problems, 4 broker unreachable (daemons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from device_sdk.errors import ConfigError, DependencyError, EdgeCascadeError
+
+DEFAULT_MODEL = Path("artifacts/model")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.export import train_and_export
+
+    from training.train import TrainConfig
+
+    config = TrainConfig.quick() if args.quick else TrainConfig()
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.subset)) if v is not None}
+    if overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    dataset = None
+    if args.data:
+        from training.data import load_npz
+
+        dataset = load_npz(Path(args.data))
+    manifest = train_and_export(config, Path(args.out), dataset=dataset, version=args.version, progress=True)
+    print(f"exported {manifest.name} v{manifest.version} to {args.out}")
+    for key, value in sorted(manifest.metrics.items()):
+        print(f"  {key}: {value:.4f}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tools.demo import run_demo
+
+    report = run_demo(
+        Path(args.model),
+        limit=args.limit,
+        report_path=Path(args.report) if args.report else None,
+        predictions_path=Path(args.predictions) if args.predictions else None,
+        retrain=args.retrain,
+        progress=not args.no_progress,
+    )
+    return 0 if report["n"] else 1
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from edge_gateway.__main__ import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
+def _cloud(args: argparse.Namespace) -> int:
+    from cloud_service.__main__ import main as cloud_main
+
+    return cloud_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecascade", description="Device-edge-cloud collaborative inference."
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level for the command (default WARNING)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the multi-exit model and export a bundle")
+    p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--data", help=".npz file with x and y arrays (default: Debian's Fashion-MNIST)")
+    p.add_argument("--quick", action="store_true", help="the quicker preset the demo uses")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("demo", help="run the whole stack on this machine and print a report")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory; trained if missing")
+    p.add_argument("--report", help="also write the report as JSON here")
+    p.add_argument("--predictions", help="write one JSON line per input here")
+    p.add_argument("--limit", type=int, help="stream only the first N test images")
+    p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    for name, func, text in (
+        ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),
+        ("cloud", _cloud, "run the cloud service (see --help after the subcommand)"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in ("gateway", "cloud"):
+        logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"edgecascade: {exc}", file=sys.stderr)
+        return 2
+    except DependencyError as exc:
+        print(f"edgecascade: {exc}", file=sys.stderr)
+        return 1
+    except EdgeCascadeError as exc:
+        print(f"edgecascade: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

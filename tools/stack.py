@@ -1,0 +1,113 @@
+"""The whole stack on this machine: Mosquitto, the cloud service and the gateway daemon.
+
+Each runs as its own process, started exactly as an operator would start it
+(``python -m cloud_service``, ``python -m edge_gateway``) with settings passed through
+``EC_…`` environment variables, and stopped with SIGTERM so their shutdown paths run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from device_sdk.config import MqttConfig
+from device_sdk.errors import TransportError
+from tools.broker import Mosquitto, free_port, wait_for_port
+
+logger = logging.getLogger(__name__)
+
+
+class LocalStack:
+    """Broker + cloud + gateway for one bundle, logs in ``workdir``; a context manager."""
+
+    def __init__(self, bundle: Path, workdir: Path) -> None:
+        self.bundle = Path(bundle).resolve()
+        self.workdir = Path(workdir)
+        self.broker = Mosquitto(self.workdir / "broker")
+        self.cloud_port = free_port()
+        self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.exit_codes: dict[str, int] = {}
+
+    @property
+    def mqtt(self) -> MqttConfig:
+        return MqttConfig(host=self.broker.host, port=self.broker.port)
+
+    def start(self, timeout: float = 60.0) -> LocalStack:
+        self.broker.start()
+        try:
+            cloud = self._spawn(
+                "cloud",
+                "cloud_service",
+                {"EC_CLOUD__BUNDLE": str(self.bundle), "EC_CLOUD__PORT": str(self.cloud_port)},
+            )
+            wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
+            gateway = self._spawn(
+                "gateway",
+                "edge_gateway",
+                {
+                    "EC_GATEWAY__BUNDLE": str(self.bundle),
+                    "EC_GATEWAY__CLOUD_URL": self.cloud_url,
+                    "EC_MQTT__HOST": self.broker.host,
+                    "EC_MQTT__PORT": str(self.broker.port),
+                },
+            )
+            self._wait_for_log("gateway", "serving model", timeout, gateway)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM the daemons (gateway first), then the broker; returns their exit codes."""
+        for name in ("gateway", "cloud"):
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                self.exit_codes[name] = process.wait(15)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within 15 s; killing it", name)
+                process.kill()
+                self.exit_codes[name] = process.wait()
+        self.broker.stop()
+        return self.exit_codes
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+            )
+        self.processes[name] = process
+        return process
+
+    def _wait_for_log(self, name: str, text: str, timeout: float, process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log(name):
+                return
+            if process.poll() is not None:
+                raise TransportError(
+                    f"{name} exited with code {process.returncode}:\n{self.log(name)[-2000:]}"
+                )
+            time.sleep(0.05)
+        raise TransportError(f"{name} not ready after {timeout:.0f} s:\n{self.log(name)[-2000:]}")
