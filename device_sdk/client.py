@@ -56,7 +56,7 @@ class _Local:
 
     probs: np.ndarray
     features: np.ndarray
-    started: float
+    device_ms: float  # this input's share of the device partition's time
 
 
 class DeviceClient:
@@ -116,7 +116,7 @@ class DeviceClient:
                     probs[i], device_ms, degraded=not exits[i], error=None if exits[i] else "offline"
                 )
             else:
-                pending.append((i, _Local(probs[i], out.features[i], started)))
+                pending.append((i, _Local(probs[i], out.features[i], device_ms)))
         for start in range(0, len(pending), max_in_flight):
             window = pending[start : start + max_in_flight]
             for i, prediction in zip(
@@ -173,22 +173,25 @@ class DeviceClient:
     def _offload(self, locals_: list[_Local]) -> list[Prediction]:
         """Send each input's cut features to the next tier; degrade on any failure."""
         assert self.transport is not None
-        sent: list[tuple[wire.Header, int, Future[bytes] | EdgeCascadeError]] = []
+        sent: list[tuple[wire.Header, int, float, Future[bytes] | EdgeCascadeError]] = []
         for local in locals_:
             header = wire.Header(
                 wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self._next_seq()
             )
             request = wire.envelope_to_bytes(wire.Envelope(header, wire.encode_tensor(local.features)))
+            submitted = time.perf_counter()
             try:
-                sent.append((header, len(request), self.transport.submit(request, header.request_id)))
+                future: Future[bytes] | EdgeCascadeError = self.transport.submit(request, header.request_id)
             except TransportError as exc:
-                sent.append((header, 0, exc))
+                future = exc
+            size = 0 if isinstance(future, EdgeCascadeError) else len(request)  # nothing left the device
+            sent.append((header, size, submitted, future))
         predictions = []
-        for local, (header, size, future) in zip(locals_, sent, strict=True):
+        for local, (header, size, submitted, future) in zip(locals_, sent, strict=True):
             try:
                 if isinstance(future, EdgeCascadeError):
                     raise future
-                remaining = max(0.0, self.timeout - (time.perf_counter() - local.started))
+                remaining = max(0.0, self.timeout - (time.perf_counter() - submitted))
                 try:
                     reply = future.result(remaining)
                 except FutureTimeout:
@@ -198,10 +201,10 @@ class DeviceClient:
             except (TransportError, WireError) as exc:
                 self.counters[f"offload_failed_{type(exc).__name__}"] += 1
                 logger.debug("offload of request %s failed: %s", header.request_id.hex(), exc)
-                latency = (time.perf_counter() - local.started) * 1000
+                latency = local.device_ms + (time.perf_counter() - submitted) * 1000
                 predictions.append(self._degraded(local.probs, latency, size, str(exc)))
                 continue
-            latency = (time.perf_counter() - local.started) * 1000
+            latency = local.device_ms + (time.perf_counter() - submitted) * 1000
             self.counters[f"answered_{result.tier.label}{'_degraded' if result.degraded else ''}"] += 1
             predictions.append(
                 Prediction(

@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set up first:
+# Debian packages (mosquitto, dataset-fashion-mnist), then .venv with every extra.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgecascade-installed
+ARTIFACTS := artifacts
+
+.PHONY: demo test setup system-deps lint clean
+
+demo: setup
+	$(BIN)/edgecascade demo --model $(ARTIFACTS)/model \
+		--report $(ARTIFACTS)/demo-report.json --predictions $(ARTIFACTS)/demo-predictions.jsonl
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@sh tools/system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
