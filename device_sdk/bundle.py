@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,10 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ExitSpec:
-    """How a partition's exit decides: temperature for its logits and a confidence threshold."""
+    """How a partition's exit decides: temperature for its logits and a confidence threshold.
+
+    A max-probability threshold above 1.0 means the exit never answers (every input moves on).
+    """
 
     threshold: float
     temperature: float = 1.0
@@ -122,9 +126,16 @@ class Manifest:
             raise BundleError(f"manifest partitions must be {TIERS}, got {tiers}")
         if manifest.version < 1:
             raise BundleError("manifest version must be >= 1")
-        for p in manifest.partitions:
+        problems = []
+        for p, nxt in zip(manifest.partitions, (*manifest.partitions[1:], None), strict=True):
             if p.logits.shape != (len(manifest.classes),):
-                raise BundleError(f"{p.tier} logits shape {p.logits.shape} != ({len(manifest.classes)},)")
+                problems.append(f"{p.tier} logits shape {p.logits.shape} != ({len(manifest.classes)},)")
+            if nxt is not None and (p.features is None or p.features.shape != nxt.input.shape):
+                problems.append(f"{p.tier} features do not match the {nxt.tier} partition's input")
+            if not (math.isfinite(p.exit.threshold) and p.exit.threshold >= 0 and p.exit.temperature > 0):
+                problems.append(f"{p.tier} exit needs a finite threshold >= 0 and a temperature > 0")
+        if problems:
+            raise BundleError("invalid manifest: " + "; ".join(problems))
         return manifest
 
 
@@ -185,16 +196,22 @@ def load_bundle(path: str | Path, tiers: tuple[str, ...] = TIERS) -> Bundle:
     return Bundle(root, manifest)
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> None:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
-    root = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-")
+def atomic_write(path: str | Path, content: bytes, mode: int = 0o644) -> None:
+    """Write a file so readers see the old or the new content, never a part (temp, fsync, rename)."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(manifest.to_json())
+        os.fchmod(fd, mode)  # mkstemp makes it owner-only; bundles are read by other daemons
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, root / MANIFEST)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` into the bundle directory ``path`` atomically."""
+    atomic_write(Path(path) / MANIFEST, manifest.to_json().encode())

@@ -18,6 +18,8 @@ from device_sdk.errors import ConfigError
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Numerically stable softmax over the last axis of ``logits / temperature``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     z = np.asarray(logits, dtype=np.float64) / temperature
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)

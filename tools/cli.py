@@ -11,14 +11,15 @@ import logging
 import sys
 from pathlib import Path
 
+from device_sdk.bundle import Manifest
 from device_sdk.errors import ConfigError, DependencyError, EdgeCascadeError
 
 DEFAULT_MODEL = Path("artifacts/model")
+DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
 
 
 def _train(args: argparse.Namespace) -> int:
     from training.export import train_and_export
-
     from training.train import TrainConfig
 
     config = TrainConfig.quick() if args.quick else TrainConfig()
@@ -32,11 +33,39 @@ def _train(args: argparse.Namespace) -> int:
         from training.data import load_npz
 
         dataset = load_npz(Path(args.data))
-    manifest = train_and_export(config, Path(args.out), dataset=dataset, version=args.version, progress=True)
-    print(f"exported {manifest.name} v{manifest.version} to {args.out}")
+    manifest = train_and_export(
+        config,
+        Path(args.out),
+        dataset=dataset,
+        version=args.version,
+        progress=True,
+        checkpoint_dir=args.checkpoint,
+    )
+    _print_manifest(manifest, args.out)
+    print(f"Keras checkpoint saved to {args.checkpoint}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_bundle
+    from training.train import load_trained
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        print(f"edgecascade: no checkpoint in {checkpoint}; run 'edgecascade train' first", file=sys.stderr)
+        return 1
+    trained = load_trained(checkpoint)
+    manifest = export_bundle(trained, Path(args.out), version=args.version, classes=trained.classes)
+    _print_manifest(manifest, args.out)
+    return 0
+
+
+def _print_manifest(manifest: Manifest, out: str) -> None:
+    print(f"exported {manifest.name} v{manifest.version} to {out}")
+    for part in manifest.partitions:
+        print(f"  {part.tier:<8} {part.file:<16} exit threshold {part.exit.threshold:.4f}")
     for key, value in sorted(manifest.metrics.items()):
         print(f"  {key}: {value:.4f}")
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -81,7 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="Keras checkpoint dir (%(default)s)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a bundle from a Keras checkpoint written by train")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="(default %(default)s)")
+    p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="run the whole stack on this machine and print a report")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory; trained if missing")

@@ -39,7 +39,6 @@ def ensure_model(model_dir: Path, *, retrain: bool = False, progress: bool = Tru
         except BundleError as exc:
             print(f"no usable model in {model_dir} ({exc}); training one")
     from training.export import train_and_export
-
     from training.train import TrainConfig
 
     started = time.perf_counter()
@@ -118,9 +117,7 @@ def run_demo(
         exit_codes=exit_codes,
     )
     print(format_report(report))
-    print(
-        f"throughput: {report['throughput_per_s']:.0f} inputs/s (one at a time); exit codes {exit_codes}"
-    )
+    print(f"throughput: {report['throughput_per_s']:.0f} inputs/s (one at a time); exit codes {exit_codes}")
     if report_path:
         write_json(report_path, report)
         print(f"report written to {report_path}")

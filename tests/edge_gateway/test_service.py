@@ -23,10 +23,10 @@ def _services(bundle_dir: Path) -> tuple[GatewayService, CloudInference]:
     return GatewayService(bundle, InMemoryCloudLink(cloud.infer)), cloud
 
 
-def test_in_memory_cascade_uses_every_tier(cascade_bundle: Path, fmnist) -> None:
-    gateway, cloud = _services(cascade_bundle)
+def test_in_memory_cascade_uses_every_tier(tiny_bundle: Path, fmnist) -> None:
+    gateway, cloud = _services(tiny_bundle)
     transport = InMemoryTransport(gateway.handle)
-    client = DeviceClient(load_bundle(cascade_bundle), "mem-device", transport, policy=NeverExit())
+    client = DeviceClient(load_bundle(tiny_bundle), "mem-device", transport, policy=NeverExit())
     predictions = client.predict_batch(fmnist.x_test[:200])
     tiers = {p.tier for p in predictions}
     assert tiers == {"gateway", "cloud"}
@@ -34,9 +34,9 @@ def test_in_memory_cascade_uses_every_tier(cascade_bundle: Path, fmnist) -> None
     assert transport.sent_bytes == sum(p.bytes_sent for p in predictions)
 
 
-def test_micro_batch_decides_like_single_requests(cascade_bundle: Path, fmnist) -> None:
-    gateway, _ = _services(cascade_bundle)
-    client = DeviceClient(load_bundle(cascade_bundle), "batch-device", None, policy=NeverExit())
+def test_micro_batch_decides_like_single_requests(tiny_bundle: Path, fmnist) -> None:
+    gateway, _ = _services(tiny_bundle)
+    client = DeviceClient(load_bundle(tiny_bundle), "batch-device", None, policy=NeverExit())
     features = client._runner.run(client._prepare(fmnist.x_test[:16])).features
     assert features is not None
     requests = [
@@ -63,11 +63,11 @@ def test_micro_batch_decides_like_single_requests(cascade_bundle: Path, fmnist) 
             assert ra.label == rb.label
 
 
-def test_failing_cloud_gives_degraded_gateway_answers(cascade_bundle: Path, fmnist) -> None:
+def test_failing_cloud_gives_degraded_gateway_answers(tiny_bundle: Path, fmnist) -> None:
     def down(_: bytes) -> bytes:
         raise TransportError("cloud unreachable")
 
-    bundle = load_bundle(cascade_bundle)
+    bundle = load_bundle(tiny_bundle)
     gateway = GatewayService(bundle, InMemoryCloudLink(down))
     client = DeviceClient(bundle, "mem-device", InMemoryTransport(gateway.handle), policy=NeverExit())
     predictions = client.predict_batch(fmnist.x_test[:100])

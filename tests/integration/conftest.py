@@ -43,8 +43,8 @@ class CloudServer:
 
 
 @pytest.fixture(scope="session")
-def cloud(cascade_bundle: Path) -> Iterator[CloudServer]:
-    config = CloudConfig(CloudSettings(bundle=cascade_bundle, port=0, max_body_bytes=64 * 1024))
+def cloud(tiny_bundle: Path) -> Iterator[CloudServer]:
+    config = CloudConfig(CloudSettings(bundle=tiny_bundle, port=0, max_body_bytes=64 * 1024))
     app = create_app(config)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -61,17 +61,17 @@ def gateway_config(bundle: Path, mqtt: MqttConfig, cloud_url: str, **settings: o
 
 
 @pytest.fixture(scope="session")
-def gateway(cascade_bundle: Path, mqtt_config: MqttConfig, cloud: CloudServer) -> Iterator[GatewayDaemon]:
-    daemon = GatewayDaemon(gateway_config(cascade_bundle, mqtt_config, cloud.url))
+def gateway(tiny_bundle: Path, mqtt_config: MqttConfig, cloud: CloudServer) -> Iterator[GatewayDaemon]:
+    daemon = GatewayDaemon(gateway_config(tiny_bundle, mqtt_config, cloud.url))
     daemon.start()
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture
-def make_client(cascade_bundle: Path, mqtt_config: MqttConfig) -> Iterator[Callable[..., DeviceClient]]:
+def make_client(tiny_bundle: Path, mqtt_config: MqttConfig) -> Iterator[Callable[..., DeviceClient]]:
     clients: list[DeviceClient] = []
-    bundle = load_bundle(cascade_bundle)
+    bundle = load_bundle(tiny_bundle)
 
     def make(
         device_id: str = "test-device", mqtt: MqttConfig | None = None, **kwargs: object

@@ -78,34 +78,32 @@ def _error(reply: wire.Envelope) -> wire.ErrorCode:
 
 
 def test_gateway_answers_bad_requests_with_errors_and_keeps_serving(
-    raw: RawDevice, gateway: GatewayDaemon, cascade_bundle: Path
+    raw: RawDevice, gateway: GatewayDaemon, tiny_bundle: Path
 ) -> None:
     counters = gateway.service.counters
     before = dict(counters)
-    good = _request(cascade_bundle, _cut1(cascade_bundle))
+    good = _request(tiny_bundle, _cut1(tiny_bundle))
     future_schema = bytearray(good)
     future_schema[2] = wire.SCHEMA_VERSION + 1
 
     assert _error(raw.ask(b"\x00garbage")) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(good[:-3])) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(bytes(future_schema))) is wire.ErrorCode.UNSUPPORTED_SCHEMA
+    assert _error(raw.ask(_request(tiny_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
     assert (
-        _error(raw.ask(_request(cascade_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
-    )
-    assert (
-        _error(raw.ask(_request(cascade_bundle, _cut1(cascade_bundle).astype(np.float16))))
+        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle).astype(np.float16))))
         is wire.ErrorCode.BAD_TENSOR
     )
-    nan = _cut1(cascade_bundle)
+    nan = _cut1(tiny_bundle)
     nan.flat[0] = np.nan
-    assert _error(raw.ask(_request(cascade_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
+    assert _error(raw.ask(_request(tiny_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
     assert (
-        _error(raw.ask(_request(cascade_bundle, _cut1(cascade_bundle), version=999)))
+        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), version=999)))
         is wire.ErrorCode.UNKNOWN_MODEL_VERSION
     )
     # an envelope claiming to come from another device than its topic says
     assert (
-        _error(raw.ask(_request(cascade_bundle, _cut1(cascade_bundle), device="someone-else")))
+        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), device="someone-else")))
         is wire.ErrorCode.MALFORMED
     )
 
@@ -119,9 +117,9 @@ def test_gateway_answers_bad_requests_with_errors_and_keeps_serving(
 
 
 def test_device_turns_error_replies_into_degraded_answers(
-    gateway: GatewayDaemon, cascade_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
+    gateway: GatewayDaemon, tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
 ) -> None:
-    bundle = load_bundle(cascade_bundle)
+    bundle = load_bundle(tiny_bundle)
     stale = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, version=999))
 
     client = DeviceClient(
@@ -135,10 +133,10 @@ def test_device_turns_error_replies_into_degraded_answers(
     assert "409" in (prediction.error or "")
 
 
-def test_cloud_http_errors_are_json(cloud: CloudServer, cascade_bundle: Path) -> None:
+def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> None:
     url = cloud.url + wire.ROUTE_INFER
-    spec = load_bundle(cascade_bundle).manifest.partition("cloud").input
-    good = _request(cascade_bundle, np.zeros(spec.shape, np.float32))
+    spec = load_bundle(tiny_bundle).manifest.partition("cloud").input
+    good = _request(tiny_bundle, np.zeros(spec.shape, np.float32))
 
     ok = requests.post(url, data=good, timeout=5)
     assert ok.status_code == 200
@@ -146,8 +144,8 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, cascade_bundle: Path) ->
 
     cases = {
         400: b"not an envelope",
-        422: _request(cascade_bundle, np.zeros((2, 2), np.float32)),
-        409: _request(cascade_bundle, np.zeros(spec.shape, np.float32), version=999),
+        422: _request(tiny_bundle, np.zeros((2, 2), np.float32)),
+        409: _request(tiny_bundle, np.zeros(spec.shape, np.float32), version=999),
         413: b"\0" * (65 * 1024),
     }
     for status, body in cases.items():
@@ -156,5 +154,5 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, cascade_bundle: Path) ->
         assert response.json()["message"]
     assert requests.get(cloud.url + "/v1/nowhere", timeout=5).json()["error"] == "not_found"
     health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).json()
-    assert health["status"] == "ok" and health["version"] == load_bundle(cascade_bundle).manifest.version
+    assert health["status"] == "ok" and health["version"] == load_bundle(tiny_bundle).manifest.version
     assert requests.post(url, data=good, timeout=5).status_code == 200  # still serving

@@ -35,7 +35,7 @@ def local_exit_probs(bundle_dir: Path, images: np.ndarray) -> list[np.ndarray]:
 
 
 def test_every_tier_answers_what_the_model_says(
-    cascade_bundle: Path,
+    tiny_bundle: Path,
     fmnist,
     gateway: GatewayDaemon,
     cloud: CloudServer,
@@ -44,8 +44,8 @@ def test_every_tier_answers_what_the_model_says(
     images, labels = fmnist.x_test[:200], fmnist.y_test[:200]
     client = make_client("cascade-test")
     predictions = [client.predict(image) for image in images]
-    p1, p2, p3 = local_exit_probs(cascade_bundle, images)
-    manifest = load_bundle(cascade_bundle).manifest
+    p1, p2, p3 = local_exit_probs(tiny_bundle, images)
+    manifest = load_bundle(tiny_bundle).manifest
     t1, t2 = manifest.partition("device").exit.threshold, manifest.partition("gateway").exit.threshold
 
     assert not any(p.degraded for p in predictions)
@@ -98,7 +98,7 @@ def test_concurrent_devices_get_their_own_answers(
 
 
 def test_device_degrades_without_a_gateway(
-    cascade_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
+    tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
 ) -> None:
     # A broker port where nothing listens: the device answers alone, flagged, without raising.
     offline = make_client("offline-device", mqtt=MqttConfig(port=free_port()), policy=NeverExit())
@@ -119,12 +119,12 @@ def test_device_degrades_on_timeout(tmp_path: Path, fmnist, make_client: Callabl
 
 
 def test_gateway_degrades_when_the_cloud_is_down(
-    cascade_bundle: Path, tmp_path: Path, fmnist, make_client: Callable[..., DeviceClient]
+    tiny_bundle: Path, tmp_path: Path, fmnist, make_client: Callable[..., DeviceClient]
 ) -> None:
     dead_cloud = f"http://127.0.0.1:{free_port()}"
     with Mosquitto(tmp_path / "broker") as own_broker:
         mqtt = MqttConfig(port=own_broker.port)
-        daemon = GatewayDaemon(gateway_config(cascade_bundle, mqtt, dead_cloud, gateway_id="gw-nocloud"))
+        daemon = GatewayDaemon(gateway_config(tiny_bundle, mqtt, dead_cloud, gateway_id="gw-nocloud"))
         daemon.start()
         try:
             client = make_client("nocloud-device", mqtt=mqtt, policy=NeverExit())

@@ -15,13 +15,13 @@ from tools.report import Record, build_report
 pytestmark = pytest.mark.integration
 
 
-def test_demo_reports_what_its_predictions_say(cascade_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_demo_reports_what_its_predictions_say(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     report_path, predictions_path = tmp_path / "report.json", tmp_path / "predictions.jsonl"
     code = main(
         [
             "demo",
             "--model",
-            str(cascade_bundle),
+            str(tiny_bundle),
             "--limit",
             "300",
             "--no-progress",

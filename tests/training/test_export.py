@@ -1,0 +1,150 @@
+"""Bundle export: manifest contract, LiteRT/Keras parity, tamper detection, crash safety."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_sdk.bundle import MANIFEST, TIERS, Manifest, load_bundle
+from device_sdk.errors import BundleError, ModelError
+from device_sdk.runtime import PartitionRunner
+from training import export
+from training.calibration import NEVER_EXIT, softmax
+from training.data import Dataset
+from training.train import TrainedModel
+
+
+def test_manifest_round_trips_and_is_complete(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.manifest
+    assert Manifest.from_dict(json.loads(m.to_json())) == m
+    assert json.loads((tiny_bundle / MANIFEST).read_text()) == json.loads(m.to_json())
+    assert tuple(p.tier for p in m.partitions) == TIERS
+    assert [p.file for p in m.partitions] == ["device.tflite", "gateway.tflite", "cloud.tflite"]
+    assert m.version == 1 and len(m.classes) == 10 and m.classes[9] == "Ankle boot"
+    assert m.input.shape == (28, 28, 1) and m.input.scale == pytest.approx(1 / 255) and m.input.offset == 0.0
+    device, gateway, cloud = m.partitions
+    assert device.input.shape == (28, 28, 1)
+    assert device.features is not None and gateway.features is not None and cloud.features is None
+    assert gateway.input.shape == device.features.shape == (7, 7, 8)
+    assert cloud.input.shape == gateway.features.shape == (4, 4, 16)
+    for p in m.partitions:
+        assert p.logits.shape == (10,) and p.logits.dtype == "float32"
+        assert p.exit.temperature == 1.0 and p.exit.score == "max_prob"
+        assert 0.0 <= p.exit.threshold <= NEVER_EXIT
+    assert cloud.exit.threshold == 0.0
+    for i in (1, 2, 3):
+        assert 0.0 <= m.metrics[f"test_accuracy_exit{i}"] <= 1.0
+        assert 0.0 <= m.metrics[f"val_accuracy_exit{i}"] <= 1.0
+
+
+def test_tensor_names_are_what_litert_reports(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    for tier in TIERS:
+        runner = PartitionRunner.from_bundle(bundle, tier)  # raises ModelError if a name is wrong
+        spec = bundle.manifest.partition(tier)
+        names = {d["name"] for d in runner._interp.get_output_details()}
+        assert spec.logits.name in names
+        assert runner._interp.get_input_details()[0]["name"] == spec.input.name
+
+
+def test_partitions_accept_any_batch_size(tiny_bundle: Path, fmnist: Dataset) -> None:
+    bundle = load_bundle(tiny_bundle)
+    device = PartitionRunner.from_bundle(bundle, "device")
+    x = bundle.manifest.input.normalise(fmnist.x_test[:7])
+    one, seven = device.run(x[:1]), device.run(x)
+    assert (
+        seven.logits.shape == (7, 10) and seven.features is not None and seven.features.shape == (7, 7, 7, 8)
+    )
+    np.testing.assert_allclose(one.logits[0], seven.logits[0], atol=1e-5)
+
+
+def test_litert_partitions_reproduce_keras(
+    tiny_bundle: Path, tiny_trained: TrainedModel, fmnist: Dataset
+) -> None:
+    result = export.parity(tiny_bundle, tiny_trained, fmnist.x_test[:1000])
+    print(f"\nparity over {int(result['n'])} test images: {result}")
+    assert result["n"] == 1000
+    assert result["max_abs_diff"] < 1e-4
+    assert result["argmax_agreement"] >= 0.999
+
+
+def test_tampered_partition_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    path = copy / "gateway.tflite"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(copy)
+    load_bundle(copy, tiers=("device",))  # the untouched partition alone still verifies
+
+
+def test_export_writes_a_loadable_bundle_and_keeps_it_on_conversion_failure(
+    tiny_trained: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "bundle"
+    manifest = export.export_bundle(tiny_trained, out, name="t", version=3)
+    assert load_bundle(out).manifest == manifest and manifest.version == 3
+    assert {p.name for p in out.iterdir()} == {MANIFEST, "device.tflite", "gateway.tflite", "cloud.tflite"}
+
+    def broken(model: object) -> bytes:
+        raise ModelError("converter exploded")
+
+    monkeypatch.setattr(export, "convert_stage", broken)
+    with pytest.raises(ModelError, match="exploded"):
+        export.export_bundle(tiny_trained, out, version=4)
+    assert load_bundle(out).manifest.version == 3  # failure before writing leaves the old bundle intact
+
+
+def test_crash_while_writing_never_leaves_a_dangling_manifest(
+    tiny_bundle: Path,
+    tiny_trained: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    real_write = export.atomic_write
+    calls = []
+
+    def crash_on_second(path: Path, content: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(path, content)
+
+    monkeypatch.setattr(export, "atomic_write", crash_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_bundle(tiny_trained, out, version=2)
+    assert not (out / MANIFEST).exists()
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
+        load_bundle(out)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_tiny_bundle_sends_traffic_to_every_tier(tiny_bundle: Path, fmnist: Dataset) -> None:
+    bundle = load_bundle(tiny_bundle)
+    runners = [PartitionRunner.from_bundle(bundle, tier) for tier in TIERS]
+    t1, t2 = (bundle.manifest.partition(tier).exit.threshold for tier in TIERS[:2])
+    dev = runners[0].run(bundle.manifest.input.normalise(fmnist.x_test[:1000]))
+    assert dev.features is not None
+    gw = runners[1].run(dev.features)
+    p1, p2 = softmax(dev.logits).max(1), softmax(gw.logits).max(1)
+    device_share = (p1 >= t1).mean()
+    gateway_share = ((p1 < t1) & (p2 >= t2)).mean()
+    assert 0.3 < device_share < 0.7 and 0.1 < gateway_share < 0.4
+    assert not any(k.startswith("test_exit_share") for k in bundle.manifest.metrics)
+
+
+def test_export_rejects_bad_threshold_override(tiny_trained: TrainedModel, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="thresholds"):
+        export.export_bundle(tiny_trained, tmp_path / "b", thresholds=(0.5, -1.0, 0.0))
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,62 @@
+"""The multi-exit network: stage shapes compose, the joint model has three logits outputs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training.model import ModelConfig, Stages, build_stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> Stages:
+    return build_stages(ModelConfig())
+
+
+def test_stage_shapes_compose(stages: Stages) -> None:
+    assert stages.device.input_shape == (None, 28, 28, 1)
+    (logits1, cut1), (logits2, cut2) = stages.device.outputs, stages.gateway.outputs
+    assert tuple(logits1.shape) == (None, 10) and tuple(cut1.shape) == (None, 7, 7, 8)
+    assert stages.gateway.input_shape == tuple(cut1.shape)
+    assert tuple(logits2.shape) == (None, 10) and tuple(cut2.shape) == (None, 4, 4, 16)
+    assert stages.cloud.input_shape == tuple(cut2.shape)
+    assert stages.cloud.output_shape == (None, 10)
+
+
+def test_joint_model_chains_the_stages(stages: Stages) -> None:
+    assert len(stages.joint.outputs) == 3
+    assert all(tuple(o.shape) == (None, 10) for o in stages.joint.outputs)
+    x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
+    joint = [np.asarray(o) for o in stages.joint(x, training=False)]
+    l1, f1 = stages.device(x, training=False)
+    l2, f2 = stages.gateway(f1, training=False)
+    l3 = stages.cloud(f2, training=False)
+    for a, b in zip(joint, (l1, l2, l3), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert stages.joint.count_params() == sum(
+        m.count_params() for m in (stages.device, stages.gateway, stages.cloud)
+    )
+
+
+def test_exits_output_logits_not_probabilities(stages: Stages) -> None:
+    for model, layer in (
+        (stages.device, "exit1_logits"),
+        (stages.gateway, "exit2_logits"),
+        (stages.cloud, "exit3_logits"),
+    ):
+        assert model.get_layer(layer).activation is keras.activations.linear
+
+
+def test_device_stage_is_cheap(stages: Stages) -> None:
+    assert 3_000 <= stages.device.count_params() <= 25_000
+    assert stages.cloud.count_params() > stages.gateway.count_params() > stages.device.count_params()
+
+
+def test_cut_shapes_follow_the_config() -> None:
+    s = build_stages(ModelConfig.tiny())
+    assert tuple(s.device.outputs[1].shape) == (None, 7, 7, 8)
+    wide = build_stages(ModelConfig(cut1_channels=4, cut2_channels=8, cut2_pool=False))
+    assert tuple(wide.device.outputs[1].shape) == (None, 7, 7, 4)
+    assert tuple(wide.gateway.outputs[1].shape) == (None, 7, 7, 8)
+    assert wide.cloud.output_shape == (None, 10)

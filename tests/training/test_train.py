@@ -1,0 +1,73 @@
+"""Training results, configs, checkpoints and the progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_sdk.errors import ModelError
+from training.calibration import NEVER_EXIT
+from training.data import Dataset
+from training.train import TqdmProgress, TrainConfig, TrainedModel, choose_thresholds, load_trained
+
+
+def test_thresholds_keep_the_cascade_as_accurate_as_the_final_exit(tiny_trained: TrainedModel) -> None:
+    m, t = tiny_trained.metrics, tiny_trained.thresholds
+    assert t[2] == 0.0 and all(0.0 <= x <= NEVER_EXIT for x in t[:2])
+    # guaranteed by construction on the split the thresholds were chosen on
+    assert m["val_cascade_accuracy"] >= m["val_accuracy_exit3"] - 1e-9
+    assert sum(m[f"test_exit_share_exit{i}"] for i in (1, 2, 3)) == pytest.approx(1.0)
+    assert m["test_accuracy_exit3"] > 0.5  # even the tiny model learned something
+
+
+def test_choose_thresholds_uses_only_what_exit1_left_for_exit2() -> None:
+    y = np.array([0, 0, 1, 1])
+    # exit 1: sure and right on the first two, unsure and wrong on the last two
+    p1 = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    # exit 2: wrong where exit 1 answers, right on what exit 1 leaves
+    p2 = np.array([[0.1, 0.9], [0.1, 0.9], [0.3, 0.7], [0.3, 0.7]])
+    p3 = np.eye(2)[y]
+    t1, t2, t3 = choose_thresholds([p1, p2, p3], y, max_loss=0.0)
+    assert t1 == pytest.approx(0.56, abs=0.006) and t3 == 0.0
+    assert t2 == 0.0  # judged only on the two samples exit 1 left, where exit 2 is right (else: NEVER_EXIT)
+
+
+def test_config_round_trips_through_json_types() -> None:
+    config = TrainConfig.tiny()
+    data = config.to_dict()
+    data["loss_weights"] = list(data["loss_weights"])
+    data["model"]["device_filters"] = list(data["model"]["device_filters"])
+    assert TrainConfig.from_dict(data) == config
+    assert TrainConfig.quick().epochs < TrainConfig().epochs
+
+
+def test_checkpoint_round_trip(tiny_trained: TrainedModel, fmnist: Dataset, tmp_path: Path) -> None:
+    tiny_trained.save(tmp_path / "ckpt")
+    again = load_trained(tmp_path / "ckpt")
+    assert again.thresholds == tiny_trained.thresholds and again.metrics == tiny_trained.metrics
+    assert again.config == tiny_trained.config and again.classes == tiny_trained.classes
+    x = fmnist.x_test[:16]
+    for a, b in zip(again.exit_logits(x), tiny_trained.exit_logits(x), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_progress_bar_counts_every_step(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = TqdmProgress(epochs=2)
+    bar.set_params({"steps": 3, "epochs": 2})
+    bar.on_train_begin()
+    total = bar._bar.total
+    for epoch in range(2):
+        bar.on_epoch_begin(epoch)
+        for step in range(3):
+            bar.on_train_batch_end(step, {"loss": 1.0})
+    count = bar._bar.n
+    bar.on_train_end()
+    assert (total, count) == (6, 6)
+    assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_loading_an_incomplete_checkpoint_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a complete training checkpoint"):
+        load_trained(tmp_path)

@@ -1,0 +1,157 @@
+"""The multi-exit CNN, built as three composable Keras stage models.
+
+Each stage is a functional model that runs on one tier and is exported to its own TFLite
+partition: ``device`` (image → exit-1 logits + cut-1 features), ``gateway`` (cut-1 →
+exit-2 logits + cut-2 features) and ``cloud`` (cut-2 → exit-3 logits). Stages output
+LOGITS, never probabilities, so temperature scaling can be applied at run time. A joint
+model chains them for training with one loss per exit.
+
+What crosses a tier boundary is produced by :func:`cut_block` only, so a different cut
+(binarised with a straight-through estimator, a wider cut at lower resolution, …) is a
+change in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+logger = logging.getLogger(__name__)
+
+DEVICE, GATEWAY, CLOUD = "device", "gateway", "cloud"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Widths of the three stages and the shape of the two cuts."""
+
+    input_shape: tuple[int, int, int] = (28, 28, 1)
+    num_classes: int = 10
+    device_filters: tuple[int, int] = (16, 32)  # two conv+pool blocks: 28x28 → 7x7
+    cut1_channels: int = 8  # 7x7x8 = 392 values leave the device
+    gateway_filters: tuple[int, int] = (48, 48)
+    cut2_channels: int = 16  # 4x4x16 = 256 values leave the gateway
+    cut2_pool: bool = True  # False: cut 2 stays at 7x7 and the cloud pools after its first block
+    cloud_filters: tuple[int, int] = (96, 96)
+    cloud_dense: int = 128
+    dropout: float = 0.3
+    bn_momentum: float = 0.9  # Keras' 0.99 leaves moving statistics stale after short runs
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """A very small network for fast tests; same cut shapes as the default."""
+        return cls(
+            device_filters=(8, 16),
+            gateway_filters=(16, 16),
+            cloud_filters=(24, 24),
+            cloud_dense=32,
+            dropout=0.1,
+        )
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The three stage models and the joint training model that chains them."""
+
+    device: keras.Model
+    gateway: keras.Model
+    cloud: keras.Model
+    joint: keras.Model
+
+    def by_tier(self) -> dict[str, keras.Model]:
+        return {DEVICE: self.device, GATEWAY: self.gateway, CLOUD: self.cloud}
+
+
+def conv_block(x: keras.KerasTensor, filters: int, name: str, bn_momentum: float) -> keras.KerasTensor:
+    """3x3 conv, batch norm, ReLU: the unit every stage is built from."""
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def exit_head(x: keras.KerasTensor, num_classes: int, name: str, dropout: float) -> keras.KerasTensor:
+    """An early exit's logits: flatten (keeps *where* things are, unlike global pooling), one linear layer."""
+    x = layers.Flatten(name=f"{name}_flatten")(x)
+    x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return layers.Dense(num_classes, name=f"{name}_logits")(x)
+
+
+def cut_block(x: keras.KerasTensor, channels: int, name: str, bn_momentum: float) -> keras.KerasTensor:
+    """The tensor that travels to the next tier: a 1x1 conv to a few channels, BN, ReLU.
+
+    Non-negative, batch-normalised features quantise well to float16 or int8 on the wire.
+    This is the one place to change the cut (e.g. sign + straight-through estimator).
+    """
+    x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_device(config: ModelConfig) -> keras.Model:
+    """Image (28,28,1) float32 → ``[logits (classes,), features (7,7,cut1)]``; cheap enough for a phone."""
+    inp = keras.Input(shape=config.input_shape, name="image")
+    x = inp
+    for i, filters in enumerate(config.device_filters, start=1):
+        x = conv_block(x, filters, f"d{i}", config.bn_momentum)
+        x = layers.MaxPooling2D(2, name=f"d{i}_pool")(x)
+    logits = exit_head(x, config.num_classes, "exit1", config.dropout)
+    features = cut_block(x, config.cut1_channels, "cut1", config.bn_momentum)
+    return keras.Model(inp, [logits, features], name=DEVICE)
+
+
+def build_gateway(config: ModelConfig, cut1_shape: tuple[int, ...]) -> keras.Model:
+    """Cut-1 features → ``[logits, features (4,4,cut2)]``."""
+    inp = keras.Input(shape=cut1_shape, name="cut1")
+    x = inp
+    for i, filters in enumerate(config.gateway_filters, start=1):
+        x = conv_block(x, filters, f"g{i}", config.bn_momentum)
+    logits = exit_head(x, config.num_classes, "exit2", config.dropout)
+    if config.cut2_pool:
+        x = layers.MaxPooling2D(2, padding="same", name="g_pool")(x)
+    features = cut_block(x, config.cut2_channels, "cut2", config.bn_momentum)
+    return keras.Model(inp, [logits, features], name=GATEWAY)
+
+
+def build_cloud(config: ModelConfig, cut2_shape: tuple[int, ...]) -> keras.Model:
+    """Cut-2 features → logits; the strongest head."""
+    inp = keras.Input(shape=cut2_shape, name="cut2")
+    x = inp
+    for i, filters in enumerate(config.cloud_filters, start=1):
+        x = conv_block(x, filters, f"c{i}", config.bn_momentum)
+        if i == 1 and x.shape[1] > 4:
+            x = layers.MaxPooling2D(2, padding="same", name="c_pool")(x)
+    x = layers.Flatten(name="c_flatten")(x)
+    x = layers.Dense(config.cloud_dense, activation="relu", name="c_dense")(x)
+    x = layers.Dropout(config.dropout, name="c_dropout")(x)
+    logits = layers.Dense(config.num_classes, name="exit3_logits")(x)
+    return keras.Model(inp, logits, name=CLOUD)
+
+
+def chain(device: keras.Model, gateway: keras.Model, cloud: keras.Model) -> keras.Model:
+    """The joint model: image → ``[exit1, exit2, exit3]`` logits, sharing the stages' weights."""
+    inp = keras.Input(shape=device.input_shape[1:], name="image")
+    logits1, cut1 = device(inp)
+    logits2, cut2 = gateway(cut1)
+    logits3 = cloud(cut2)
+    outputs = [
+        layers.Identity(name=f"exit{i}")(t) for i, t in enumerate((logits1, logits2, logits3), start=1)
+    ]
+    return keras.Model(inp, outputs, name="joint")
+
+
+def build_stages(config: ModelConfig) -> Stages:
+    """Fresh, untrained stages for ``config``."""
+    device = build_device(config)
+    gateway = build_gateway(config, tuple(device.outputs[1].shape[1:]))
+    cloud = build_cloud(config, tuple(gateway.outputs[1].shape[1:]))
+    joint = chain(device, gateway, cloud)
+    logger.debug(
+        "built stages: device %d, gateway %d, cloud %d parameters",
+        device.count_params(),
+        gateway.count_params(),
+        cloud.count_params(),
+    )
+    return Stages(device, gateway, cloud, joint)

@@ -1,0 +1,285 @@
+"""Joint training of the multi-exit network and the choice of its exit thresholds.
+
+All three exits are trained together (weighted sum of per-exit cross-entropies on
+logits), so the early stages learn features that serve both their own exit and the tiers
+after them. Thresholds for exits 1 and 2 are then chosen on a held-out validation split
+with :func:`training.calibration.choose_threshold`, so the cascade loses no accuracy
+against the full model on that split. A :class:`TrainedModel` can be saved and loaded so
+that training and export can run as separate steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from device_sdk.bundle import InputSpec
+from device_sdk.errors import ModelError
+from training.calibration import NEVER_EXIT, cascade_predictions, choose_threshold, softmax
+from training.data import Dataset, split_validation
+from training.model import ModelConfig, Stages, build_stages, chain
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "trained.json"
+_TIERS = ("device", "gateway", "cloud")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run. ``TrainConfig()`` is the full-quality preset."""
+
+    epochs: int = 7
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    val_fraction: float = 0.1
+    train_subset: int | None = None  # use only this many training images (before the validation split)
+    seed: int = 0
+    max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @classmethod
+    def quick(cls) -> TrainConfig:
+        """A shorter run for the demo: same network, fewer epochs."""
+        return cls(epochs=2)
+
+    @classmethod
+    def tiny(cls) -> TrainConfig:
+        """Seconds, not minutes: a small network on 3000 images, for tests."""
+        return cls(epochs=2, batch_size=64, train_subset=3000, model=ModelConfig.tiny())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
+        model: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.get("model", {}).items()
+        }
+        top: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"
+        }
+        return cls(**top, model=ModelConfig(**model))
+
+
+@dataclass
+class TrainedModel:
+    """The trained stages, their exit thresholds and what was measured about them."""
+
+    device: keras.Model
+    gateway: keras.Model
+    cloud: keras.Model
+    thresholds: tuple[float, float, float]
+    metrics: dict[str, float]
+    config: TrainConfig
+    classes: tuple[str, ...]
+    input_spec: InputSpec
+    train_seconds: float = 0.0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    _joint: keras.Model | None = field(default=None, init=False, repr=False, compare=False)
+
+    def stage(self, tier: str) -> keras.Model:
+        return {"device": self.device, "gateway": self.gateway, "cloud": self.cloud}[tier]
+
+    @property
+    def joint(self) -> keras.Model:
+        """The three stages chained (image → three exits' logits), built once."""
+        if self._joint is None:
+            self._joint = chain(self.device, self.gateway, self.cloud)
+        return self._joint
+
+    def exit_logits(self, raw: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
+        """Logits of the three exits for raw images (normalised with :attr:`input_spec`)."""
+        x = self.input_spec.normalise(raw)
+        out = self.joint.predict(x, batch_size=batch_size, verbose=0)
+        return [np.asarray(o) for o in out]
+
+    def exit_probs(self, raw: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
+        """Probabilities of the three exits (temperature 1) for raw images."""
+        return [softmax(logits) for logits in self.exit_logits(raw, batch_size)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the stages (``.keras``) and ``trained.json`` to the directory ``path``."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CHECKPOINT_FILE).unlink(missing_ok=True)  # incomplete until rewritten below
+        for tier in _TIERS:
+            self.stage(tier).save(root / f"{tier}.keras")
+        meta = {
+            "thresholds": list(self.thresholds),
+            "metrics": self.metrics,
+            "config": self.config.to_dict(),
+            "classes": list(self.classes),
+            "input": asdict(self.input_spec),
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+        }
+        tmp = root / f".{CHECKPOINT_FILE}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        tmp.replace(root / CHECKPOINT_FILE)  # written last: its presence means the checkpoint is complete
+        return root
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """A :class:`TrainedModel` saved with :meth:`TrainedModel.save`."""
+    root = Path(path)
+    try:
+        meta = json.loads((root / CHECKPOINT_FILE).read_text())
+        stages = {tier: keras.saving.load_model(root / f"{tier}.keras", compile=False) for tier in _TIERS}
+    except FileNotFoundError as exc:
+        raise ModelError(f"{root} is not a complete training checkpoint: {exc}") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ModelError(f"{root}: unreadable training checkpoint: {exc}") from None
+    return TrainedModel(
+        device=stages["device"],
+        gateway=stages["gateway"],
+        cloud=stages["cloud"],
+        thresholds=tuple(float(t) for t in meta["thresholds"]),  # type: ignore[arg-type]
+        metrics={str(k): float(v) for k, v in meta["metrics"].items()},
+        config=TrainConfig.from_dict(meta["config"]),
+        classes=tuple(meta["classes"]),
+        input_spec=InputSpec(
+            shape=tuple(meta["input"]["shape"]), scale=meta["input"]["scale"], offset=meta["input"]["offset"]
+        ),
+        train_seconds=float(meta.get("train_seconds", 0.0)),
+        history=meta.get("history", {}),
+    )
+
+
+class TqdmProgress(keras.callbacks.Callback):
+    """One tqdm bar over all training steps of all epochs, showing the running loss."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self._epochs = epochs
+        self._bar: Any = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        steps = int(self.params.get("steps") or 0)
+        self._bar = tqdm(total=steps * self._epochs or None, desc="training", unit="step", leave=True)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.set_description(f"epoch {epoch + 1}/{self._epochs}")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if logs and batch % 20 == 0 and "loss" in logs:
+                self._bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _accuracies(prefix: str, probs: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}_accuracy_exit{i}": float((p.argmax(1) == y).mean()) for i, p in enumerate(probs, 1)}
+
+
+def _cascade_metrics(
+    prefix: str, probs: list[np.ndarray], y: np.ndarray, thresholds: tuple[float, ...]
+) -> dict[str, float]:
+    pred, taken = cascade_predictions(probs, thresholds)
+    metrics = {f"{prefix}_cascade_accuracy": float((pred == y).mean())}
+    for i in range(len(probs)):
+        metrics[f"{prefix}_exit_share_exit{i + 1}"] = float((taken == i).mean())
+    return metrics
+
+
+def choose_thresholds(probs: list[np.ndarray], y: np.ndarray, max_loss: float) -> tuple[float, float, float]:
+    """Thresholds for exits 1 and 2 (exit 3 answers everything left, threshold 0).
+
+    Exit 2 only ever sees what exit 1 did not answer, so its threshold is chosen on those
+    samples; together the two choices keep the cascade's accuracy ≥ the final exit's
+    (minus ``max_loss``) on this data.
+    """
+    final_correct = probs[2].argmax(1) == y
+    t1 = choose_threshold(probs[0], y, final_correct, max_loss)
+    rest = probs[0].max(1) < t1
+    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss)
+    return t1, t2, 0.0
+
+
+def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> TrainedModel:
+    """Train the three exits jointly, choose thresholds on validation data, measure on the test set."""
+    start = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    input_spec = InputSpec(shape=dataset.input_shape)
+    height, width, channels = dataset.input_shape
+    model_config = replace(
+        config.model, input_shape=(height, width, channels), num_classes=dataset.num_classes
+    )
+    config = replace(config, model=model_config)
+
+    x, y = dataset.x_train, dataset.y_train
+    if config.train_subset is not None and config.train_subset < len(x):
+        pick = np.sort(np.random.default_rng(config.seed).permutation(len(x))[: config.train_subset])
+        x, y = x[pick], y[pick]
+    x_tr, y_tr, x_val, y_val = split_validation(x, y, config.val_fraction, config.seed)
+    logger.info("training on %d images, validating on %d, %d epochs", len(x_tr), len(x_val), config.epochs)
+
+    stages: Stages = build_stages(model_config)
+    steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    stages.joint.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=[loss, loss, loss],
+        loss_weights=list(config.loss_weights),
+    )
+    callbacks = [TqdmProgress(config.epochs)] if progress else []
+    fit = stages.joint.fit(
+        input_spec.normalise(x_tr),
+        [y_tr, y_tr, y_tr],
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+
+    trained = TrainedModel(
+        device=stages.device,
+        gateway=stages.gateway,
+        cloud=stages.cloud,
+        thresholds=(NEVER_EXIT, NEVER_EXIT, 0.0),
+        metrics={},
+        config=config,
+        classes=dataset.classes,
+        input_spec=input_spec,
+        history=history,
+    )
+    metrics: dict[str, float] = {}
+    if len(x_val):
+        val_probs = trained.exit_probs(x_val)
+        trained.thresholds = choose_thresholds(val_probs, y_val, config.max_loss)
+        metrics |= _accuracies("val", val_probs, y_val)
+        metrics |= _cascade_metrics("val", val_probs, y_val, trained.thresholds)
+    else:
+        logger.warning("no validation data: early exits get threshold %s (never answer)", NEVER_EXIT)
+    if len(dataset.x_test):
+        test_probs = trained.exit_probs(dataset.x_test)
+        metrics |= _accuracies("test", test_probs, dataset.y_test)
+        metrics |= _cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds)
+    trained.metrics = metrics
+    trained.train_seconds = time.monotonic() - start
+    logger.info(
+        "trained in %.1f s; test accuracy per exit %s; thresholds %s",
+        trained.train_seconds,
+        [round(metrics.get(f"test_accuracy_exit{i}", float("nan")), 4) for i in (1, 2, 3)],
+        trained.thresholds,
+    )
+    return trained
