@@ -10,9 +10,7 @@ import contextlib
 import logging
 import sys
 
-from device_sdk.errors import ConfigError, EdgeCascadeError, ModelError
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
+from device_sdk.errors import EXIT_ERROR, EXIT_OK, EdgeCascadeError, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,13 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_cloud_config(args.config)
         server = make_server(config.cloud.host, config.cloud.port, create_app(config), threaded=True)
-    except ConfigError as exc:
+    except EdgeCascadeError as exc:
         logging.error("%s", exc)
-        return EXIT_CONFIG
-    except ModelError as exc:
-        logging.error("%s", exc)
-        return EXIT_MODEL
-    except (EdgeCascadeError, OSError) as exc:
+        return exit_code(exc)
+    except OSError as exc:  # e.g. the port is taken
         logging.error("%s", exc)
         return EXIT_ERROR
     logging.info("cloud service listening on http://%s:%d", config.cloud.host, server.server_port)

@@ -88,3 +88,22 @@ class DependencyError(EdgeCascadeError):
 
 class DatasetError(EdgeCascadeError):
     """A dataset file is missing, malformed or inconsistent."""
+
+
+# Exit codes of the daemons and the command line, documented in one place.
+EXIT_OK = 0
+EXIT_ERROR = 1  # any other failure
+EXIT_CONFIG = 2  # bad usage or configuration
+EXIT_MODEL = 3  # model bundle missing or unusable
+EXIT_TRANSPORT = 4  # broker or another tier unreachable at start
+
+
+def exit_code(exc: EdgeCascadeError) -> int:
+    """The documented process exit code for an error that ends a daemon or command."""
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, ModelError):
+        return EXIT_MODEL
+    if isinstance(exc, TransportError):
+        return EXIT_TRANSPORT
+    return EXIT_ERROR

@@ -1,6 +1,6 @@
 """``python -m edge_gateway --config gateway.toml``: run the gateway daemon.
 
-Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 2 bad configuration; 3 model bundle
+Exit codes (device_sdk.errors): 0 stopped cleanly (SIGTERM/SIGINT); 2 bad configuration; 3 model bundle
 unusable; 4 broker unreachable; 1 anything else.
 """
 
@@ -10,9 +10,7 @@ import argparse
 import logging
 import sys
 
-from device_sdk.errors import ConfigError, EdgeCascadeError, ModelError, TransportError
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_MODEL, EXIT_BROKER = 0, 1, 2, 3, 4
+from device_sdk.errors import EXIT_OK, EdgeCascadeError, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,18 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         GatewayDaemon(load_gateway_config(args.config)).run_forever()
-    except ConfigError as exc:
-        logging.error("%s", exc)
-        return EXIT_CONFIG
-    except ModelError as exc:
-        logging.error("%s", exc)
-        return EXIT_MODEL
-    except TransportError as exc:
-        logging.error("%s", exc)
-        return EXIT_BROKER
     except EdgeCascadeError as exc:
         logging.error("%s", exc)
-        return EXIT_ERROR
+        return exit_code(exc)
     return EXIT_OK
 
 

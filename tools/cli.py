@@ -1,7 +1,8 @@
 """The ``edgecascade`` command line: one entry point, one subcommand per job.
 
-Every subcommand is ``main(argv) -> int``-testable. Exit codes: 0 success, 1 failure,
-2 bad usage or configuration, 3 model problems, 4 broker unreachable (daemons).
+Every subcommand is ``main(argv) -> int``-testable. Exit codes are those of
+:mod:`device_sdk.errors`: 0 success, 1 failure, 2 bad usage or configuration, 3 model
+problems, 4 broker or another tier unreachable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from device_sdk.bundle import Manifest
-from device_sdk.errors import ConfigError, DependencyError, EdgeCascadeError
+from device_sdk.errors import EdgeCascadeError, exit_code
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
@@ -147,15 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"edgecascade: {exc}", file=sys.stderr)
-        return 2
-    except DependencyError as exc:
-        print(f"edgecascade: {exc}", file=sys.stderr)
-        return 1
     except EdgeCascadeError as exc:
         print(f"edgecascade: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
 
