@@ -8,6 +8,7 @@ the application itself (wrong shape, NaN) is the application's error and is rais
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -221,8 +222,9 @@ class DeviceClient:
         return predictions
 
     def _degraded(self, probs: np.ndarray, latency_ms: float, size: int, error: str) -> Prediction:
-        prediction = self._local(probs, latency_ms, degraded=True, error=error)
-        return Prediction(**{**prediction.__dict__, "bytes_sent": size})
+        return dataclasses.replace(
+            self._local(probs, latency_ms, degraded=True, error=error), bytes_sent=size
+        )
 
     def _read_reply(self, request: wire.Header, reply: bytes) -> wire.Result:
         envelope = wire.envelope_from_bytes(reply)

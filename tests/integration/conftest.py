@@ -74,9 +74,12 @@ def make_client(tiny_bundle: Path, mqtt_config: MqttConfig) -> Iterator[Callable
     bundle = load_bundle(tiny_bundle)
 
     def make(
-        device_id: str = "test-device", mqtt: MqttConfig | None = None, **kwargs: object
+        device_id: str = "test-device",
+        mqtt: MqttConfig | None = None,
+        connect_timeout: float = 5.0,
+        **kwargs: object,
     ) -> DeviceClient:
-        transport = MqttTransport(mqtt or mqtt_config, device_id, connect_timeout=5.0)
+        transport = MqttTransport(mqtt or mqtt_config, device_id, connect_timeout=connect_timeout)
         client = DeviceClient(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
         clients.append(client)
         return client

@@ -101,7 +101,9 @@ def test_device_degrades_without_a_gateway(
     tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
 ) -> None:
     # A broker port where nothing listens: the device answers alone, flagged, without raising.
-    offline = make_client("offline-device", mqtt=MqttConfig(port=free_port()), policy=NeverExit())
+    offline = make_client(
+        "offline-device", mqtt=MqttConfig(port=free_port()), connect_timeout=0.5, policy=NeverExit()
+    )
     prediction = offline.predict(fmnist.x_test[0])
     assert prediction.degraded and prediction.tier == "device" and prediction.error
 
