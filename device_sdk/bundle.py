@@ -48,6 +48,16 @@ class ExitSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """Calibrated hit rule of a tier's neural cache (cosine distance ``tau``, k-NN vote)."""
+
+    tau: float
+    k: int = 3
+    min_votes: int = 2
+    precision: float = 0.0  # hit precision measured on validation data at this tau
+
+
+@dataclass(frozen=True)
 class PartitionSpec:
     """One partition of the multi-exit model and where it runs."""
 
@@ -58,6 +68,7 @@ class PartitionSpec:
     logits: TensorSpec
     exit: ExitSpec
     features: TensorSpec | None = None  # cut features for the next tier; None on the last
+    cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ def _partition(d: dict[str, Any]) -> PartitionSpec:
         logits=_tensor(d["logits"]),
         exit=ExitSpec(**d["exit"]),
         features=_tensor(d["features"]) if d.get("features") else None,
+        cache=CacheSpec(**d["cache"]) if d.get("cache") else None,
     )
 
 

@@ -24,7 +24,15 @@ import numpy as np
 
 from device_sdk import wire
 from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.errors import EdgeCascadeError, RemoteError, TensorSpecError, TransportError, WireError
+from device_sdk.cache import NeuralCache, embed
+from device_sdk.errors import (
+    ConfigError,
+    EdgeCascadeError,
+    RemoteError,
+    TensorSpecError,
+    TransportError,
+    WireError,
+)
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 from device_sdk.transport import Transport
@@ -58,6 +66,7 @@ class _Local:
     probs: np.ndarray
     features: np.ndarray
     device_ms: float  # this input's share of the device partition's time
+    embedding: np.ndarray | None = None  # cache key, when the client has a cache
 
 
 class DeviceClient:
@@ -72,6 +81,7 @@ class DeviceClient:
         policy: ExitPolicy | None = None,
         timeout: float = 2.0,
         num_threads: int = 1,
+        cache: NeuralCache | None = None,
     ) -> None:
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
         self.bundle = bundle
@@ -85,6 +95,11 @@ class DeviceClient:
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
+        self.cache = cache
+        if cache is not None and cache.model_version != self.manifest.version:
+            raise ConfigError(
+                f"cache is for model version {cache.model_version}, the bundle is v{self.manifest.version}"
+            )
 
     @classmethod
     def from_bundle(
@@ -110,14 +125,21 @@ class DeviceClient:
         exits = self.policy.should_exit(probs)
         device_ms = (time.perf_counter() - started) * 1000 / len(batch)
         results: list[Prediction | None] = [None] * len(batch)
+        undecided = [i for i in range(len(batch)) if not exits[i]]
+        embeddings = embed(out.features[undecided]) if self.cache is not None and undecided else None
+        hits = self._lookup(embeddings, device_ms) if embeddings is not None else [None] * len(undecided)
         pending: list[tuple[int, _Local]] = []
         for i in range(len(batch)):
-            if exits[i] or self.transport is None:
-                results[i] = self._local(
-                    probs[i], device_ms, degraded=not exits[i], error=None if exits[i] else "offline"
-                )
+            if exits[i]:
+                results[i] = self._local(probs[i], device_ms, degraded=False, error=None)
+        for k, i in enumerate(undecided):
+            if hits[k] is not None:
+                results[i] = hits[k]
+            elif self.transport is None:
+                results[i] = self._local(probs[i], device_ms, degraded=True, error="offline")
             else:
-                pending.append((i, _Local(probs[i], out.features[i], device_ms)))
+                embedding = embeddings[k] if embeddings is not None else None
+                pending.append((i, _Local(probs[i], out.features[i], device_ms, embedding)))
         for start in range(0, len(pending), max_in_flight):
             window = pending[start : start + max_in_flight]
             for i, prediction in zip(
@@ -167,6 +189,32 @@ class DeviceClient:
             error=error,
         )
 
+    def _lookup(self, embeddings: np.ndarray, device_ms: float) -> list[Prediction | None]:
+        """Answers the device cache has for these embeddings (None where it has none)."""
+        assert self.cache is not None
+        started = time.perf_counter()
+        hits = self.cache.lookup_batch(embeddings)
+        lookup_ms = (time.perf_counter() - started) * 1000 / max(1, len(embeddings))
+        answers: list[Prediction | None] = []
+        for hit in hits:
+            if hit is None:
+                answers.append(None)
+                continue
+            self.counters["answered_device_cache"] += 1
+            answers.append(
+                Prediction(
+                    label=hit.label,
+                    probabilities=hit.probabilities,
+                    tier=wire.Tier.DEVICE_CACHE.label,
+                    latency_ms=device_ms + lookup_ms,
+                    bytes_sent=0,
+                    bytes_upstream=0,
+                    degraded=False,
+                    model_version=self.manifest.version,
+                )
+            )
+        return answers
+
     def _next_seq(self) -> int:
         with self._seq_lock:
             return next(self._seq)
@@ -207,6 +255,15 @@ class DeviceClient:
                 continue
             latency = local.device_ms + (time.perf_counter() - submitted) * 1000
             self.counters[f"answered_{result.tier.label}{'_degraded' if result.degraded else ''}"] += 1
+            if self.cache is not None and local.embedding is not None and not result.degraded:
+                # learn from the tiers above: the next near-duplicate is answered here
+                self.cache.insert(
+                    local.embedding,
+                    result.label,
+                    result.probabilities,
+                    result.tier.label,
+                    float(result.probabilities.max()),
+                )
             predictions.append(
                 Prediction(
                     label=result.label,

@@ -36,9 +36,29 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """The gateway's neural cache; the hit rule comes from the manifest unless set here."""
+
+    enabled: bool = True
+    path: Path | None = None  # kept across restarts when set
+    capacity: int = 10000
+    tau: float | None = None  # overrides the manifest's calibrated cosine distance
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.capacity < 1:
+            problems.append("cache.capacity must be >= 1")
+        if self.tau is not None and not 0 <= self.tau <= 2:
+            problems.append("cache.tau must be a cosine distance in [0, 2]")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 def load_gateway_config(path: str | Path | None = None, **kwargs: object) -> GatewayConfig:

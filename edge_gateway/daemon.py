@@ -17,6 +17,7 @@ from types import FrameType
 
 from device_sdk import wire
 from device_sdk.bundle import load_bundle
+from device_sdk.cache import open_cache
 from device_sdk.mqtt import MqttLink
 from edge_gateway.cloud_link import CloudLink, HttpCloudLink
 from edge_gateway.config import GatewayConfig
@@ -35,9 +36,13 @@ class GatewayDaemon:
         settings = config.gateway
         if service is None:
             bundle = load_bundle(settings.bundle, tiers=("gateway",))
-            service = GatewayService(
-                bundle, cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout)
-            )
+            cache = None
+            if config.cache.enabled:
+                cache = open_cache(
+                    bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
+                )
+            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout)
+            service = GatewayService(bundle, link, cache=cache)
         self.service = service
         self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
@@ -70,6 +75,10 @@ class GatewayDaemon:
         self._worker.join(timeout=10)
         self._pool.shutdown(wait=True)
         self._link.close()
+        cache = self.service.cache
+        if cache is not None and self.config.cache.path is not None:
+            cache.save(self.config.cache.path)
+            logger.info("saved %d cache entries to %s", len(cache), self.config.cache.path)
         logger.info("gateway stopped; counters: %s", dict(self.service.counters))
 
     def run_forever(self) -> None:

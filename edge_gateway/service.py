@@ -18,6 +18,7 @@ import numpy as np
 
 from device_sdk import serving, wire
 from device_sdk.bundle import Bundle
+from device_sdk.cache import NeuralCache, embed
 from device_sdk.errors import EdgeCascadeError, WireError
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
@@ -42,18 +43,27 @@ class Forward:
     header: wire.Header
     envelope: bytes  # INFER_REQUEST with cut-2 features
     probs: np.ndarray  # exit-2 probabilities, the fallback answer
+    embedding: np.ndarray | None = None  # gateway-cache key, to learn the cloud's answer
 
 
 class GatewayService:
     """Middle tier of the cascade; thread-safe (the runner serialises interpreter calls)."""
 
-    def __init__(self, bundle: Bundle, cloud: CloudLink | None, *, policy: ExitPolicy | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        cloud: CloudLink | None,
+        *,
+        policy: ExitPolicy | None = None,
+        cache: NeuralCache | None = None,
+    ) -> None:
         self.bundle = bundle
         self.version = bundle.manifest.version
         self._spec = bundle.manifest.partition("gateway")
         self.policy = policy or policy_from_spec(self._spec.exit)
         self.cloud = cloud
         self._runner = PartitionRunner.from_bundle(bundle, "gateway")
+        self.cache = cache
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
 
@@ -76,27 +86,48 @@ class GatewayService:
             except EdgeCascadeError as exc:
                 out[i] = self._reject(request, exc)
         if valid:
-            result = self._runner.run(np.stack([t for _, _, t in valid]))
-            probs = softmax(result.logits, self._spec.exit.temperature)
-            exits = self.policy.should_exit(probs)
-            assert result.features is not None
-            for k, (i, header, _) in enumerate(valid):
-                if exits[k] or self.cloud is None:
-                    degraded = not exits[k]
-                    self.count("answered_gateway_degraded" if degraded else "answered_gateway")
-                    answer = wire.Result(int(probs[k].argmax()), probs[k], wire.Tier.GATEWAY, degraded)
-                    out[i] = serving.result_reply(header, answer)
-                else:
-                    body = wire.encode_tensor(result.features[k])
-                    forward = wire.Header(
-                        wire.MessageType.INFER_REQUEST,
-                        header.device_id,
-                        header.model_version,
-                        header.seq,
-                        header.request_id,
-                    )
-                    out[i] = Forward(header, wire.envelope_to_bytes(wire.Envelope(forward, body)), probs[k])
+            for (i, _, _), decision in zip(valid, self._answer([(h, t) for _, h, t in valid]), strict=True):
+                out[i] = decision
         return out
+
+    def _answer(self, batch: list[tuple[wire.Header, np.ndarray]]) -> list[bytes | Forward]:
+        """Run partition 2 once for the batch; exit, then cache, then cloud for each request."""
+        result = self._runner.run(np.stack([tensor for _, tensor in batch]))
+        probs = softmax(result.logits, self._spec.exit.temperature)
+        exits = self.policy.should_exit(probs)
+        assert result.features is not None
+        undecided = [k for k in range(len(batch)) if not exits[k]]
+        embeddings = embed(result.features[undecided]) if self.cache is not None and undecided else None
+        hits = (
+            self.cache.lookup_batch(embeddings) if self.cache is not None and embeddings is not None else []
+        )
+        cached = dict(zip(undecided, hits, strict=False))
+        decisions: list[bytes | Forward] = []
+        for k, (header, _) in enumerate(batch):
+            hit = cached.get(k)
+            if hit is not None:
+                self.count("answered_gateway_cache")
+                answer = wire.Result(hit.label, hit.probabilities, wire.Tier.GATEWAY_CACHE)
+            elif exits[k] or self.cloud is None:
+                degraded = not exits[k]
+                self.count("answered_gateway_degraded" if degraded else "answered_gateway")
+                answer = wire.Result(int(probs[k].argmax()), probs[k], wire.Tier.GATEWAY, degraded)
+            else:
+                forward = wire.Header(
+                    wire.MessageType.INFER_REQUEST,
+                    header.device_id,
+                    header.model_version,
+                    header.seq,
+                    header.request_id,
+                )
+                envelope = wire.envelope_to_bytes(
+                    wire.Envelope(forward, wire.encode_tensor(result.features[k]))
+                )
+                embedding = embeddings[undecided.index(k)] if embeddings is not None else None
+                decisions.append(Forward(header, envelope, probs[k], embedding))
+                continue
+            decisions.append(serving.result_reply(header, answer))
+        return decisions
 
     def forward(self, job: Forward) -> bytes:
         """Ask the cloud; on failure answer with the gateway's exit, flagged degraded."""
@@ -115,6 +146,14 @@ class GatewayService:
                 cloud.label, cloud.probabilities, cloud.tier, cloud.degraded, len(job.envelope)
             )
             self.count("answered_cloud")
+            if self.cache is not None and job.embedding is not None and not cloud.degraded:
+                self.cache.insert(
+                    job.embedding,
+                    cloud.label,
+                    cloud.probabilities,
+                    cloud.tier.label,
+                    float(cloud.probabilities.max()),
+                )
         except EdgeCascadeError as exc:
             self.count(f"cloud_failed_{type(exc).__name__}")
             logger.warning("cloud could not answer request %s: %s", job.header.request_id.hex(), exc)

@@ -13,8 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from device_sdk.bundle import Manifest
+import numpy as np
+
+from device_sdk.bundle import Manifest, load_bundle
+from device_sdk.cache import embed
 from device_sdk.errors import EdgeCascadeError, exit_code
+from device_sdk.runtime import PartitionRunner
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
@@ -84,6 +88,60 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report["n"] else 1
 
 
+def _validation_images() -> np.ndarray:
+    """The validation split of Fashion-MNIST's training set, as the default training run makes it."""
+    from training.data import load_fashion_mnist
+    from training.train import TrainConfig, training_split
+
+    return training_split(TrainConfig(), load_fashion_mnist())[2]
+
+
+def _calibrate_cache(args: argparse.Namespace) -> int:
+    from training.cache_calibration import calibrate_cache
+
+    manifest = calibrate_cache(Path(args.model), _validation_images(), target_precision=args.target)
+    for part in manifest.partitions:
+        if part.cache is not None:
+            print(f"{part.tier:<8} cache: tau {part.cache.tau:.4f}, hit precision {part.cache.precision:.4f}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from tools.bench_cache import bench_index
+    from tools.bench_stream import bench_cache_stream
+    from tools.report import write_json
+    from training.data import load_fashion_mnist
+
+    model = Path(args.model)
+    bundle = load_bundle(model)
+    if any(bundle.manifest.partition(t).cache is None for t in ("device", "gateway")):
+        print("the bundle has no calibrated cache settings; calibrating on validation data")
+        _calibrate_cache(argparse.Namespace(model=args.model, target=0.99))
+        bundle = load_bundle(model)
+    data = load_fashion_mnist()
+    runner = PartitionRunner.from_bundle(bundle, "device")
+    features = np.concatenate(
+        [
+            runner.run(bundle.manifest.input.normalise(data.x_train[i : i + 1000])).features
+            for i in range(0, 60000, 1000)
+        ]
+    )
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    report = {
+        "index": bench_index(embed(features), sizes=sizes),
+        "stream": bench_cache_stream(
+            model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
+        ),
+    }
+    print(json.dumps(report, indent=2))
+    if args.report:
+        write_json(Path(args.report), report)
+        print(f"report written to {args.report}")
+    return 0
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from edge_gateway.__main__ import main as gateway_main
 
@@ -129,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("calibrate-cache", help="calibrate the neural caches' hit rule on validation data")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--target", type=float, default=0.99, help="hit precision to reach (default %(default)s)")
+    p.set_defaults(func=_calibrate_cache)
+
+    p = sub.add_parser("bench", help="benchmarks; results as JSON")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser(
+        "cache", help="HNSW index vs brute force, and a stream of repeats through the cascade"
+    )
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--sizes", default="10000,100000", help="index sizes (default %(default)s)")
+    p.add_argument("--n", type=int, default=5000, help="stream length (default %(default)s)")
+    p.add_argument("--repeat-share", type=float, default=0.3, help="share of near-duplicates (%(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_bench)
 
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from device_sdk.bundle import Bundle, load_bundle
+from device_sdk.cache import open_cache
 from device_sdk.client import DeviceClient
 from device_sdk.errors import BundleError
 from device_sdk.policy import NeverExit
@@ -98,7 +99,8 @@ def run_demo(
         stack = LocalStack(bundle.path, Path(workdir)).start()
         try:
             transport = MqttTransport(stack.mqtt, DEVICE_ID)
-            with DeviceClient(bundle, DEVICE_ID, transport) as client:
+            cache = open_cache(bundle.manifest, "device")
+            with DeviceClient(bundle, DEVICE_ID, transport, cache=cache) as client:
                 _wait_until_served(client, x[0])
                 started = time.perf_counter()
                 records = [

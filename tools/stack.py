@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class LocalStack:
     """Broker + cloud + gateway for one bundle, logs in ``workdir``; a context manager."""
 
-    def __init__(self, bundle: Path, workdir: Path) -> None:
+    def __init__(self, bundle: Path, workdir: Path, gateway_env: dict[str, str] | None = None) -> None:
         self.bundle = Path(bundle).resolve()
         self.workdir = Path(workdir)
         self.broker = Mosquitto(self.workdir / "broker")
@@ -33,6 +33,7 @@ class LocalStack:
         self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
+        self.gateway_env = gateway_env or {}
 
     @property
     def mqtt(self) -> MqttConfig:
@@ -55,6 +56,7 @@ class LocalStack:
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,
                     "EC_MQTT__HOST": self.broker.host,
                     "EC_MQTT__PORT": str(self.broker.port),
+                    **self.gateway_env,
                 },
             )
             self._wait_for_log("gateway", "serving model", timeout, gateway)

@@ -223,10 +223,16 @@ def train_and_export(
 ) -> Manifest:
     """Train on ``dataset`` (Fashion-MNIST when None) and export the bundle; the one call the CLI makes.
 
-    With ``checkpoint_dir`` the Keras model is also saved there (for later fine-tuning).
+    With ``checkpoint_dir`` the Keras model is also saved there (for later fine-tuning). The
+    neural caches' hit rule is calibrated on the validation split and stored in the manifest.
     """
+    from training.cache_calibration import calibrate_cache
+    from training.train import training_split
+
     data = dataset if dataset is not None else load_fashion_mnist()
     trained = train(train_config, data, progress=progress)
     if checkpoint_dir is not None:
         trained.save(checkpoint_dir)
-    return export_bundle(trained, out_dir, name=name, version=version, classes=data.classes)
+    export_bundle(trained, out_dir, name=name, version=version, classes=data.classes)
+    _, _, x_val, _ = training_split(train_config, data)
+    return calibrate_cache(out_dir, x_val)

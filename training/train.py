@@ -212,6 +212,17 @@ def choose_thresholds(probs: list[np.ndarray], y: np.ndarray, max_loss: float) -
     return t1, t2, 0.0
 
 
+def training_split(
+    config: TrainConfig, dataset: Dataset
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_val, y_val)`` exactly as :func:`train` uses them for ``config``."""
+    x, y = dataset.x_train, dataset.y_train
+    if config.train_subset is not None and config.train_subset < len(x):
+        pick = np.sort(np.random.default_rng(config.seed).permutation(len(x))[: config.train_subset])
+        x, y = x[pick], y[pick]
+    return split_validation(x, y, config.val_fraction, config.seed)
+
+
 def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> TrainedModel:
     """Train the three exits jointly, choose thresholds on validation data, measure on the test set."""
     start = time.monotonic()
@@ -223,11 +234,7 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     )
     config = replace(config, model=model_config)
 
-    x, y = dataset.x_train, dataset.y_train
-    if config.train_subset is not None and config.train_subset < len(x):
-        pick = np.sort(np.random.default_rng(config.seed).permutation(len(x))[: config.train_subset])
-        x, y = x[pick], y[pick]
-    x_tr, y_tr, x_val, y_val = split_validation(x, y, config.val_fraction, config.seed)
+    x_tr, y_tr, x_val, y_val = training_split(config, dataset)
     logger.info("training on %d images, validating on %d, %d epochs", len(x_tr), len(x_val), config.epochs)
 
     stages: Stages = build_stages(model_config)

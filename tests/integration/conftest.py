@@ -17,7 +17,7 @@ from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
 from device_sdk.config import MqttConfig
 from device_sdk.transport import MqttTransport
-from edge_gateway.config import GatewayConfig, GatewaySettings
+from edge_gateway.config import CacheSettings, GatewayConfig, GatewaySettings
 from edge_gateway.daemon import GatewayDaemon
 from tools.broker import Mosquitto
 
@@ -53,10 +53,14 @@ def cloud(tiny_bundle: Path) -> Iterator[CloudServer]:
     server.shutdown()
 
 
-def gateway_config(bundle: Path, mqtt: MqttConfig, cloud_url: str, **settings: object) -> GatewayConfig:
+def gateway_config(
+    bundle: Path, mqtt: MqttConfig, cloud_url: str, cache: CacheSettings | None = None, **settings: object
+) -> GatewayConfig:
+    """A gateway config for tests; its neural cache is off unless ``cache`` says otherwise."""
     return GatewayConfig(
         GatewaySettings(bundle=bundle, cloud_url=cloud_url, cloud_timeout=2.0, **settings),  # type: ignore[arg-type]
         mqtt,
+        cache or CacheSettings(enabled=False),
     )
 
 

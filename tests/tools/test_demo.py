@@ -38,7 +38,8 @@ def test_demo_reports_what_its_predictions_say(tiny_bundle: Path, tmp_path: Path
     records = [Record(**json.loads(line)) for line in predictions_path.read_text().splitlines()]
     assert report["n"] == len(records) == 300
     assert sum(report["share"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert set(report["share"]) <= {"device", "gateway", "cloud"} and "device" in report["share"]
+    assert set(report["share"]) <= {"device", "device_cache", "gateway", "gateway_cache", "cloud"}
+    assert "device" in report["share"] and "cloud" in report["share"]
     assert report["degraded"] == 0
     assert report["exit_codes"] == {"gateway": 0, "cloud": 0}  # both daemons stopped cleanly on SIGTERM
     recomputed = build_report(
