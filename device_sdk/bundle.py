@@ -54,7 +54,8 @@ class CacheSpec:
     tau: float
     k: int = 3
     min_votes: int = 2
-    precision: float = 0.0  # hit precision measured on validation data at this tau
+    accuracy_ratio: float = 0.0  # on validation hits: cache accuracy / accuracy of the tiers' answers
+    hit_rate: float = 0.0  # share of validation queries answered by the cache at this tau
 
 
 @dataclass(frozen=True)

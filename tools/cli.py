@@ -84,25 +84,30 @@ def _demo(args: argparse.Namespace) -> int:
         predictions_path=Path(args.predictions) if args.predictions else None,
         retrain=args.retrain,
         progress=not args.no_progress,
+        caches=args.caches,
     )
     return 0 if report["n"] else 1
 
 
-def _validation_images() -> np.ndarray:
+def _validation_split() -> tuple[np.ndarray, np.ndarray]:
     """The validation split of Fashion-MNIST's training set, as the default training run makes it."""
     from training.data import load_fashion_mnist
     from training.train import TrainConfig, training_split
 
-    return training_split(TrainConfig(), load_fashion_mnist())[2]
+    _, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
+    return x_val, y_val
 
 
 def _calibrate_cache(args: argparse.Namespace) -> int:
     from training.cache_calibration import calibrate_cache
 
-    manifest = calibrate_cache(Path(args.model), _validation_images(), target_precision=args.target)
+    manifest = calibrate_cache(Path(args.model), *_validation_split(), target_ratio=args.target)
     for part in manifest.partitions:
         if part.cache is not None:
-            print(f"{part.tier:<8} cache: tau {part.cache.tau:.4f}, hit precision {part.cache.precision:.4f}")
+            print(
+                f"{part.tier:<8} cache: tau {part.cache.tau:.4f}, hit rate {part.cache.hit_rate:.2%}, "
+                f"accuracy vs the tiers' answers {part.cache.accuracy_ratio:.4f}"
+            )
     return 0
 
 
@@ -186,11 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="stream only the first N test images")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--caches", action="store_true", help="turn on the device and gateway neural caches")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("calibrate-cache", help="calibrate the neural caches' hit rule on validation data")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument("--target", type=float, default=0.99, help="hit precision to reach (default %(default)s)")
+    p.add_argument(
+        "--target", type=float, default=0.99, help="cache/tier accuracy ratio to keep (default %(default)s)"
+    )
     p.set_defaults(func=_calibrate_cache)
 
     p = sub.add_parser("bench", help="benchmarks; results as JSON")

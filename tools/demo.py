@@ -86,6 +86,7 @@ def run_demo(
     predictions_path: Path | None = None,
     retrain: bool = False,
     progress: bool = True,
+    caches: bool = False,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -96,10 +97,11 @@ def run_demo(
     x, y = data.x_test[:limit], data.y_test[:limit]
     device_only, cloud_only = local_accuracies(bundle, x, y)
     with tempfile.TemporaryDirectory(prefix="edgecascade-demo-") as workdir:
-        stack = LocalStack(bundle.path, Path(workdir)).start()
+        gateway_env = {"EC_CACHE__ENABLED": "true" if caches else "false"}
+        stack = LocalStack(bundle.path, Path(workdir), gateway_env=gateway_env).start()
         try:
             transport = MqttTransport(stack.mqtt, DEVICE_ID)
-            cache = open_cache(bundle.manifest, "device")
+            cache = open_cache(bundle.manifest, "device") if caches else None
             with DeviceClient(bundle, DEVICE_ID, transport, cache=cache) as client:
                 _wait_until_served(client, x[0])
                 started = time.perf_counter()

@@ -234,5 +234,5 @@ def train_and_export(
     if checkpoint_dir is not None:
         trained.save(checkpoint_dir)
     export_bundle(trained, out_dir, name=name, version=version, classes=data.classes)
-    _, _, x_val, _ = training_split(train_config, data)
-    return calibrate_cache(out_dir, x_val)
+    _, _, x_val, y_val = training_split(train_config, data)
+    return calibrate_cache(out_dir, x_val, y_val)

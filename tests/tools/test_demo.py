@@ -25,6 +25,7 @@ def test_demo_reports_what_its_predictions_say(tiny_bundle: Path, tmp_path: Path
             "--limit",
             "300",
             "--no-progress",
+            "--caches",
             "--report",
             str(report_path),
             "--predictions",
