@@ -5,6 +5,7 @@ their names may change. This package never imports TensorFlow.
 """
 
 from device_sdk.bundle import Bundle, Manifest, load_bundle
+from device_sdk.cache import CacheConfig, CacheHit, NeuralCache, open_cache
 from device_sdk.client import DeviceClient, Prediction
 from device_sdk.config import MqttConfig, load_config
 from device_sdk.errors import (
@@ -30,6 +31,8 @@ __all__ = [
     "AlwaysExit",
     "Bundle",
     "BundleError",
+    "CacheConfig",
+    "CacheHit",
     "ConfigError",
     "DatasetError",
     "DependencyError",
@@ -43,6 +46,7 @@ __all__ = [
     "ModelVersionError",
     "MqttConfig",
     "MqttTransport",
+    "NeuralCache",
     "NeverExit",
     "PartitionRunner",
     "Prediction",
@@ -55,4 +59,5 @@ __all__ = [
     "WireError",
     "load_bundle",
     "load_config",
+    "open_cache",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from device_sdk import wire
 from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.cache import NeuralCache, embed
+from device_sdk.cache import NeuralCache
 from device_sdk.errors import (
     ConfigError,
     EdgeCascadeError,
@@ -35,6 +35,7 @@ from device_sdk.errors import (
 )
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
+from device_sdk.similarity import embed
 from device_sdk.transport import Transport
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ import numpy as np
 
 from device_sdk import serving, wire
 from device_sdk.bundle import Bundle
-from device_sdk.cache import NeuralCache, embed
+from device_sdk.cache import NeuralCache
 from device_sdk.errors import EdgeCascadeError, WireError
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
+from device_sdk.similarity import embed
 from edge_gateway.cloud_link import CloudLink
 
 logger = logging.getLogger(__name__)

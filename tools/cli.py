@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from device_sdk.bundle import Manifest, load_bundle
-from device_sdk.cache import embed
 from device_sdk.errors import EdgeCascadeError, exit_code
 from device_sdk.runtime import PartitionRunner
+from device_sdk.similarity import embed
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from device_sdk.bundle import CacheSpec, Manifest, load_bundle, write_manifest
-from device_sdk.cache import embed, hit_rule
 from device_sdk.policy import softmax
 from device_sdk.runtime import PartitionRunner
+from device_sdk.similarity import embed, hit_rule
 from training.augment import near_duplicates
 
 logger = logging.getLogger(__name__)

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from device_sdk.bundle import CacheSpec, ExitSpec, InputSpec, Manifest, PartitionSpec, TensorSpec
-from device_sdk.cache import (
-    CacheConfig,
-    NeuralCache,
-    embed,
-    embedding_dim,
-    hit_rule,
-    open_cache,
-)
+from device_sdk.cache import CacheConfig, NeuralCache, open_cache
 from device_sdk.errors import ConfigError, TensorSpecError
+from device_sdk.similarity import embed, embedding_dim, hit_rule
 
 DIM = 16
 CLASSES = 4
