@@ -17,7 +17,7 @@ import numpy as np
 
 from device_sdk.bundle import Manifest, load_bundle
 from device_sdk.errors import EdgeCascadeError, exit_code
-from device_sdk.runtime import PartitionRunner
+from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed
 
 DEFAULT_MODEL = Path("artifacts/model")
@@ -126,13 +126,7 @@ def _bench(args: argparse.Namespace) -> int:
         _calibrate_cache(argparse.Namespace(model=args.model, target=0.99))
         bundle = load_bundle(model)
     data = load_fashion_mnist()
-    runner = PartitionRunner.from_bundle(bundle, "device")
-    features = np.concatenate(
-        [
-            runner.run(bundle.manifest.input.normalise(data.x_train[i : i + 1000])).features
-            for i in range(0, 60000, 1000)
-        ]
-    )
+    features = run_partitions(bundle, data.x_train).features[0]  # the device cache's keys
     sizes = tuple(int(s) for s in args.sizes.split(","))
     report = {
         "index": bench_index(embed(features), sizes=sizes),

@@ -21,7 +21,7 @@ from device_sdk.cache import open_cache
 from device_sdk.client import DeviceClient
 from device_sdk.errors import BundleError
 from device_sdk.policy import NeverExit
-from device_sdk.runtime import PartitionRunner
+from device_sdk.runtime import run_partitions
 from device_sdk.transport import MqttTransport
 from tools.report import Record, build_report, format_report, write_json, write_predictions
 from tools.stack import LocalStack
@@ -48,20 +48,10 @@ def ensure_model(model_dir: Path, *, retrain: bool = False, progress: bool = Tru
     return load_bundle(model_dir)
 
 
-def local_accuracies(bundle: Bundle, x: np.ndarray, y: np.ndarray, batch: int = 500) -> tuple[float, float]:
+def local_accuracies(bundle: Bundle, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Device-only (exit 1) and full-model (exit 3) accuracy, chaining the partitions in LiteRT."""
-    runners = [PartitionRunner.from_bundle(bundle, tier) for tier in ("device", "gateway", "cloud")]
-    first, last = [], []
-    for start in range(0, len(x), batch):
-        features = bundle.manifest.input.normalise(x[start : start + batch])
-        outputs = []
-        for runner in runners:
-            out = runner.run(features)
-            outputs.append(out.logits)
-            features = out.features if out.features is not None else features
-        first.append(outputs[0].argmax(1))
-        last.append(outputs[-1].argmax(1))
-    return float(np.mean(np.concatenate(first) == y)), float(np.mean(np.concatenate(last) == y))
+    logits = run_partitions(bundle, x).logits
+    return float(np.mean(logits[0].argmax(1) == y)), float(np.mean(logits[-1].argmax(1) == y))
 
 
 def _wait_until_served(client: DeviceClient, x: np.ndarray, timeout: float = 30.0) -> None:

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.bundle import CacheSpec, Manifest, load_bundle, write_manifest
-from device_sdk.policy import softmax
-from device_sdk.runtime import PartitionRunner
+from device_sdk.bundle import Bundle, CacheSpec, Manifest, load_bundle, write_manifest
+from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed, hit_rule
 from training.augment import near_duplicates
 
@@ -37,18 +36,11 @@ DEFAULT_TAUS = tuple(float(t) for t in np.round(np.linspace(0.0, 0.2, 81), 4))
 TierView = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _tier_views(
-    manifest: Manifest, runners: dict[str, PartitionRunner], images: np.ndarray
-) -> dict[str, TierView]:
+def _tier_views(bundle: Bundle, images: np.ndarray) -> dict[str, TierView]:
     """Per caching tier: (embedding, exits-here mask) and the cascade answer from above each tier."""
-    x = manifest.input.normalise(images)
-    probs, features = [], []
-    for tier in ("device", "gateway", "cloud"):
-        out = runners[tier].run(x)
-        probs.append(softmax(out.logits, manifest.partition(tier).exit.temperature))
-        if out.features is not None:
-            features.append(out.features)
-            x = out.features
+    manifest = bundle.manifest
+    outputs = run_partitions(bundle, images)
+    probs, features = outputs.probs, outputs.features
     exits = [probs[i].max(1) >= manifest.partition(t).exit.threshold for i, t in enumerate(CACHING_TIERS)]
     # what the tiers above answer for an input that reaches each tier's cache
     above_gateway = probs[2].argmax(1)
@@ -132,9 +124,8 @@ def calibrate_cache(
     """Calibrate both caches on validation ``images`` (uint8) and ``labels``; rewrite the manifest."""
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
-    runners = {tier: PartitionRunner.from_bundle(bundle, tier) for tier in ("device", "gateway", "cloud")}
     rng = np.random.default_rng(seed)
-    originals = _tier_views(manifest, runners, images)
+    originals = _tier_views(bundle, images)
     specs: dict[str, CacheSpec] = {}
     for tier in CACHING_TIERS:
         emb, exits_here, answers = originals[tier]
@@ -143,7 +134,7 @@ def calibrate_cache(
             candidates = np.intersect1d(candidates, np.flatnonzero(~originals["device"][1]))
         rng.shuffle(candidates)
         ref, other = np.array_split(candidates, 2)
-        repeats = _tier_views(manifest, runners, near_duplicates(images[ref], rng))[tier]
+        repeats = _tier_views(bundle, near_duplicates(images[ref], rng))[tier]
         repeat_curve = accuracy_curve(
             emb[ref], answers[ref], repeats[0], repeats[2], labels[ref], k, min_votes
         )

@@ -38,7 +38,7 @@ from device_sdk.bundle import (
     write_manifest,
 )
 from device_sdk.errors import ModelError
-from device_sdk.runtime import PartitionRunner, interpreter_class
+from device_sdk.runtime import interpreter_class, run_partitions
 from training.calibration import softmax
 from training.data import Dataset, load_fashion_mnist
 from training.train import TrainConfig, TrainedModel, train
@@ -188,23 +188,14 @@ def parity(
     ``argmax_agreement`` (smallest share of samples, over the exits, whose predicted class
     is the same in both) and ``n``.
     """
-    bundle = load_bundle(bundle_path)
-    manifest = bundle.manifest
-    runners = [PartitionRunner.from_bundle(bundle, tier) for tier in TIERS]
-    temps = [manifest.partition(tier).exit.temperature for tier in TIERS]
-    lite: list[list[np.ndarray]] = [[] for _ in TIERS]
-    for start in range(0, len(x), batch_size):
-        h = manifest.input.normalise(x[start : start + batch_size])
-        for i, runner in enumerate(runners):
-            out = runner.run(h)
-            lite[i].append(out.logits)
-            if out.features is not None:
-                h = out.features
+    lite = run_partitions(load_bundle(bundle_path), x, batch_size)
     keras_logits = trained.exit_logits(x)
     result: dict[str, float] = {"n": float(len(x))}
     agreement = 1.0
-    for i, (chunks, k_logits, t) in enumerate(zip(lite, keras_logits, temps, strict=True), start=1):
-        p_lite, p_keras = softmax(np.concatenate(chunks), t), softmax(k_logits, t)
+    for i, (p_lite, k_logits, t) in enumerate(
+        zip(lite.probs, keras_logits, lite.temperatures, strict=True), 1
+    ):
+        p_keras = softmax(k_logits, t)
         result[f"max_abs_diff_exit{i}"] = float(np.abs(p_lite - p_keras).max())
         agreement = min(agreement, float((p_lite.argmax(1) == p_keras.argmax(1)).mean()))
     result["max_abs_diff"] = max(result[f"max_abs_diff_exit{i}"] for i in (1, 2, 3))

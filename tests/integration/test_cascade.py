@@ -12,8 +12,8 @@ import pytest
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
 from device_sdk.config import MqttConfig
-from device_sdk.policy import NeverExit, softmax
-from device_sdk.runtime import PartitionRunner
+from device_sdk.policy import NeverExit
+from device_sdk.runtime import run_partitions
 from edge_gateway.daemon import GatewayDaemon
 from tools.broker import Mosquitto, free_port
 
@@ -24,14 +24,7 @@ pytestmark = pytest.mark.integration
 
 def local_exit_probs(bundle_dir: Path, images: np.ndarray) -> list[np.ndarray]:
     """Exit probabilities of the three partitions chained in-process: the reference answers."""
-    bundle = load_bundle(bundle_dir)
-    x = bundle.manifest.input.normalise(images)
-    probs = []
-    for tier in ("device", "gateway", "cloud"):
-        out = PartitionRunner.from_bundle(bundle, tier).run(x)
-        probs.append(softmax(out.logits, bundle.manifest.partition(tier).exit.temperature))
-        x = out.features if out.features is not None else x
-    return probs
+    return run_partitions(load_bundle(bundle_dir), images).probs
 
 
 def test_every_tier_answers_what_the_model_says(
