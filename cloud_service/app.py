@@ -47,13 +47,13 @@ def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
-    _inference().count(f"http_{status}")
+    _inference().counters.add(f"http_{status}")
     return _json_error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
 def _unexpected_error(exc: Exception) -> tuple[Response, int]:
     logger.exception("unexpected error")
-    _inference().count("http_500")
+    _inference().counters.add("http_500")
     return _json_error(500, "internal", "internal error")
 
 
@@ -61,13 +61,13 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
 def infer() -> Any:
     inference = _inference()
     payload = request.get_data(cache=False)
-    inference.count("requests")
-    inference.count("bytes_in", len(payload))
+    inference.counters.add("requests")
+    inference.counters.add("bytes_in", len(payload))
     try:
         reply = inference.infer(payload)
     except EdgeCascadeError as exc:
         code = serving.error_code(exc)
-        inference.count(f"rejected_{code.name.lower()}")
+        inference.counters.add(f"rejected_{code.name.lower()}")
         logger.warning("rejected inference request: %s", exc)
         return _json_error(int(code), code.name.lower(), str(exc))
     return Response(reply, status=200, content_type=wire.CONTENT_TYPE)

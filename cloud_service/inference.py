@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
 from device_sdk import serving, wire
 from device_sdk.bundle import Bundle
 from device_sdk.policy import softmax
@@ -19,17 +16,12 @@ class CloudInference:
         self.version = bundle.manifest.version
         self._spec = bundle.manifest.partition("cloud")
         self._runner = PartitionRunner.from_bundle(bundle, "cloud", num_threads)
-        self._lock = threading.Lock()
-        self.counters: Counter[str] = Counter()
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.counters[key] += n
+        self.counters = serving.Counters()
 
     def infer(self, payload: bytes) -> bytes:
         """Answer one request envelope with a RESULT envelope."""
         header, tensor = serving.parse_infer_request(payload, self.version, self._spec)
         logits = self._runner.run(tensor[None]).logits
         probs = softmax(logits, self._spec.exit.temperature)[0]
-        self.count("answered_cloud")
+        self.counters.add("answered_cloud")
         return serving.result_reply(header, wire.Result(int(probs.argmax()), probs, wire.Tier.CLOUD))

@@ -6,6 +6,9 @@ partition that will run it, build result and error replies, and map errors to wi
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 import numpy as np
 
 from device_sdk import wire
@@ -17,6 +20,18 @@ from device_sdk.errors import (
     TensorSpecError,
     WireError,
 )
+
+
+class Counters(Counter[str]):
+    """Event counters of a serving tier, safe to increment from several threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self[key] += n
 
 
 def parse_infer_request(

@@ -102,15 +102,15 @@ class GatewayDaemon:
     ) -> None:
         device_id = wire.device_id_from_topic(topic)
         if device_id is None:
-            self.service.count("rejected_bad_topic")
+            self.service.counters.add("rejected_bad_topic")
             return
         if response_topic is not None and response_topic != wire.response_topic(device_id):
-            self.service.count("rejected_foreign_response_topic")
+            self.service.counters.add("rejected_foreign_response_topic")
             logger.warning("device %s asked for replies on a foreign topic %s", device_id, response_topic)
         try:
             self._queue.put_nowait(Request(payload, device_id, correlation))
         except queue.Full:
-            self.service.count("dropped_queue_full")
+            self.service.counters.add("dropped_queue_full")
             logger.warning("request queue full; dropping a request from %s", device_id)
 
     # ------------------------------------------------------------------------ worker side
@@ -134,7 +134,7 @@ class GatewayDaemon:
                 decisions = self.service.decide(batch)
             except Exception:  # keep serving whatever one batch did
                 logger.exception("batch of %d requests failed", len(batch))
-                self.service.count("batch_failed")
+                self.service.counters.add("batch_failed")
                 continue
             for request, decision in zip(batch, decisions, strict=True):
                 if isinstance(decision, Forward):

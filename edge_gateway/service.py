@@ -10,8 +10,6 @@ is what the in-memory transport uses in tests.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,20 +63,15 @@ class GatewayService:
         self.cloud = cloud
         self._runner = PartitionRunner.from_bundle(bundle, "gateway")
         self.cache = cache
-        self._lock = threading.Lock()
-        self.counters: Counter[str] = Counter()
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.counters[key] += n
+        self.counters = serving.Counters()
 
     def decide(self, requests: list[Request]) -> list[bytes | Forward | None]:
         """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
         out: list[bytes | Forward | None] = [None] * len(requests)
         valid: list[tuple[int, wire.Header, np.ndarray]] = []
         for i, request in enumerate(requests):
-            self.count("requests")
-            self.count("bytes_in", len(request.payload))
+            self.counters.add("requests")
+            self.counters.add("bytes_in", len(request.payload))
             try:
                 header, tensor = serving.parse_infer_request(request.payload, self.version, self._spec)
                 if request.device_id is not None and header.device_id != request.device_id:
@@ -107,11 +100,11 @@ class GatewayService:
         for k, (header, _) in enumerate(batch):
             hit = cached.get(k)
             if hit is not None:
-                self.count("answered_gateway_cache")
+                self.counters.add("answered_gateway_cache")
                 answer = wire.Result(hit.label, hit.probabilities, wire.Tier.GATEWAY_CACHE)
             elif exits[k] or self.cloud is None:
                 degraded = not exits[k]
-                self.count("answered_gateway_degraded" if degraded else "answered_gateway")
+                self.counters.add("answered_gateway_degraded" if degraded else "answered_gateway")
                 answer = wire.Result(int(probs[k].argmax()), probs[k], wire.Tier.GATEWAY, degraded)
             else:
                 forward = wire.Header(
@@ -133,8 +126,8 @@ class GatewayService:
     def forward(self, job: Forward) -> bytes:
         """Ask the cloud; on failure answer with the gateway's exit, flagged degraded."""
         assert self.cloud is not None
-        self.count("forwarded")
-        self.count("bytes_to_cloud", len(job.envelope))
+        self.counters.add("forwarded")
+        self.counters.add("bytes_to_cloud", len(job.envelope))
         try:
             reply = wire.envelope_from_bytes(self.cloud.infer(job.envelope))
             if (
@@ -146,7 +139,7 @@ class GatewayService:
             answer = wire.Result(
                 cloud.label, cloud.probabilities, cloud.tier, cloud.degraded, len(job.envelope)
             )
-            self.count("answered_cloud")
+            self.counters.add("answered_cloud")
             if self.cache is not None and job.embedding is not None and not cloud.degraded:
                 self.cache.insert(
                     job.embedding,
@@ -156,7 +149,7 @@ class GatewayService:
                     float(cloud.probabilities.max()),
                 )
         except EdgeCascadeError as exc:
-            self.count(f"cloud_failed_{type(exc).__name__}")
+            self.counters.add(f"cloud_failed_{type(exc).__name__}")
             logger.warning("cloud could not answer request %s: %s", job.header.request_id.hex(), exc)
             answer = wire.Result(
                 int(job.probs.argmax()),
@@ -165,7 +158,7 @@ class GatewayService:
                 degraded=True,
                 upstream_bytes=len(job.envelope),
             )
-            self.count("answered_gateway_degraded")
+            self.counters.add("answered_gateway_degraded")
         return serving.result_reply(job.header, answer)
 
     def handle(self, payload: bytes) -> bytes:
@@ -178,7 +171,7 @@ class GatewayService:
     def _reject(self, request: Request, exc: EdgeCascadeError) -> bytes | None:
         """Error reply for a request that cannot be served; None if it cannot be addressed."""
         code = serving.error_code(exc)
-        self.count(f"rejected_{code.name.lower()}")
+        self.counters.add(f"rejected_{code.name.lower()}")
         logger.warning("rejected request from %s: %s", request.device_id or "?", exc)
         try:
             header = wire.envelope_from_bytes(request.payload).header
