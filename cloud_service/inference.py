@@ -15,12 +15,13 @@ class CloudInference:
         self.bundle = bundle
         self.version = bundle.manifest.version
         self._spec = bundle.manifest.partition("cloud")
+        self._cut_encoding = bundle.manifest.partition("gateway").encoding
         self._runner = PartitionRunner.from_bundle(bundle, "cloud", num_threads)
         self.counters = serving.Counters()
 
     def infer(self, payload: bytes) -> bytes:
         """Answer one request envelope with a RESULT envelope."""
-        header, tensor = serving.parse_infer_request(payload, self.version, self._spec)
+        header, tensor = serving.parse_infer_request(payload, self.version, self._spec, self._cut_encoding)
         logits = self._runner.run(tensor[None]).logits
         probs = softmax(logits, self._spec.exit.temperature)[0]
         self.counters.add("answered_cloud")

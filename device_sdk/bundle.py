@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from device_sdk.codec import Encoding
 from device_sdk.errors import BundleError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 TIERS = ("device", "gateway", "cloud")
+PRECISIONS = ("float32", "float16", "int8")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class PartitionSpec:
     exit: ExitSpec
     features: TensorSpec | None = None  # cut features for the next tier; None on the last
     cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
+    encoding: str = "float32"  # how ``features`` travel to the next tier (device_sdk.codec.Encoding)
+    precision: str = "float32"  # weights and arithmetic of the .tflite: float32, float16 or int8
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,15 @@ def _partition(d: dict[str, Any]) -> PartitionSpec:
         exit=ExitSpec(**d["exit"]),
         features=_tensor(d["features"]) if d.get("features") else None,
         cache=CacheSpec(**d["cache"]) if d.get("cache") else None,
+        encoding=Encoding(d.get("encoding", "float32")).value,
+        precision=_one_of(d.get("precision", "float32"), PRECISIONS, "precision"),
     )
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise BundleError(f"unknown {what} {value!r} (known: {', '.join(allowed)})")
+    return str(value)
 
 
 @dataclass(frozen=True)

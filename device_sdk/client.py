@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk import wire
+from device_sdk import codec, wire
 from device_sdk.bundle import Bundle, load_bundle
 from device_sdk.cache import NeuralCache
 from device_sdk.errors import (
@@ -228,7 +228,9 @@ class DeviceClient:
             header = wire.Header(
                 wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self._next_seq()
             )
-            request = wire.envelope_to_bytes(wire.Envelope(header, wire.encode_tensor(local.features)))
+            request = wire.envelope_to_bytes(
+                wire.Envelope(header, codec.encode_features(local.features, self._spec.encoding))
+            )
             submitted = time.perf_counter()
             try:
                 future: Future[bytes] | EdgeCascadeError = self.transport.submit(request, header.request_id)

@@ -9,6 +9,7 @@ bundle's manifest asks for.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,6 +27,40 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def max_prob(probs: np.ndarray) -> np.ndarray:
+    """The top class probability."""
+    return np.asarray(probs).max(axis=-1)
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    """Top probability minus the runner-up's: low when two classes compete."""
+    top2 = np.sort(np.asarray(probs), axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def entropy_confidence(probs: np.ndarray) -> np.ndarray:
+    """``1 - H(p) / log(classes)``: 1 for a one-hot answer, 0 for a uniform one (BranchyNet)."""
+    p = np.asarray(probs, dtype=np.float64)
+    h = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=-1)
+    return (1.0 - h / np.log(p.shape[-1])).astype(np.float32)
+
+
+SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "max_prob": max_prob,
+    "margin": margin,
+    "entropy": entropy_confidence,
+}
+"""Confidence scores an exit can threshold, by the name the manifest uses. All lie in [0, 1]."""
+
+
+def confidence_score(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The score called ``name``, or a ConfigError listing the known ones."""
+    try:
+        return SCORES[name]
+    except KeyError:
+        raise ConfigError(f"unknown exit score {name!r} (known: {', '.join(SCORES)})") from None
+
+
 class ExitPolicy(abc.ABC):
     """Decides, per input, whether an exit's answer is confident enough to return."""
 
@@ -38,22 +73,31 @@ class ExitPolicy(abc.ABC):
         """Boolean mask over the batch: True where the input may exit here."""
 
 
-class MaxProbExit(ExitPolicy):
-    """Exit when the top class probability reaches ``threshold`` (BranchyNet-style)."""
+class ThresholdExit(ExitPolicy):
+    """Exit when a confidence score reaches ``threshold``; scores lie in [0, 1], so > 1 never exits."""
 
-    def __init__(self, threshold: float) -> None:
-        if not threshold >= 0.0:  # also rejects NaN; a threshold above 1 never exits
-            raise ConfigError(f"max-probability threshold must be >= 0, got {threshold}")
+    def __init__(self, threshold: float, score: str = "max_prob") -> None:
+        if not threshold >= 0.0:  # also rejects NaN
+            raise ConfigError(f"exit threshold must be >= 0, got {threshold}")
         self.threshold = threshold
+        self.score = score
+        self._score = confidence_score(score)
 
     def confidence(self, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(probs).max(axis=-1)
+        return self._score(probs)
 
     def should_exit(self, probs: np.ndarray) -> np.ndarray:
         return self.confidence(probs) >= self.threshold
 
     def __repr__(self) -> str:
-        return f"MaxProbExit({self.threshold:g})"
+        return f"{type(self).__name__}({self.threshold:g}, {self.score!r})"
+
+
+class MaxProbExit(ThresholdExit):
+    """Exit when the top class probability reaches ``threshold`` (BranchyNet-style)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(threshold, "max_prob")
 
 
 class NeverExit(ExitPolicy):
@@ -78,6 +122,4 @@ class AlwaysExit(ExitPolicy):
 
 def policy_from_spec(spec: ExitSpec) -> ExitPolicy:
     """The policy a manifest's exit settings describe."""
-    if spec.score == "max_prob":
-        return MaxProbExit(spec.threshold)
-    raise ConfigError(f"unknown exit score {spec.score!r} (known: max_prob)")
+    return ThresholdExit(spec.threshold, spec.score)

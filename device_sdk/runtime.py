@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from device_sdk.bundle import Bundle, PartitionSpec
+from device_sdk.codec import through_wire
 from device_sdk.errors import DependencyError, ModelError, TensorSpecError
 from device_sdk.policy import softmax
 
@@ -53,10 +54,13 @@ class PartitionRunner:
     LiteRT interpreters are not thread-safe, so calls are serialised with a lock.
     """
 
-    def __init__(self, path: str | Path, spec: PartitionSpec, num_threads: int = 1) -> None:
+    def __init__(self, model: str | Path | bytes, spec: PartitionSpec, num_threads: int = 1) -> None:
+        """``model`` is a ``.tflite`` path or its content."""
         self.spec = spec
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+        path = "<bytes>" if isinstance(model, bytes) else model
         try:
-            self._interp = interpreter_class()(model_path=str(path), num_threads=num_threads)
+            self._interp = interpreter_class()(**source, num_threads=num_threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load partition {path}: {exc}") from exc
@@ -115,8 +119,10 @@ class ChainOutputs:
 def run_partitions(bundle: Bundle, raw: np.ndarray, batch_size: int = 512) -> ChainOutputs:
     """Run all partitions of ``bundle`` one after another on raw inputs, in batches.
 
-    The reference the cascade is measured against: device-only and full-model accuracy,
-    export parity, cache calibration and the tests all use it.
+    Each cut's features pass through their wire encoding (:func:`device_sdk.codec.through_wire`)
+    before the next partition, so the answers are those of the deployed cascade. The
+    reference the cascade is measured against: device-only and full-model accuracy, export
+    parity, cache calibration and the tests all use it.
     """
     tiers = tuple(p.tier for p in bundle.manifest.partitions)
     runners = [PartitionRunner.from_bundle(bundle, tier) for tier in tiers]
@@ -129,7 +135,7 @@ def run_partitions(bundle: Bundle, raw: np.ndarray, batch_size: int = 512) -> Ch
             logits[i].append(out.logits)
             if out.features is not None:
                 features[i].append(out.features)
-                x = out.features
+                x = through_wire(out.features, runner.spec.encoding)
     return ChainOutputs(
         tuple(np.concatenate(chunks) for chunks in logits),
         tuple(np.concatenate(chunks) for chunks in features),

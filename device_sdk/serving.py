@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from device_sdk import wire
+from device_sdk import codec, wire
 from device_sdk.bundle import PartitionSpec
 from device_sdk.errors import (
     EdgeCascadeError,
@@ -35,9 +35,13 @@ class Counters(Counter[str]):
 
 
 def parse_infer_request(
-    payload: bytes, model_version: int, spec: PartitionSpec
+    payload: bytes, model_version: int, spec: PartitionSpec, encoding: str
 ) -> tuple[wire.Header, np.ndarray]:
-    """Decode an INFER_REQUEST for ``spec``'s partition; raise a WireError or ModelVersionError."""
+    """Decode an INFER_REQUEST for ``spec``'s partition, its features in ``encoding``.
+
+    Raises a WireError (TensorSpecError for a wrong encoding, shape or non-finite values)
+    or a ModelVersionError; nothing invalid reaches a model.
+    """
     envelope = wire.envelope_from_bytes(payload)
     header = envelope.header
     if header.msg_type != wire.MessageType.INFER_REQUEST:
@@ -46,7 +50,7 @@ def parse_infer_request(
         raise ModelVersionError(
             f"model version {header.model_version} is not served here (serving {model_version})"
         )
-    tensor = wire.decode_tensor(envelope.body)
+    tensor = codec.decode_features(envelope.body, encoding)
     if tensor.shape != spec.input.shape or tensor.dtype != np.dtype(spec.input.dtype):
         raise TensorSpecError(
             f"{spec.tier} partition takes {spec.input.dtype}{list(spec.input.shape)}, "

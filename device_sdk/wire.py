@@ -26,6 +26,7 @@ Topic and route names live here too, so the transports and the services agree on
 from __future__ import annotations
 
 import enum
+import math
 import re
 import struct
 import uuid
@@ -204,12 +205,20 @@ def envelope_from_bytes(data: bytes) -> Envelope:
 
 # ---------------------------------------------------------------------------- tensor body
 class DType(enum.IntEnum):
-    """Tensor element types on the wire (always little-endian)."""
+    """Tensor element types on the wire (always little-endian).
+
+    ``QINT8`` and ``BITS`` are encodings of float tensors (see :mod:`device_sdk.codec`):
+    ``QINT8`` carries a float32 scale and an int8 zero point before its int8 elements and
+    decodes to ``(q - zero_point) * scale``; ``BITS`` carries one bit per element, packed
+    with ``numpy.packbits`` (most significant bit first), and decodes to ±1.
+    """
 
     FLOAT32 = 1
     FLOAT16 = 2
     INT8 = 3
     UINT8 = 4
+    QINT8 = 5
+    BITS = 6
 
     @property
     def numpy(self) -> np.dtype:
@@ -218,35 +227,78 @@ class DType(enum.IntEnum):
     @classmethod
     def of(cls, dtype: np.dtype) -> DType:
         for code, name in _NUMPY_DTYPES.items():
-            if np.dtype(dtype) == np.dtype(name):
+            if code in (DType.FLOAT32, DType.FLOAT16, DType.INT8, DType.UINT8) and np.dtype(dtype) == name:
                 return code
         raise TensorSpecError(f"dtype {dtype} cannot be sent")
 
 
-_NUMPY_DTYPES = {DType.FLOAT32: "float32", DType.FLOAT16: "float16", DType.INT8: "int8", DType.UINT8: "uint8"}
+_NUMPY_DTYPES = {
+    DType.FLOAT32: "float32",
+    DType.FLOAT16: "float16",
+    DType.INT8: "int8",
+    DType.UINT8: "uint8",
+    DType.QINT8: "int8",
+    DType.BITS: "uint8",
+}
 _TENSOR_HEAD = struct.Struct(">BB")
+_QUANT = struct.Struct("<fb")  # scale, zero point
 MAX_NDIM = 8
+
+
+def _tensor_head(code: DType, shape: tuple[int, ...]) -> bytes:
+    if len(shape) > MAX_NDIM:
+        raise TensorSpecError(f"rank {len(shape)} exceeds {MAX_NDIM}")
+    return _TENSOR_HEAD.pack(int(code), len(shape)) + struct.pack(f">{len(shape)}I", *shape)
 
 
 def encode_tensor(array: np.ndarray) -> bytes:
     """Tensor body: dtype code, rank, each dimension (uint32), then the raw elements."""
     code = DType.of(array.dtype)
-    if array.ndim > MAX_NDIM:
-        raise TensorSpecError(f"rank {array.ndim} exceeds {MAX_NDIM}")
-    dims = struct.pack(f">{array.ndim}I", *array.shape)
     data = np.ascontiguousarray(array, dtype=code.numpy).tobytes()
-    return _TENSOR_HEAD.pack(int(code), array.ndim) + dims + data
+    return _tensor_head(code, array.shape) + data
+
+
+def encode_qint8(values: np.ndarray, scale: float, zero_point: int) -> bytes:
+    """A ``QINT8`` body: int8 ``values`` that stand for ``(values - zero_point) * scale``."""
+    if not (math.isfinite(scale) and 0 < scale < 1e30) or not -128 <= zero_point <= 127:
+        raise TensorSpecError(f"bad int8 quantisation: scale {scale}, zero point {zero_point}")
+    data = np.ascontiguousarray(values, dtype=np.int8).tobytes()
+    return _tensor_head(DType.QINT8, values.shape) + _QUANT.pack(scale, zero_point) + data
+
+
+def encode_bits(values: np.ndarray) -> bytes:
+    """A ``BITS`` body: one bit per element, set where ``values > 0``."""
+    packed = np.packbits(np.asarray(values).reshape(-1) > 0)
+    return _tensor_head(DType.BITS, np.shape(values)) + packed.tobytes()
+
+
+def tensor_code(body: bytes) -> DType:
+    """The element type of a tensor body, read from its first byte."""
+    if not body:
+        raise WireError("tensor body truncated")
+    try:
+        return DType(body[0])
+    except ValueError:
+        raise TensorSpecError(f"unknown tensor dtype code {body[0]}") from None
+
+
+def _data_length(code: DType, count: int) -> int:
+    if code == DType.BITS:
+        return -(-count // 8)
+    if code == DType.QINT8:
+        return _QUANT.size + count
+    return count * code.numpy.itemsize
 
 
 def decode_tensor(body: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_tensor`; rejects bad lengths and non-finite floats."""
+    """Inverse of the ``encode_*`` functions; rejects bad lengths and non-finite floats.
+
+    ``QINT8`` and ``BITS`` bodies come back as float32 (dequantised, or ±1).
+    """
+    code = tensor_code(body)
     if len(body) < _TENSOR_HEAD.size:
         raise WireError("tensor body truncated")
-    code, ndim = _TENSOR_HEAD.unpack_from(body)
-    try:
-        dtype = DType(code).numpy
-    except ValueError:
-        raise TensorSpecError(f"unknown tensor dtype code {code}") from None
+    ndim = body[1]
     if ndim > MAX_NDIM:
         raise TensorSpecError(f"rank {ndim} exceeds {MAX_NDIM}")
     offset = _TENSOR_HEAD.size + 4 * ndim
@@ -254,10 +306,22 @@ def decode_tensor(body: bytes) -> np.ndarray:
         raise WireError("tensor body truncated in its shape")
     shape = struct.unpack_from(f">{ndim}I", body, _TENSOR_HEAD.size)
     count = int(np.prod(shape, dtype=np.int64)) if ndim else 1
-    if len(body) - offset != count * dtype.itemsize:
+    if code == DType.QINT8 and len(body) - offset == count:
+        raise WireError("int8 tensor without its scale and zero point")
+    if len(body) - offset != _data_length(code, count):
         raise WireError(
-            f"tensor data length {len(body) - offset} does not match shape {shape} of {dtype.name}"
+            f"tensor data length {len(body) - offset} does not match shape {shape} of {code.name}"
         )
+    if code == DType.BITS:
+        bits = np.unpackbits(np.frombuffer(body, np.uint8, offset=offset), count=count)
+        return (bits.astype(np.float32) * 2.0 - 1.0).reshape(shape)
+    if code == DType.QINT8:
+        scale, zero_point = _QUANT.unpack_from(body, offset)
+        if not (math.isfinite(scale) and 0 < scale < 1e30):  # 255 steps of it must stay finite
+            raise TensorSpecError(f"int8 tensor with scale {scale}")
+        q = np.frombuffer(body, np.int8, offset=offset + _QUANT.size).astype(np.float32)
+        return ((q - np.float32(zero_point)) * np.float32(scale)).reshape(shape)
+    dtype = code.numpy
     array = np.frombuffer(body, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise TensorSpecError("tensor holds NaN or infinite values")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_sdk import serving, wire
+from device_sdk import codec, serving, wire
 from device_sdk.bundle import Bundle
 from device_sdk.cache import NeuralCache
 from device_sdk.errors import EdgeCascadeError, WireError
@@ -59,6 +59,7 @@ class GatewayService:
         self.bundle = bundle
         self.version = bundle.manifest.version
         self._spec = bundle.manifest.partition("gateway")
+        self._cut_encoding = bundle.manifest.partition("device").encoding
         self.policy = policy or policy_from_spec(self._spec.exit)
         self.cloud = cloud
         self._runner = PartitionRunner.from_bundle(bundle, "gateway")
@@ -73,7 +74,9 @@ class GatewayService:
             self.counters.add("requests")
             self.counters.add("bytes_in", len(request.payload))
             try:
-                header, tensor = serving.parse_infer_request(request.payload, self.version, self._spec)
+                header, tensor = serving.parse_infer_request(
+                    request.payload, self.version, self._spec, self._cut_encoding
+                )
                 if request.device_id is not None and header.device_id != request.device_id:
                     raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
                 valid.append((i, header, tensor))
@@ -115,7 +118,7 @@ class GatewayService:
                     header.request_id,
                 )
                 envelope = wire.envelope_to_bytes(
-                    wire.Envelope(forward, wire.encode_tensor(result.features[k]))
+                    wire.Envelope(forward, codec.encode_features(result.features[k], self._spec.encoding))
                 )
                 embedding = embeddings[undecided.index(k)] if embeddings is not None else None
                 decisions.append(Forward(header, envelope, probs[k], embedding))

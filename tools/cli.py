@@ -111,7 +111,27 @@ def _calibrate_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench_accuracy(args: argparse.Namespace) -> int:
+    from tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
+    from tools.report import write_json
+    from training.data import load_fashion_mnist
+
+    bundle = load_bundle(Path(args.model))
+    data = load_fashion_mnist()
+    n = args.n or len(data.x_test)
+    report = bench_accuracy(bundle, data.x_test[:n], data.y_test[:n])
+    plot = Path(args.plot or (Path(args.report).with_suffix(".png") if args.report else "bench-accuracy.png"))
+    plot_sweep(report, plot)
+    report["plot"] = str(plot)
+    print(format_accuracy_report(report))
+    print(f"threshold sweep plotted to {plot}")
+    if args.report:
+        write_json(Path(args.report), report)
+        print(f"report written to {args.report}")
+    return 0
+
+
+def _bench_cache(args: argparse.Namespace) -> int:
     import json
 
     from tools.bench_cache import bench_index
@@ -206,7 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=5000, help="stream length (default %(default)s)")
     p.add_argument("--repeat-share", type=float, default=0.3, help="share of near-duplicates (%(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench_cache)
+    p = bench.add_parser(
+        "accuracy", help="device-only, gateway-only, cloud-only and the cascade on the test set; sweep"
+    )
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--report", help="write the JSON report here (the plot beside it, as .png)")
+    p.add_argument("--plot", help="where to save the threshold sweep plot (PNG)")
+    p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
+    p.set_defaults(func=_bench_accuracy)
+
+    from tools.planner import add_plan_command
+
+    add_plan_command(sub, DEFAULT_CHECKPOINT)
 
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),

@@ -15,6 +15,7 @@ complete new bundle, never a manifest that names missing or half-written files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import logging
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from device_sdk.bundle import (
     MANIFEST,
+    PRECISIONS,
     TIERS,
     ExitSpec,
     Manifest,
@@ -48,12 +50,30 @@ logger = logging.getLogger(__name__)
 DEFAULT_NAME = "fashion-mnist-3exit"
 
 
-def convert_stage(model: Any) -> bytes:
-    """A Keras stage model as a float32 TFLite flatbuffer with a dynamic batch dimension."""
+def convert_stage(model: Any, precision: str = "float32", representative: np.ndarray | None = None) -> bytes:
+    """A Keras stage model as a TFLite flatbuffer with a dynamic batch dimension.
+
+    ``precision``: ``float32``; ``float16`` (weights stored as float16, half the size);
+    ``int8`` (post-training full-integer quantisation of weights and activations, ranges
+    measured on ``representative`` inputs of the stage; inputs and outputs stay float32
+    so the partition's interface does not change).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if precision == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 conversion needs representative inputs")
+        samples = np.asarray(representative, dtype=np.float32)
+        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
     chatter = io.StringIO()  # Keras prints the traced signature to stdout; keep it out of CLI output
     try:
         with contextlib.redirect_stdout(chatter):
-            content = bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+            content = bytes(converter.convert())
     except Exception as exc:  # the converter raises assorted TF/MLIR errors
         raise ModelError(f"cannot convert the {model.name} stage to TFLite: {exc}") from exc
     finally:
@@ -93,6 +113,24 @@ def inspect_partition(
     return _spec(inputs[0]), logits_spec, _spec(features[0]) if features else None
 
 
+def _partition_spec(
+    tier: str, content: bytes, num_classes: int, exit_spec: ExitSpec, encoding: str, precision: str
+) -> PartitionSpec:
+    """The manifest entry of a converted partition (``file`` and ``sha256`` filled in when written)."""
+    tensor_in, logits, features = inspect_partition(content, tier, num_classes)
+    return PartitionSpec(
+        tier=tier,
+        file=f"{tier}.tflite",
+        sha256="",
+        input=tensor_in,
+        logits=logits,
+        features=features,
+        exit=exit_spec,
+        encoding=encoding if features is not None else "float32",
+        precision=precision,
+    )
+
+
 def export_bundle(
     trained: TrainedModel,
     out_dir: str | Path,
@@ -100,13 +138,26 @@ def export_bundle(
     version: int = 1,
     classes: tuple[str, ...] | None = None,
     thresholds: tuple[float, float, float] | None = None,
+    *,
+    representative: np.ndarray | None = None,
+    holdout: tuple[np.ndarray, np.ndarray] | None = None,
+    precisions: dict[str, str] | None = None,
 ) -> Manifest:
     """Convert the three stages to ``device/gateway/cloud.tflite`` in ``out_dir`` and write the manifest.
 
     ``thresholds`` overrides the exit thresholds chosen in training (e.g. to trade accuracy
     for less traffic); the cascade metrics measured with the trained thresholds
     (``*_cascade_accuracy``, ``*_exit_share_*``) are then left out of the manifest.
+
+    With ``representative`` raw training images and a labelled ``holdout`` (raw validation
+    images, labels), every tier is also converted to float16 and int8, each variant's size
+    and accuracy go into the manifest metrics (``variant_*``), and the precisions are
+    chosen by :func:`training.variants.choose_precisions` unless ``precisions`` names them.
+    Without them every partition is float32 (or as ``precisions`` says, given
+    ``representative`` for int8).
     """
+    from training.variants import build_variants, choose_precisions, stage_inputs, variant_metrics
+
     out = Path(out_dir)
     classes = tuple(classes) if classes is not None else trained.classes
     metrics = dict(trained.metrics)
@@ -116,38 +167,49 @@ def export_bundle(
         if len(thresholds) != len(TIERS) or any(not t >= 0.0 for t in thresholds):
             raise ValueError(f"need {len(TIERS)} thresholds >= 0, got {thresholds}")
         metrics = {k: v for k, v in metrics.items() if "cascade" not in k and "exit_share" not in k}
-    contents: dict[str, bytes] = {}
-    specs: dict[str, tuple[TensorSpec, TensorSpec, TensorSpec | None]] = {}
-    for tier in TIERS:
-        contents[tier] = convert_stage(trained.stage(tier))
-        specs[tier] = inspect_partition(contents[tier], tier, len(classes))
-        logger.info("converted %s partition: %d bytes", tier, len(contents[tier]))
+    wanted = dict.fromkeys(TIERS, "float32") | (precisions or {})
+    if unknown := {t: p for t, p in wanted.items() if t not in TIERS or p not in PRECISIONS}:
+        raise ValueError(f"unknown tiers or precisions {unknown}; known: {TIERS} x {PRECISIONS}")
+    measure = representative is not None and holdout is not None
+    to_convert = {(t, p) for t in TIERS for p in (PRECISIONS if measure else ("float32", wanted[t]))}
+    rep_inputs = stage_inputs(trained, representative[:256]) if representative is not None else {}
+    encodings = (trained.config.model.cut1_encoding, trained.config.model.cut2_encoding, "float32")
+    exits = {
+        tier: ExitSpec(threshold=float(t), temperature=float(temp), score=trained.config.exit_score)
+        for tier, t, temp in zip(TIERS, thresholds, trained.temperatures, strict=True)
+    }
+    contents: dict[tuple[str, str], bytes] = {}
+    specs: dict[tuple[str, str], PartitionSpec] = {}
+    for tier, precision in sorted(to_convert):
+        if precision == "int8" and tier not in rep_inputs:
+            raise ValueError("an int8 partition needs representative training images")
+        content = convert_stage(trained.stage(tier), precision, rep_inputs.get(tier))
+        contents[tier, precision] = content
+        specs[tier, precision] = _partition_spec(
+            tier, content, len(classes), exits[tier], encodings[TIERS.index(tier)], precision
+        )
+        logger.info("converted %s partition (%s): %d bytes", tier, precision, len(content))
+    if measure:
+        assert holdout is not None
+        variants = build_variants(trained, specs, contents, holdout)
+        metrics |= variant_metrics(variants)
+        wanted = choose_precisions(variants) | (precisions or {})
     for prev, nxt in itertools.pairwise(TIERS):
-        features, next_input = specs[prev][2], specs[nxt][0]
+        features, next_input = specs[prev, wanted[prev]].features, specs[nxt, wanted[nxt]].input
         if features is None or features.shape != next_input.shape:
             raise ModelError(f"{prev} features {features} do not feed the {nxt} input {next_input}")
-    if specs[TIERS[0]][0].shape != trained.input_spec.shape:
-        raise ModelError(f"device input {specs[TIERS[0]][0].shape} != input spec {trained.input_spec.shape}")
+    if specs[TIERS[0], wanted[TIERS[0]]].input.shape != trained.input_spec.shape:
+        raise ModelError(f"device input does not match the input spec {trained.input_spec.shape}")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here until the end there is no manifest
     _fsync_dir(out)
     partitions = []
-    for tier, threshold in zip(TIERS, thresholds, strict=True):
-        file = out / f"{tier}.tflite"
-        atomic_write(file, contents[tier])
-        tensor_in, logits, features = specs[tier]
-        partitions.append(
-            PartitionSpec(
-                tier=tier,
-                file=file.name,
-                sha256=sha256_file(file),
-                input=tensor_in,
-                logits=logits,
-                features=features,
-                exit=ExitSpec(threshold=float(threshold), temperature=1.0, score="max_prob"),
-            )
-        )
+    for tier in TIERS:
+        spec = specs[tier, wanted[tier]]
+        file = out / spec.file
+        atomic_write(file, contents[tier, wanted[tier]])
+        partitions.append(dataclasses.replace(spec, sha256=sha256_file(file)))
     manifest = Manifest(
         name=name,
         version=version,
@@ -160,7 +222,7 @@ def export_bundle(
     write_manifest(out, manifest)
     _fsync_dir(out)
     load_bundle(out)  # refuse to report success for a bundle the runtime would not accept
-    logger.info("exported %s v%d to %s", name, version, out)
+    logger.info("exported %s v%d to %s (%s)", name, version, out, wanted)
     return manifest
 
 
@@ -185,8 +247,8 @@ def parity(
 
     Returns ``max_abs_diff_exit{1,2,3}`` (largest absolute difference of exit
     probabilities, with each exit's manifest temperature), their maximum ``max_abs_diff``,
-    ``argmax_agreement`` (smallest share of samples, over the exits, whose predicted class
-    is the same in both) and ``n``.
+    ``argmax_agreement_exit{1,2,3}`` (share of samples whose predicted class is the same in
+    both), their minimum ``argmax_agreement``, and ``n``.
     """
     lite = run_partitions(load_bundle(bundle_path), x, batch_size)
     keras_logits = trained.exit_logits(x)
@@ -197,7 +259,8 @@ def parity(
     ):
         p_keras = softmax(k_logits, t)
         result[f"max_abs_diff_exit{i}"] = float(np.abs(p_lite - p_keras).max())
-        agreement = min(agreement, float((p_lite.argmax(1) == p_keras.argmax(1)).mean()))
+        result[f"argmax_agreement_exit{i}"] = float((p_lite.argmax(1) == p_keras.argmax(1)).mean())
+        agreement = min(agreement, result[f"argmax_agreement_exit{i}"])
     result["max_abs_diff"] = max(result[f"max_abs_diff_exit{i}"] for i in (1, 2, 3))
     result["argmax_agreement"] = agreement
     return result
@@ -215,7 +278,8 @@ def train_and_export(
     """Train on ``dataset`` (Fashion-MNIST when None) and export the bundle; the one call the CLI makes.
 
     With ``checkpoint_dir`` the Keras model is also saved there (for later fine-tuning). The
-    neural caches' hit rule is calibrated on the validation split and stored in the manifest.
+    partitions' precisions are chosen, and the neural caches' hit rule calibrated, on the
+    validation split; both are stored in the manifest.
     """
     from training.cache_calibration import calibrate_cache
     from training.train import training_split
@@ -224,6 +288,14 @@ def train_and_export(
     trained = train(train_config, data, progress=progress)
     if checkpoint_dir is not None:
         trained.save(checkpoint_dir)
-    export_bundle(trained, out_dir, name=name, version=version, classes=data.classes)
-    _, _, x_val, y_val = training_split(train_config, data)
+    x_train, _, x_val, y_val = training_split(train_config, data)
+    export_bundle(
+        trained,
+        out_dir,
+        name=name,
+        version=version,
+        classes=data.classes,
+        representative=x_train,
+        holdout=(x_val, y_val),
+    )
     return calibrate_cache(out_dir, x_val, y_val)

@@ -6,9 +6,10 @@ exit-2 logits + cut-2 features) and ``cloud`` (cut-2 → exit-3 logits). Stages 
 LOGITS, never probabilities, so temperature scaling can be applied at run time. A joint
 model chains them for training with one loss per exit.
 
-What crosses a tier boundary is produced by :func:`cut_block` only, so a different cut
-(binarised with a straight-through estimator, a wider cut at lower resolution, …) is a
-change in one place.
+What crosses a tier boundary is produced by :func:`cut_block` only. A cut whose encoding is
+``1bit`` ends in :class:`BinarySign`: the next tier receives ±1, which the device sends as
+one bit per value (seed 000's "binarised cut", trained with a straight-through
+estimator). Other cuts end in ReLU and travel as float32, float16 or int8.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import logging
 from dataclasses import dataclass
 
 import keras
-from keras import layers
+from keras import layers, ops
+
+from device_sdk.codec import Encoding
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +33,21 @@ class ModelConfig:
 
     input_shape: tuple[int, int, int] = (28, 28, 1)
     num_classes: int = 10
-    device_filters: tuple[int, int] = (16, 32)  # two conv+pool blocks: 28x28 → 7x7
-    cut1_channels: int = 8  # 7x7x8 = 392 values leave the device
-    gateway_filters: tuple[int, int] = (48, 48)
-    cut2_channels: int = 16  # 4x4x16 = 256 values leave the gateway
+    device_filters: tuple[int, ...] = (32, 64)  # one conv+pool block each: 28x28 → 7x7
+    cut1_channels: int = 16  # 7x7x16 = 784 values leave the device
+    cut1_encoding: str = Encoding.BITS  # 784 bits = 98 bytes
+    gateway_filters: tuple[int, ...] = (96, 96)
+    cut2_channels: int = 32  # 4x4x32 = 512 values leave the gateway
+    cut2_encoding: str = Encoding.INT8
     cut2_pool: bool = True  # False: cut 2 stays at 7x7 and the cloud pools after its first block
-    cloud_filters: tuple[int, int] = (96, 96)
-    cloud_dense: int = 128
+    cloud_filters: tuple[int, ...] = (128, 128)
+    cloud_dense: int = 256
     dropout: float = 0.3
     bn_momentum: float = 0.9  # Keras' 0.99 leaves moving statistics stale after short runs
+
+    def __post_init__(self) -> None:
+        for encoding in (self.cut1_encoding, self.cut2_encoding):
+            Encoding(encoding)  # ValueError on a typo, before any training time is spent
 
     @classmethod
     def tiny(cls) -> ModelConfig:
@@ -49,6 +58,7 @@ class ModelConfig:
             cloud_filters=(24, 24),
             cloud_dense=32,
             dropout=0.1,
+            cut2_channels=16,
         )
 
 
@@ -79,14 +89,36 @@ def exit_head(x: keras.KerasTensor, num_classes: int, name: str, dropout: float)
     return layers.Dense(num_classes, name=f"{name}_logits")(x)
 
 
-def cut_block(x: keras.KerasTensor, channels: int, name: str, bn_momentum: float) -> keras.KerasTensor:
-    """The tensor that travels to the next tier: a 1x1 conv to a few channels, BN, ReLU.
+@keras.saving.register_keras_serializable(package="edgecascade")
+class BinarySign(layers.Layer):
+    """±1 by sign (0 counts as +1); in training, gradients pass straight through where |x| ≤ 1.
 
-    Non-negative, batch-normalised features quantise well to float16 or int8 on the wire.
-    This is the one place to change the cut (e.g. sign + straight-through estimator).
+    The straight-through estimator (Bengio et al., 2013; as in BinaryNet) is
+    ``clip(x, -1, 1) + stop_gradient(sign(x) - clip(x, -1, 1))``: the forward value is the
+    sign, the backward one the hard-tanh's. Outside training the layer is the exact sign, so
+    the exported partition outputs exactly ±1 and bit-packing loses nothing.
+    """
+
+    def call(self, x: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        sign = ops.where(x >= 0, 1.0, -1.0)
+        if not training:
+            return sign
+        clipped = ops.clip(x, -1.0, 1.0)
+        return clipped + ops.stop_gradient(sign - clipped)
+
+
+def cut_block(
+    x: keras.KerasTensor, channels: int, encoding: str, name: str, bn_momentum: float
+) -> keras.KerasTensor:
+    """The tensor that travels to the next tier: a 1x1 conv to a few channels, BN, then ReLU or sign.
+
+    Batch-normalised ReLU features quantise well to float16 or int8; a ``1bit`` cut ends in
+    :class:`BinarySign` instead, BN having centred each channel on its learned threshold.
     """
     x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    if Encoding(encoding) is Encoding.BITS:
+        return BinarySign(name=f"{name}_sign")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -98,7 +130,7 @@ def build_device(config: ModelConfig) -> keras.Model:
         x = conv_block(x, filters, f"d{i}", config.bn_momentum)
         x = layers.MaxPooling2D(2, name=f"d{i}_pool")(x)
     logits = exit_head(x, config.num_classes, "exit1", config.dropout)
-    features = cut_block(x, config.cut1_channels, "cut1", config.bn_momentum)
+    features = cut_block(x, config.cut1_channels, config.cut1_encoding, "cut1", config.bn_momentum)
     return keras.Model(inp, [logits, features], name=DEVICE)
 
 
@@ -111,7 +143,7 @@ def build_gateway(config: ModelConfig, cut1_shape: tuple[int, ...]) -> keras.Mod
     logits = exit_head(x, config.num_classes, "exit2", config.dropout)
     if config.cut2_pool:
         x = layers.MaxPooling2D(2, padding="same", name="g_pool")(x)
-    features = cut_block(x, config.cut2_channels, "cut2", config.bn_momentum)
+    features = cut_block(x, config.cut2_channels, config.cut2_encoding, "cut2", config.bn_momentum)
     return keras.Model(inp, [logits, features], name=GATEWAY)
 
 

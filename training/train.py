@@ -2,10 +2,12 @@
 
 All three exits are trained together (weighted sum of per-exit cross-entropies on
 logits), so the early stages learn features that serve both their own exit and the tiers
-after them. Thresholds for exits 1 and 2 are then chosen on a held-out validation split
-with :func:`training.calibration.choose_threshold`, so the cascade loses no accuracy
-against the full model on that split. A :class:`TrainedModel` can be saved and loaded so
-that training and export can run as separate steps.
+after them. On a held-out validation split each exit then gets a temperature
+(:func:`training.calibration.fit_temperature`) and exits 1 and 2 a threshold on the
+configured confidence score (:func:`training.calibration.choose_threshold`), so that by
+default the cascade loses no accuracy against the full model on that split. A
+:class:`TrainedModel` can be saved and loaded so that training and export can run as
+separate steps.
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import layers
 from tqdm.auto import tqdm
 
 from device_sdk.bundle import InputSpec
+from device_sdk.codec import through_wire
 from device_sdk.errors import ModelError
-from training.calibration import NEVER_EXIT, cascade_predictions, choose_threshold, softmax
+from device_sdk.policy import confidence_score
+from training.calibration import (
+    NEVER_EXIT,
+    cascade_predictions,
+    choose_threshold,
+    fit_temperature,
+    nll,
+    softmax,
+)
 from training.data import Dataset, split_validation
 from training.model import ModelConfig, Stages, build_stages, chain
 
@@ -45,6 +57,9 @@ class TrainConfig:
     train_subset: int | None = None  # use only this many training images (before the validation split)
     seed: int = 0
     max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
+    augment: bool = True  # random shifts of up to 2 pixels and horizontal flips, in training only
+    exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
+    exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -84,6 +99,7 @@ class TrainedModel:
     config: TrainConfig
     classes: tuple[str, ...]
     input_spec: InputSpec
+    temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0)
     train_seconds: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)
     _joint: keras.Model | None = field(default=None, init=False, repr=False, compare=False)
@@ -99,14 +115,23 @@ class TrainedModel:
         return self._joint
 
     def exit_logits(self, raw: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
-        """Logits of the three exits for raw images (normalised with :attr:`input_spec`)."""
+        """Logits of the three exits for raw images, as deployed: each cut through its wire encoding."""
         x = self.input_spec.normalise(raw)
-        out = self.joint.predict(x, batch_size=batch_size, verbose=0)
-        return [np.asarray(o) for o in out]
+        model = self.config.model
+        logits = []
+        for tier, encoding in zip(_TIERS, (model.cut1_encoding, model.cut2_encoding, None), strict=True):
+            out = self.stage(tier).predict(x, batch_size=batch_size, verbose=0)
+            if encoding is None:
+                logits.append(np.asarray(out))
+            else:
+                logits.append(np.asarray(out[0]))
+                x = through_wire(np.asarray(out[1]), encoding)
+        return logits
 
     def exit_probs(self, raw: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
-        """Probabilities of the three exits (temperature 1) for raw images."""
-        return [softmax(logits) for logits in self.exit_logits(raw, batch_size)]
+        """Calibrated probabilities of the three exits (their temperatures applied) for raw images."""
+        logits = self.exit_logits(raw, batch_size)
+        return [softmax(z, t) for z, t in zip(logits, self.temperatures, strict=True)]
 
     def save(self, path: str | Path) -> Path:
         """Write the stages (``.keras``) and ``trained.json`` to the directory ``path``."""
@@ -117,6 +142,7 @@ class TrainedModel:
             self.stage(tier).save(root / f"{tier}.keras")
         meta = {
             "thresholds": list(self.thresholds),
+            "temperatures": list(self.temperatures),
             "metrics": self.metrics,
             "config": self.config.to_dict(),
             "classes": list(self.classes),
@@ -145,6 +171,7 @@ def load_trained(path: str | Path) -> TrainedModel:
         gateway=stages["gateway"],
         cloud=stages["cloud"],
         thresholds=tuple(float(t) for t in meta["thresholds"]),  # type: ignore[arg-type]
+        temperatures=tuple(float(t) for t in meta.get("temperatures", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
         metrics={str(k): float(v) for k, v in meta["metrics"].items()},
         config=TrainConfig.from_dict(meta["config"]),
         classes=tuple(meta["classes"]),
@@ -189,27 +216,67 @@ def _accuracies(prefix: str, probs: list[np.ndarray], y: np.ndarray) -> dict[str
 
 
 def _cascade_metrics(
-    prefix: str, probs: list[np.ndarray], y: np.ndarray, thresholds: tuple[float, ...]
+    prefix: str, probs: list[np.ndarray], y: np.ndarray, thresholds: tuple[float, ...], score: str
 ) -> dict[str, float]:
-    pred, taken = cascade_predictions(probs, thresholds)
+    pred, taken = cascade_predictions(probs, thresholds, score)
     metrics = {f"{prefix}_cascade_accuracy": float((pred == y).mean())}
     for i in range(len(probs)):
         metrics[f"{prefix}_exit_share_exit{i + 1}"] = float((taken == i).mean())
     return metrics
 
 
-def choose_thresholds(probs: list[np.ndarray], y: np.ndarray, max_loss: float) -> tuple[float, float, float]:
+def choose_thresholds(
+    probs: list[np.ndarray],
+    y: np.ndarray,
+    max_loss: float,
+    score: str = "max_prob",
+    target: float | None = None,
+) -> tuple[float, float, float]:
     """Thresholds for exits 1 and 2 (exit 3 answers everything left, threshold 0).
 
     Exit 2 only ever sees what exit 1 did not answer, so its threshold is chosen on those
     samples; together the two choices keep the cascade's accuracy ≥ the final exit's
-    (minus ``max_loss``) on this data.
+    (minus ``max_loss``) on this data, or each early exit at ``target`` accuracy.
     """
     final_correct = probs[2].argmax(1) == y
-    t1 = choose_threshold(probs[0], y, final_correct, max_loss)
-    rest = probs[0].max(1) < t1
-    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss)
+    t1 = choose_threshold(probs[0], y, final_correct, max_loss, score=score, target=target)
+    rest = confidence_score(score)(probs[0]) < t1
+    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss, score=score, target=target)
     return t1, t2, 0.0
+
+
+def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
+    """Fit each exit's temperature, then choose the thresholds, on validation data; returns val metrics."""
+    config = trained.config
+    logits = trained.exit_logits(x_val)
+    trained.temperatures = tuple(fit_temperature(z, y_val) for z in logits)  # type: ignore[assignment]
+    metrics = {
+        f"val_nll_exit{i}_{when}": nll(z, y_val, t)
+        for i, (z, t0) in enumerate(zip(logits, trained.temperatures, strict=True), 1)
+        for when, t in (("raw", 1.0), ("calibrated", t0))
+    }
+    probs = trained.exit_probs(x_val)
+    trained.thresholds = choose_thresholds(
+        probs, y_val, config.max_loss, config.exit_score, config.exit_target
+    )
+    metrics |= _accuracies("val", probs, y_val)
+    metrics |= _cascade_metrics("val", probs, y_val, trained.thresholds, config.exit_score)
+    logger.info(
+        "temperatures %s, thresholds %s on %s", trained.temperatures, trained.thresholds, config.exit_score
+    )
+    return metrics
+
+
+def augmented(joint: keras.Model) -> keras.Model:
+    """``joint`` behind random shifts (±2 pixels) and horizontal flips, active only in training.
+
+    Fashion-MNIST items are centred and mostly left-right symmetric, so these are label
+    preserving; the stages themselves (and so the exported partitions) stay unchanged.
+    """
+    inp = keras.Input(shape=joint.input_shape[1:], name="image")
+    x = layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", name="shift")(inp)
+    x = layers.RandomFlip("horizontal", name="flip")(x)
+    return keras.Model(inp, joint(x), name="augmented")
 
 
 def training_split(
@@ -241,13 +308,14 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    stages.joint.compile(
+    fitted = augmented(stages.joint) if config.augment else stages.joint
+    fitted.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=[loss, loss, loss],
         loss_weights=list(config.loss_weights),
     )
     callbacks = [TqdmProgress(config.epochs)] if progress else []
-    fit = stages.joint.fit(
+    fit = fitted.fit(
         input_spec.normalise(x_tr),
         [y_tr, y_tr, y_tr],
         batch_size=config.batch_size,
@@ -269,18 +337,13 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
         input_spec=input_spec,
         history=history,
     )
-    metrics: dict[str, float] = {}
-    if len(x_val):
-        val_probs = trained.exit_probs(x_val)
-        trained.thresholds = choose_thresholds(val_probs, y_val, config.max_loss)
-        metrics |= _accuracies("val", val_probs, y_val)
-        metrics |= _cascade_metrics("val", val_probs, y_val, trained.thresholds)
-    else:
+    metrics = calibrate(trained, x_val, y_val) if len(x_val) else {}
+    if not len(x_val):
         logger.warning("no validation data: early exits get threshold %s (never answer)", NEVER_EXIT)
     if len(dataset.x_test):
         test_probs = trained.exit_probs(dataset.x_test)
         metrics |= _accuracies("test", test_probs, dataset.y_test)
-        metrics |= _cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds)
+        metrics |= _cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds, config.exit_score)
     trained.metrics = metrics
     trained.train_seconds = time.monotonic() - start
     logger.info(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud_service.inference import CloudInference
-from device_sdk import wire
+from device_sdk import codec, wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
 from device_sdk.errors import TransportError
@@ -44,7 +44,7 @@ def test_micro_batch_decides_like_single_requests(tiny_bundle: Path, fmnist) -> 
             wire.envelope_to_bytes(
                 wire.Envelope(
                     wire.Header(wire.MessageType.INFER_REQUEST, "batch-device", client.manifest.version),
-                    wire.encode_tensor(f),
+                    codec.encode_features(f, client.manifest.partition("device").encoding),
                 )
             )
         )

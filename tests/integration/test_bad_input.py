@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from device_sdk import wire
+from device_sdk import codec, wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
 from device_sdk.config import MqttConfig
@@ -57,12 +58,25 @@ def raw(gateway: GatewayDaemon, mqtt_config: MqttConfig) -> Iterator[RawDevice]:
     device.link.close()
 
 
-def _request(bundle_dir: Path, tensor: np.ndarray, version: int | None = None, device: str = DEVICE) -> bytes:
+def _request(
+    bundle_dir: Path,
+    tensor: np.ndarray,
+    version: int | None = None,
+    device: str = DEVICE,
+    encoding: str | None = None,
+) -> bytes:
+    """An INFER_REQUEST with ``tensor`` in ``encoding`` (default: the cut's own); else raw dtype."""
     manifest = load_bundle(bundle_dir).manifest
     header = wire.Header(
         wire.MessageType.INFER_REQUEST, device, manifest.version if version is None else version
     )
-    return wire.envelope_to_bytes(wire.Envelope(header, wire.encode_tensor(tensor)))
+    body = codec.encode_features(tensor, encoding) if encoding else wire.encode_tensor(tensor)
+    return wire.envelope_to_bytes(wire.Envelope(header, body))
+
+
+def _envelope(body: bytes, bundle_dir: Path) -> bytes:
+    header = wire.Header(wire.MessageType.INFER_REQUEST, DEVICE, load_bundle(bundle_dir).manifest.version)
+    return wire.envelope_to_bytes(wire.Envelope(header, body))
 
 
 def _cut1(bundle_dir: Path) -> np.ndarray:
@@ -82,35 +96,38 @@ def test_gateway_answers_bad_requests_with_errors_and_keeps_serving(
 ) -> None:
     counters = gateway.service.counters
     before = dict(counters)
-    good = _request(tiny_bundle, _cut1(tiny_bundle))
+    bits = load_bundle(tiny_bundle).manifest.partition("device").encoding
+    assert bits == "1bit"
+    good = _request(tiny_bundle, _cut1(tiny_bundle), encoding=bits)
     future_schema = bytearray(good)
     future_schema[2] = wire.SCHEMA_VERSION + 1
+    packed = codec.encode_features(_cut1(tiny_bundle), bits)
 
     assert _error(raw.ask(b"\x00garbage")) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(good[:-3])) is wire.ErrorCode.MALFORMED
+    assert _error(raw.ask(_envelope(packed[:-1], tiny_bundle))) is wire.ErrorCode.MALFORMED  # bits short
     assert _error(raw.ask(bytes(future_schema))) is wire.ErrorCode.UNSUPPORTED_SCHEMA
-    assert _error(raw.ask(_request(tiny_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
-    assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle).astype(np.float16))))
-        is wire.ErrorCode.BAD_TENSOR
-    )
+    wrong_shape = _request(tiny_bundle, np.zeros((3, 3), np.float32), encoding=bits)
+    assert _error(raw.ask(wrong_shape)) is wire.ErrorCode.BAD_TENSOR
+    float16 = _request(tiny_bundle, _cut1(tiny_bundle).astype(np.float16))  # not this cut's encoding
+    assert _error(raw.ask(float16)) is wire.ErrorCode.BAD_TENSOR
     nan = _cut1(tiny_bundle)
     nan.flat[0] = np.nan
     assert _error(raw.ask(_request(tiny_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
     assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), version=999)))
+        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), version=999, encoding=bits)))
         is wire.ErrorCode.UNKNOWN_MODEL_VERSION
     )
     # an envelope claiming to come from another device than its topic says
     assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), device="someone-else")))
+        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), device="someone-else", encoding=bits)))
         is wire.ErrorCode.MALFORMED
     )
 
     reply = raw.ask(good)
     assert reply.header.msg_type is wire.MessageType.RESULT
     assert wire.decode_result(reply.body).tier in (wire.Tier.GATEWAY, wire.Tier.CLOUD)
-    assert counters["rejected_malformed"] - before.get("rejected_malformed", 0) == 3
+    assert counters["rejected_malformed"] - before.get("rejected_malformed", 0) == 4
     assert counters["rejected_bad_tensor"] - before.get("rejected_bad_tensor", 0) == 3
     assert counters["rejected_unsupported_schema"] - before.get("rejected_unsupported_schema", 0) == 1
     assert counters["rejected_unknown_model_version"] - before.get("rejected_unknown_model_version", 0) == 1
@@ -136,7 +153,12 @@ def test_device_turns_error_replies_into_degraded_answers(
 def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> None:
     url = cloud.url + wire.ROUTE_INFER
     spec = load_bundle(tiny_bundle).manifest.partition("cloud").input
-    good = _request(tiny_bundle, np.zeros(spec.shape, np.float32))
+    int8 = load_bundle(tiny_bundle).manifest.partition("gateway").encoding
+    good = _request(tiny_bundle, np.zeros(spec.shape, np.float32), encoding=int8)
+    no_scale = codec.encode_features(np.zeros(spec.shape, np.float32), int8)
+    no_scale = no_scale[: 2 + 4 * len(spec.shape)] + no_scale[2 + 4 * len(spec.shape) + 5 :]
+    nan_scale = bytearray(codec.encode_features(np.ones(spec.shape, np.float32), int8))
+    nan_scale[2 + 4 * len(spec.shape) : 6 + 4 * len(spec.shape)] = struct.pack("<f", float("nan"))
 
     ok = requests.post(url, data=good, timeout=5)
     assert ok.status_code == 200
@@ -144,14 +166,17 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
 
     cases = {
         400: b"not an envelope",
-        422: _request(tiny_bundle, np.zeros((2, 2), np.float32)),
-        409: _request(tiny_bundle, np.zeros(spec.shape, np.float32), version=999),
+        422: _request(tiny_bundle, np.zeros((2, 2), np.float32), encoding=int8),
+        409: _request(tiny_bundle, np.zeros(spec.shape, np.float32), version=999, encoding=int8),
         413: b"\0" * (65 * 1024),
     }
     for status, body in cases.items():
         response = requests.post(url, data=body, timeout=5)
         assert response.status_code == status, (status, response.text)
         assert response.json()["message"]
+    for status, body in ((400, no_scale), (422, bytes(nan_scale))):  # int8 without scale; NaN scale
+        response = requests.post(url, data=_envelope(body, tiny_bundle), timeout=5)
+        assert response.status_code == status, (status, response.text)
     assert requests.get(cloud.url + "/v1/nowhere", timeout=5).json()["error"] == "not_found"
     health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).json()
     assert health["status"] == "ok" and health["version"] == load_bundle(tiny_bundle).manifest.version

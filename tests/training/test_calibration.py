@@ -14,6 +14,8 @@ from training.calibration import (
     cascade_predictions,
     choose_threshold,
     exit_share,
+    fit_temperature,
+    nll,
     softmax,
 )
 
@@ -131,3 +133,42 @@ def test_calibration_does_not_import_tensorflow() -> None:
     code = "import sys, training.calibration, training.data; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a 70 %-accurate classifier that is far too sure of itself (logits x 6)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    guess = np.where(rng.random(n) < 0.7, labels, rng.integers(0, 10, n))
+    logits = rng.normal(0, 1, (n, 10))
+    logits[np.arange(n), guess] += 2.0
+    return logits * 6.0, labels
+
+
+def test_temperature_fitted_on_validation_reduces_held_out_nll() -> None:
+    val_logits, val_labels = _overconfident(4000, seed=1)
+    test_logits, test_labels = _overconfident(4000, seed=2)
+    t = fit_temperature(val_logits, val_labels)
+    assert t > 2.0  # overconfident logits get softened
+    assert nll(test_logits, test_labels, t) < 0.8 * nll(test_logits, test_labels)
+    assert (softmax(test_logits, t).argmax(1) == softmax(test_logits).argmax(1)).all()  # accuracy unchanged
+    assert nll(val_logits, val_labels, t) <= min(nll(val_logits, val_labels, t * f) for f in (0.9, 1.1))
+
+
+def test_fit_temperature_without_samples_is_one() -> None:
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=np.int64)) == 1.0
+
+
+@pytest.mark.parametrize("score", ["max_prob", "margin", "entropy"])
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+def test_absolute_target_is_met_on_the_samples_that_exit(score: str, target: float) -> None:
+    logits, labels = _overconfident(5000, seed=3)
+    probs = softmax(logits, fit_temperature(logits, labels))
+    t = choose_threshold(probs, labels, np.ones(len(labels), bool), score=score, target=target)
+    assert t <= 1.0
+    from device_sdk.policy import SCORES
+
+    answered = SCORES[score](probs) >= t
+    assert (probs[answered].argmax(1) == labels[answered]).mean() >= target
+    assert exit_share(probs, t, score) == pytest.approx(answered.mean())
+    assert 0.0 < answered.mean() < 1.0  # 70 % accurate overall: a real threshold, not all or nothing

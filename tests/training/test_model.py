@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import ModelConfig, Stages, build_stages
+from training.model import BinarySign, ModelConfig, Stages, build_stages
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def stages() -> Stages:
 def test_stage_shapes_compose(stages: Stages) -> None:
     assert stages.device.input_shape == (None, 28, 28, 1)
     (logits1, cut1), (logits2, cut2) = stages.device.outputs, stages.gateway.outputs
-    assert tuple(logits1.shape) == (None, 10) and tuple(cut1.shape) == (None, 7, 7, 8)
+    assert tuple(logits1.shape) == (None, 10) and tuple(cut1.shape) == (None, 7, 7, 16)
     assert stages.gateway.input_shape == tuple(cut1.shape)
-    assert tuple(logits2.shape) == (None, 10) and tuple(cut2.shape) == (None, 4, 4, 16)
+    assert tuple(logits2.shape) == (None, 10) and tuple(cut2.shape) == (None, 4, 4, 32)
     assert stages.cloud.input_shape == tuple(cut2.shape)
     assert stages.cloud.output_shape == (None, 10)
 
@@ -49,14 +49,36 @@ def test_exits_output_logits_not_probabilities(stages: Stages) -> None:
 
 
 def test_device_stage_is_cheap(stages: Stages) -> None:
-    assert 3_000 <= stages.device.count_params() <= 25_000
+    assert 3_000 <= stages.device.count_params() <= 80_000  # int8: under 100 KB
     assert stages.cloud.count_params() > stages.gateway.count_params() > stages.device.count_params()
 
 
 def test_cut_shapes_follow_the_config() -> None:
     s = build_stages(ModelConfig.tiny())
-    assert tuple(s.device.outputs[1].shape) == (None, 7, 7, 8)
-    wide = build_stages(ModelConfig(cut1_channels=4, cut2_channels=8, cut2_pool=False))
+    assert tuple(s.device.outputs[1].shape) == (None, 7, 7, 16)
+    wide = build_stages(ModelConfig(cut1_channels=4, cut2_channels=8, cut2_pool=False, cut1_encoding="int8"))
     assert tuple(wide.device.outputs[1].shape) == (None, 7, 7, 4)
     assert tuple(wide.gateway.outputs[1].shape) == (None, 7, 7, 8)
     assert wide.cloud.output_shape == (None, 10)
+
+
+def test_binarised_cut_is_exactly_plus_minus_one_with_straight_through_gradients() -> None:
+    import tensorflow as tf
+
+    sign = BinarySign()
+    x = tf.constant([[-2.0, -0.5, 0.0, 0.3, 1.5]])
+    np.testing.assert_array_equal(np.asarray(sign(x)), [[-1, -1, 1, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(sign(x, training=True)), [[-1, -1, 1, 1, 1]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(sign(x, training=True) * tf.constant([[1.0, 2.0, 3.0, 4.0, 5.0]]))
+    # hard-tanh STE: the upstream gradient passes where |x| <= 1 and is zero outside
+    np.testing.assert_array_equal(np.asarray(tape.gradient(y, x)), [[0.0, 2.0, 3.0, 4.0, 0.0]])
+
+
+def test_cut_encoding_is_checked_before_training() -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(cut1_encoding="2bit")
+    s = build_stages(ModelConfig.tiny())
+    assert any(isinstance(layer, BinarySign) for layer in s.device.layers)
+    assert not any(isinstance(layer, BinarySign) for layer in s.gateway.layers)
