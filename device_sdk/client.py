@@ -104,10 +104,17 @@ class DeviceClient:
 
     @classmethod
     def from_bundle(
-        cls, path: str | Path, device_id: str, transport: Transport | None = None, **kwargs: object
+        cls,
+        path: str | Path,
+        device_id: str,
+        transport: Transport | None = None,
+        *,
+        verify_key: str | Path | None = None,
+        **kwargs: object,
     ) -> DeviceClient:
-        """Load and verify the device partition of a bundle directory."""
-        return cls(load_bundle(path, tiers=("device",)), device_id, transport, **kwargs)  # type: ignore[arg-type]
+        """Load and verify the device partition of a bundle; with ``verify_key`` its signature too."""
+        bundle = load_bundle(path, tiers=("device",), public_key=verify_key)
+        return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------- public API
     def predict(self, x: np.ndarray) -> Prediction:

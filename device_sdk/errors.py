@@ -13,6 +13,8 @@ are translated at the boundary where they occur.
     │   └── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
     ├── ModelError             bundle or partition problems
     │   ├── BundleError        missing files, bad manifest, hash mismatch
+    │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
+    │   │   └── RollbackError   older than the running version and not a signed rollback
     │   └── ModelVersionError  a request for a model version this node does not serve
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
@@ -54,6 +56,14 @@ class ModelError(EdgeCascadeError):
 
 class BundleError(ModelError):
     """A bundle is incomplete, malformed, or its files do not match their hashes."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, malformed, or does not verify with the trusted key."""
+
+
+class RollbackError(BundleError):
+    """A bundle is older than the running version and its signed manifest does not allow a rollback."""
 
 
 class ModelVersionError(ModelError):
