@@ -8,21 +8,29 @@ from device_sdk.bundle import Bundle, Manifest, load_bundle
 from device_sdk.cache import CacheConfig, CacheHit, NeuralCache, open_cache
 from device_sdk.client import DeviceClient, Prediction
 from device_sdk.config import MqttConfig, load_config
+from device_sdk.crypto import DeviceCrypto
 from device_sdk.errors import (
     BundleError,
     ConfigError,
+    CryptoError,
     DatasetError,
+    DecryptError,
     DependencyError,
     EdgeCascadeError,
     ModelError,
     ModelVersionError,
+    NotEncryptedError,
     RemoteError,
+    ReplayError,
     SchemaVersionError,
+    SequenceTooOldError,
     TensorSpecError,
     TransportError,
     TransportTimeout,
+    UnknownKeyError,
     WireError,
 )
+from device_sdk.keys import load_device_crypto
 from device_sdk.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
 from device_sdk.runtime import PartitionRunner
 from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
@@ -34,9 +42,12 @@ __all__ = [
     "CacheConfig",
     "CacheHit",
     "ConfigError",
+    "CryptoError",
     "DatasetError",
+    "DecryptError",
     "DependencyError",
     "DeviceClient",
+    "DeviceCrypto",
     "EdgeCascadeError",
     "ExitPolicy",
     "InMemoryTransport",
@@ -48,16 +59,21 @@ __all__ = [
     "MqttTransport",
     "NeuralCache",
     "NeverExit",
+    "NotEncryptedError",
     "PartitionRunner",
     "Prediction",
     "RemoteError",
+    "ReplayError",
     "SchemaVersionError",
+    "SequenceTooOldError",
     "TensorSpecError",
     "Transport",
     "TransportError",
     "TransportTimeout",
+    "UnknownKeyError",
     "WireError",
     "load_bundle",
     "load_config",
+    "load_device_crypto",
     "open_cache",
 ]

@@ -10,7 +10,13 @@ are translated at the boundary where they occur.
     ├── ConfigError            bad or missing configuration (lists every problem)
     ├── WireError              a message that cannot be decoded or is not acceptable
     │   ├── SchemaVersionError unknown envelope schema version
-    │   └── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
+    │       ├── NotEncryptedError   plaintext where encryption is required
+    │       ├── DecryptError        wrong key, tampered, truncated or forged ciphertext
+    │       ├── UnknownKeyError     no key for this device and key id
+    │       └── ReplayError         sequence number already accepted
+    │           └── SequenceTooOldError  older than the sender's sliding window
     ├── ModelError             bundle or partition problems
     │   ├── BundleError        missing files, bad manifest, hash mismatch
     │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
@@ -48,6 +54,42 @@ class SchemaVersionError(WireError):
 
 class TensorSpecError(WireError):
     """A tensor has the wrong shape or dtype, or holds NaN/inf."""
+
+
+class CryptoError(WireError):
+    """A message that cannot be authenticated or decrypted; never served, always counted."""
+
+    reason = "crypto"  # counter suffix: the gateway counts ``rejected_<reason>``
+
+
+class NotEncryptedError(CryptoError):
+    """A plaintext message where encryption is required."""
+
+    reason = "not_encrypted"
+
+
+class DecryptError(CryptoError):
+    """The ciphertext does not authenticate: wrong key, tampered header or body, or truncated."""
+
+    reason = "decrypt"
+
+
+class UnknownKeyError(CryptoError):
+    """No key is known for this device and key id."""
+
+    reason = "unknown_key"
+
+
+class ReplayError(CryptoError):
+    """The sequence number was already accepted from this sender."""
+
+    reason = "replay"
+
+
+class SequenceTooOldError(ReplayError):
+    """The sequence number is older than the sender's sliding window: it cannot be checked."""
+
+    reason = "too_old"
 
 
 class ModelError(EdgeCascadeError):

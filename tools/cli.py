@@ -19,6 +19,7 @@ from device_sdk.bundle import Manifest, load_bundle
 from device_sdk.errors import EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed
+from tools import certs_cli
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-share", type=float, default=0.3, help="share of near-duplicates (%(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_bench)
+    certs_cli.register(sub, bench)
 
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import queue
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,52 +13,28 @@ import requests
 from device_sdk import wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
-from device_sdk.config import MqttConfig
-from device_sdk.mqtt import MqttLink
 from device_sdk.policy import NeverExit
 from device_sdk.transport import MqttTransport
 from edge_gateway.daemon import GatewayDaemon
+from tools.broker import Mosquitto
 
-from .conftest import CloudServer
+from .conftest import CloudServer, RawDevice, device_crypto
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "rogue-device"
 
 
-class RawDevice:
-    """A device that sends whatever bytes it is given and collects the replies."""
-
-    def __init__(self, mqtt: MqttConfig) -> None:
-        self.replies: queue.Queue[tuple[bytes, bytes | None]] = queue.Queue()
-        self.link = MqttLink(mqtt, "raw-" + uuid.uuid4().hex[:8])
-        self.link.subscribe(wire.response_topic(DEVICE), lambda t, p, r, c: self.replies.put((p, c)))
-        self.link.connect(5)
-
-    def ask(self, payload: bytes, correlation: bytes | None = None) -> wire.Envelope:
-        correlation = correlation or uuid.uuid4().bytes
-        self.link.publish(
-            wire.request_topic(DEVICE),
-            payload,
-            response_topic=wire.response_topic(DEVICE),
-            correlation_data=correlation,
-        )
-        reply, got = self.replies.get(timeout=5)
-        assert got == correlation
-        return wire.envelope_from_bytes(reply)
-
-
 @pytest.fixture
-def raw(gateway: GatewayDaemon, mqtt_config: MqttConfig) -> Iterator[RawDevice]:
-    device = RawDevice(mqtt_config)
-    yield device
-    device.link.close()
+def raw(gateway: GatewayDaemon, make_raw: Callable[[str], RawDevice]) -> RawDevice:
+    return make_raw(DEVICE)
 
 
-def _request(bundle_dir: Path, tensor: np.ndarray, version: int | None = None, device: str = DEVICE) -> bytes:
+def _request(bundle_dir: Path, tensor: np.ndarray, version: int | None = None) -> bytes:
+    """A plain request envelope, as the gateway forwards to the cloud."""
     manifest = load_bundle(bundle_dir).manifest
     header = wire.Header(
-        wire.MessageType.INFER_REQUEST, device, manifest.version if version is None else version
+        wire.MessageType.INFER_REQUEST, DEVICE, manifest.version if version is None else version
     )
     return wire.envelope_to_bytes(wire.Envelope(header, wire.encode_tensor(tensor)))
 
@@ -82,49 +56,58 @@ def test_gateway_answers_bad_requests_with_errors_and_keeps_serving(
 ) -> None:
     counters = gateway.service.counters
     before = dict(counters)
-    good = _request(tiny_bundle, _cut1(tiny_bundle))
+    cut1 = _cut1(tiny_bundle)
+    good = raw.sealed(tiny_bundle, cut1)
     future_schema = bytearray(good)
     future_schema[2] = wire.SCHEMA_VERSION + 1
 
+    # not readable at all: plain error replies (there is no verified sender to encrypt to)
     assert _error(raw.ask(b"\x00garbage")) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(good[:-3])) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(bytes(future_schema))) is wire.ErrorCode.UNSUPPORTED_SCHEMA
-    assert _error(raw.ask(_request(tiny_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
-    assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle).astype(np.float16))))
-        is wire.ErrorCode.BAD_TENSOR
-    )
-    nan = _cut1(tiny_bundle)
-    nan.flat[0] = np.nan
-    assert _error(raw.ask(_request(tiny_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
-    assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), version=999)))
-        is wire.ErrorCode.UNKNOWN_MODEL_VERSION
-    )
+    assert not raw.last_encrypted
     # an envelope claiming to come from another device than its topic says
+    other = raw.envelope(tiny_bundle, cut1, device="someone-else")
+    assert _error(raw.ask(wire.envelope_to_bytes(other))) is wire.ErrorCode.MALFORMED
+    # a well-formed request in the clear is refused
     assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), device="someone-else")))
-        is wire.ErrorCode.MALFORMED
+        _error(raw.ask(wire.envelope_to_bytes(raw.envelope(tiny_bundle, cut1))))
+        is wire.ErrorCode.UNAUTHORIZED
     )
 
-    reply = raw.ask(good)
-    assert reply.header.msg_type is wire.MessageType.RESULT
+    # decrypted, but wrong inside: the error replies are encrypted to the device
+    assert _error(raw.ask(raw.sealed(tiny_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
+    assert raw.last_encrypted
+    assert _error(raw.ask(raw.sealed(tiny_bundle, cut1.astype(np.float16)))) is wire.ErrorCode.BAD_TENSOR
+    nan = cut1.copy()
+    nan.flat[0] = np.nan
+    assert _error(raw.ask(raw.sealed(tiny_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
+    assert _error(raw.ask(raw.sealed(tiny_bundle, cut1, version=999))) is wire.ErrorCode.UNKNOWN_MODEL_VERSION
+    assert raw.last_encrypted
+
+    reply = raw.ask(good)  # sealed first, sent last: still inside the replay window
+    assert raw.last_encrypted and reply.header.msg_type is wire.MessageType.RESULT
     assert wire.decode_result(reply.body).tier in (wire.Tier.GATEWAY, wire.Tier.CLOUD)
-    assert counters["rejected_malformed"] - before.get("rejected_malformed", 0) == 3
-    assert counters["rejected_bad_tensor"] - before.get("rejected_bad_tensor", 0) == 3
-    assert counters["rejected_unsupported_schema"] - before.get("rejected_unsupported_schema", 0) == 1
-    assert counters["rejected_unknown_model_version"] - before.get("rejected_unknown_model_version", 0) == 1
+
+    def delta(key: str) -> int:
+        return counters[key] - before.get(key, 0)
+
+    assert delta("rejected_malformed") == 3
+    assert delta("rejected_not_encrypted") == 1
+    assert delta("rejected_bad_tensor") == 3
+    assert delta("rejected_unsupported_schema") == 1
+    assert delta("rejected_unknown_model_version") == 1
 
 
 def test_device_turns_error_replies_into_degraded_answers(
-    gateway: GatewayDaemon, tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
+    gateway: GatewayDaemon, broker: Mosquitto, tiny_bundle: Path, fmnist
 ) -> None:
     bundle = load_bundle(tiny_bundle)
     stale = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, version=999))
 
-    client = DeviceClient(
-        stale, "stale-device", MqttTransport(gateway.config.mqtt, "stale-device"), policy=NeverExit()
-    )
+    crypto = device_crypto(broker.pki, "stale-device")  # issues the device's files first
+    transport = MqttTransport(broker.mqtt_config("stale-device"), "stale-device")
+    client = DeviceClient(stale, "stale-device", transport, policy=NeverExit(), crypto=crypto)
     try:
         prediction = client.predict(fmnist.x_test[0])
     finally:
