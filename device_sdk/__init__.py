@@ -10,6 +10,7 @@ from device_sdk.client import DeviceClient, Prediction
 from device_sdk.config import MqttConfig, load_config
 from device_sdk.crypto import DeviceCrypto
 from device_sdk.errors import (
+    AuthError,
     BundleError,
     ConfigError,
     CryptoError,
@@ -22,8 +23,11 @@ from device_sdk.errors import (
     NotEncryptedError,
     RemoteError,
     ReplayError,
+    RollbackError,
     SchemaVersionError,
+    ScopeError,
     SequenceTooOldError,
+    SignatureError,
     TensorSpecError,
     TransportError,
     TransportTimeout,
@@ -37,6 +41,7 @@ from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
 
 __all__ = [
     "AlwaysExit",
+    "AuthError",
     "Bundle",
     "BundleError",
     "CacheConfig",
@@ -64,8 +69,11 @@ __all__ = [
     "Prediction",
     "RemoteError",
     "ReplayError",
+    "RollbackError",
     "SchemaVersionError",
+    "ScopeError",
     "SequenceTooOldError",
+    "SignatureError",
     "TensorSpecError",
     "Transport",
     "TransportError",

@@ -25,6 +25,8 @@ are translated at the boundary where they occur.
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
     │   └── RemoteError        the other side answered with an error message
+    ├── AuthError              a credential is missing, wrong, expired or revoked (HTTP 401)
+    │   └── ScopeError         a valid credential used outside its scope (HTTP 403)
     ├── DatasetError           a dataset file is missing or malformed
     └── DependencyError        an optional extra is not installed
 """
@@ -140,6 +142,14 @@ class DependencyError(EdgeCascadeError):
 
 class DatasetError(EdgeCascadeError):
     """A dataset file is missing, malformed or inconsistent."""
+
+
+class AuthError(EdgeCascadeError):
+    """A request's credential is missing, wrong, expired, used up or revoked."""
+
+
+class ScopeError(AuthError):
+    """A valid credential was used for something its scope does not allow."""
 
 
 # Exit codes of the daemons and the command line, documented in one place.

@@ -72,6 +72,8 @@ def device_id_from_topic(topic: str) -> str | None:
 # HTTP routes of the cloud service.
 ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
+ROUTE_METRICS = "/v1/metrics"
+ROUTE_ENROLL = "/v1/devices/enroll"
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 

@@ -22,11 +22,15 @@ class GatewaySettings:
     forward_workers: int = 4
     queue_size: int = 1024
     shared_subscription: bool = True
+    cloud_token: str = field(default="", repr=False)  # bearer token for the cloud; EC_GATEWAY__CLOUD_TOKEN
+    verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
 
     def __post_init__(self) -> None:
         problems = []
         if not self.cloud_url.startswith(("http://", "https://")):
             problems.append(f"gateway.cloud_url must be an http(s) URL, got {self.cloud_url!r}")
+        if any(c.isspace() for c in self.cloud_token):
+            problems.append("gateway.cloud_token must not contain whitespace")
         if self.cloud_timeout <= 0:
             problems.append("gateway.cloud_timeout must be > 0")
         for name in ("max_batch", "forward_workers", "queue_size"):

@@ -61,13 +61,13 @@ class GatewayDaemon:
         self.config = config
         settings = config.gateway
         if service is None:
-            bundle = load_bundle(settings.bundle, tiers=("gateway",))
+            bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
             cache = None
             if config.cache.enabled:
                 cache = open_cache(
                     bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
                 )
-            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout)
+            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout, settings.cloud_token)
             service = GatewayService(bundle, link, cache=cache, crypto=gateway_crypto(config.crypto))
         self.service = service
         self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from cloud_service.tokens import TokenStore
 from device_sdk.config import MqttConfig
 from device_sdk.crypto import DeviceCrypto
 from device_sdk.errors import TransportError
@@ -54,10 +55,18 @@ class LocalStack:
     def start(self, timeout: float = 60.0) -> LocalStack:
         self.broker.start()
         try:
+            tokens = TokenStore(self.workdir / "cloud-state" / "tokens.db")  # the cloud's auth is always on
+            gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
                 "cloud_service",
-                {"EC_CLOUD__BUNDLE": str(self.bundle), "EC_CLOUD__PORT": str(self.cloud_port)},
+                {
+                    "EC_CLOUD__BUNDLE": str(self.bundle),
+                    "EC_CLOUD__PORT": str(self.cloud_port),
+                    "EC_CLOUD__TOKEN_STORE": str(tokens.path),
+                    "EC_CLOUD__DEVICE_KEYRING": str(self.pki.device_keys),  # enrolled keys reach the gateway
+                    "EC_CLOUD__GATEWAY_PUBLIC_KEY": str(self.pki.gateway_x25519_pub),
+                },
             )
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
             gateway = self._spawn(
@@ -74,6 +83,7 @@ class LocalStack:
                     "EC_CRYPTO__PRIVATE_KEY": str(self.pki.gateway_x25519_key),
                     "EC_CRYPTO__DEVICE_KEYS": str(self.pki.device_keys),
                     "EC_CRYPTO__RESCAN_INTERVAL": "0",
+                    "EC_GATEWAY__CLOUD_TOKEN": gateway_token,
                     **self.gateway_env,
                 },
             )

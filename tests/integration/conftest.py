@@ -24,6 +24,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from cloud_service.app import create_app
 from cloud_service.config import CloudConfig, CloudSettings
 from cloud_service.inference import CloudInference
+from cloud_service.tokens import TokenStore
 from device_sdk import wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
@@ -68,16 +69,36 @@ class CloudServer:
     url: str
     inference: CloudInference
     server: BaseWSGIServer
+    gateway_token: str = ""  # bearer tokens from the cloud's token store (auth is always on)
+    admin_token: str = ""
+    tokens: TokenStore | None = None
+
+
+#: cloud URL -> its gateway token, so gateway_config() gives a gateway of that cloud its token
+_GATEWAY_TOKENS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
-def cloud(tiny_bundle: Path) -> Iterator[CloudServer]:
-    config = CloudConfig(CloudSettings(bundle=tiny_bundle, port=0, max_body_bytes=64 * 1024))
+def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[CloudServer]:
+    state = tmp_path_factory.mktemp("cloud-state")
+    settings = CloudSettings(
+        bundle=tiny_bundle,
+        port=0,
+        max_body_bytes=64 * 1024,
+        token_store=state / "tokens.db",
+        device_keyring=pki.device_keys,  # enrolment writes where the gateways read
+        gateway_public_key=pki.gateway_x25519_pub,
+    )
+    config = CloudConfig(settings)
     app = create_app(config)
+    tokens = TokenStore(config.cloud.token_store)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield CloudServer(f"http://127.0.0.1:{server.server_port}", app.extensions["edgecascade"], server)
+    url = f"http://127.0.0.1:{server.server_port}"
+    _GATEWAY_TOKENS[url] = tokens.create("gateway", "gateway")[0]
+    admin = tokens.create("admin", "tests")[0]
+    yield CloudServer(url, app.extensions["edgecascade"], server, _GATEWAY_TOKENS[url], admin, tokens)
     server.shutdown()
 
 
@@ -86,6 +107,7 @@ def gateway_config(
 ) -> GatewayConfig:
     """A gateway config for tests (TLS to ``broker``, payload keys of its PKI); cache off by default."""
     pki = broker.pki
+    settings.setdefault("cloud_token", _GATEWAY_TOKENS.get(cloud_url, ""))
     return GatewayConfig(
         GatewaySettings(bundle=bundle, cloud_url=cloud_url, cloud_timeout=2.0, **settings),  # type: ignore[arg-type]
         broker.mqtt_config("gateway"),

@@ -120,8 +120,9 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
     url = cloud.url + wire.ROUTE_INFER
     spec = load_bundle(tiny_bundle).manifest.partition("cloud").input
     good = _request(tiny_bundle, np.zeros(spec.shape, np.float32))
+    auth = {"Authorization": f"Bearer {cloud.gateway_token}"}
 
-    ok = requests.post(url, data=good, timeout=5)
+    ok = requests.post(url, data=good, headers=auth, timeout=5)
     assert ok.status_code == 200
     assert wire.decode_result(wire.envelope_from_bytes(ok.content).body).tier is wire.Tier.CLOUD
 
@@ -132,10 +133,10 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
         413: b"\0" * (65 * 1024),
     }
     for status, body in cases.items():
-        response = requests.post(url, data=body, timeout=5)
+        response = requests.post(url, data=body, headers=auth, timeout=5)
         assert response.status_code == status, (status, response.text)
         assert response.json()["message"]
     assert requests.get(cloud.url + "/v1/nowhere", timeout=5).json()["error"] == "not_found"
     health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).json()
     assert health["status"] == "ok" and health["version"] == load_bundle(tiny_bundle).manifest.version
-    assert requests.post(url, data=good, timeout=5).status_code == 200  # still serving
+    assert requests.post(url, data=good, headers=auth, timeout=5).status_code == 200  # still serving
