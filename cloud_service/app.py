@@ -1,7 +1,9 @@
 """Flask app factory for the cloud service.
 
-``create_app(config)`` loads and verifies the bundle, registers the API blueprint and
-answers every error as JSON: ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status.
+``create_app(config)`` loads and verifies the bundle, opens the token store, registers the
+API and enrolment blueprints and answers every error as JSON:
+``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
+``WWW-Authenticate: Bearer`` for a bad credential, 403 for one outside its scope).
 """
 
 from __future__ import annotations
@@ -12,25 +14,37 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from cloud_service import auth, enroll
+from cloud_service.auth import require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.inference import CloudInference
+from cloud_service.tokens import TokenStore
 from device_sdk import serving, wire
 from device_sdk.bundle import load_bundle
-from device_sdk.errors import EdgeCascadeError
+from device_sdk.errors import AuthError, EdgeCascadeError, ScopeError
 
 logger = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
 
-def create_app(config: CloudConfig | None = None, *, inference: CloudInference | None = None) -> Flask:
-    """Build the app; ``inference`` may be injected (tests), else it is loaded from the bundle."""
+def create_app(
+    config: CloudConfig | None = None,
+    *,
+    inference: CloudInference | None = None,
+    tokens: TokenStore | None = None,
+) -> Flask:
+    """Build the app; ``inference`` and ``tokens`` may be injected, else they come from the config."""
     config = config or CloudConfig()
     app = Flask("cloud_service")
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
     if inference is None:
-        inference = CloudInference(load_bundle(config.cloud.bundle, tiers=("cloud",)))
+        bundle = load_bundle(config.cloud.bundle, tiers=("cloud",), public_key=config.cloud.verify_key)
+        inference = CloudInference(bundle)
     app.extensions["edgecascade"] = inference
+    auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
+    enroll.init_app(app, config.cloud)
     app.register_blueprint(api)
+    app.register_error_handler(AuthError, _auth_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
@@ -51,6 +65,16 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     return _json_error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
+def _auth_error(exc: AuthError) -> tuple[Response, int]:
+    status = 403 if isinstance(exc, ScopeError) else 401
+    _inference().counters.add(f"http_{status}")
+    logger.warning("refused %s %s: %s", request.method, request.path, exc)
+    response, _ = _json_error(status, "forbidden" if status == 403 else "unauthorized", str(exc))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="edgecascade"'
+    return response, status
+
+
 def _unexpected_error(exc: Exception) -> tuple[Response, int]:
     logger.exception("unexpected error")
     _inference().counters.add("http_500")
@@ -58,9 +82,11 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
 
 
 @api.post(wire.ROUTE_INFER)
+@require_scope("gateway", "device")
 def infer() -> Any:
     inference = _inference()
     payload = request.get_data(cache=False)
+    auth.check_device_identity(payload, auth.current_token())
     inference.counters.add("requests")
     inference.counters.add("bytes_in", len(payload))
     try:
@@ -79,6 +105,7 @@ def healthz() -> Any:
     return jsonify(status="ok", model=manifest.name, version=manifest.version)
 
 
-@api.get("/v1/metrics")
+@api.get(wire.ROUTE_METRICS)
+@require_scope("admin")
 def metrics() -> Any:
     return jsonify(dict(_inference().counters))

@@ -1,4 +1,8 @@
-"""Cloud service configuration: the ``[cloud]`` section of ``cloud.toml``."""
+"""Cloud service configuration: the ``[cloud]`` section of ``cloud.toml``.
+
+Authentication is always on: the token store is created empty when missing, so a fresh
+cloud answers every route but ``/healthz`` with 401 until an operator creates tokens.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ class CloudSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1024 * 1024
+    verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
+    token_store: Path = Path("state/tokens.db")  # hashed bearer tokens (SQLite)
+    device_keyring: Path = Path("state/device-keys")  # X25519 keys of enrolled devices
+    gateway_public_key: Path | None = None  # X25519 key handed to enrolling devices; unset: no enrolment
+    gateway_name: str = "gateway"  # bound into the payload keys; what the gateways' crypto.gateway_name says
 
     def __post_init__(self) -> None:
         problems = []

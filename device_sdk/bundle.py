@@ -3,7 +3,9 @@
 The manifest is the contract between training and every runtime tier. It names the model
 and its version, the classes, how raw inputs are normalised, and for each partition its
 file, sha256, input tensor, output tensors and exit settings. :func:`load_bundle` refuses a
-bundle whose manifest is malformed or whose files do not match their hashes.
+bundle whose manifest is malformed or whose files do not match their hashes; given the
+cloud's public key it also refuses one whose ``manifest.sig`` does not verify (see
+:mod:`device_sdk.signing`) or that would roll back the running version.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device_sdk.codec import Encoding
-from device_sdk.errors import BundleError
+from device_sdk.errors import BundleError, RollbackError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -102,6 +107,7 @@ class Manifest:
     partitions: tuple[PartitionSpec, ...]
     metrics: dict[str, float] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    rollback_of: int | None = None  # set on a signed rollback: the newest version it may replace
 
     def partition(self, tier: str) -> PartitionSpec:
         """The partition that runs on ``tier``."""
@@ -111,8 +117,16 @@ class Manifest:
         raise BundleError(f"manifest has no {tier!r} partition")
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no insignificant whitespace differences."""
-        return json.dumps(asdict(self), sort_keys=True, indent=2) + "\n"
+        """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
+
+        Sorted keys, fixed indent and separators, ASCII only, floats as their shortest
+        round-trip repr. ``rollback_of`` is left out when unset, so manifests written before
+        the field existed keep their exact bytes.
+        """
+        data = asdict(self)
+        if data["rollback_of"] is None:
+            del data["rollback_of"]
+        return json.dumps(data, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -132,6 +146,7 @@ class Manifest:
                 ),
                 partitions=parts,
                 metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+                rollback_of=None if data.get("rollback_of") is None else int(data["rollback_of"]),
             )
         except BundleError:
             raise
@@ -142,6 +157,10 @@ class Manifest:
             raise BundleError(f"manifest partitions must be {TIERS}, got {tiers}")
         if manifest.version < 1:
             raise BundleError("manifest version must be >= 1")
+        if manifest.rollback_of is not None and manifest.rollback_of <= manifest.version:
+            raise BundleError(
+                f"rollback_of ({manifest.rollback_of}) must be newer than the version ({manifest.version})"
+            )
         problems = []
         for p, nxt in zip(manifest.partitions, (*manifest.partitions[1:], None), strict=True):
             if p.logits.shape != (len(manifest.classes),):
@@ -150,6 +169,8 @@ class Manifest:
                 problems.append(f"{p.tier} features do not match the {nxt.tier} partition's input")
             if not (math.isfinite(p.exit.threshold) and p.exit.threshold >= 0 and p.exit.temperature > 0):
                 problems.append(f"{p.tier} exit needs a finite threshold >= 0 and a temperature > 0")
+            if p.file in ("", ".", "..", MANIFEST) or "/" in p.file or "\\" in p.file:
+                problems.append(f"{p.tier} file {p.file!r} must be a plain file name inside the bundle")
         if problems:
             raise BundleError("invalid manifest: " + "; ".join(problems))
         return manifest
@@ -199,18 +220,43 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_bundle(path: str | Path, tiers: tuple[str, ...] = TIERS) -> Bundle:
-    """Read and verify a bundle; only the files of ``tiers`` need to be present."""
+def load_bundle(
+    path: str | Path,
+    tiers: tuple[str, ...] = TIERS,
+    *,
+    public_key: Ed25519PublicKey | str | Path | None = None,
+    min_version: int | None = None,
+) -> Bundle:
+    """Read and verify a bundle; only the files of ``tiers`` need to be present.
+
+    With ``public_key`` (a key or its PEM file) ``manifest.sig`` must verify over the exact
+    manifest bytes before they are parsed (:class:`~device_sdk.errors.SignatureError`), so
+    every sha256 checked below is one the cloud signed. With ``min_version`` (the running
+    version) an older bundle is refused (:class:`~device_sdk.errors.RollbackError`) unless
+    its manifest is a rollback whose ``rollback_of`` reaches the running version.
+    """
     root = Path(path)
     try:
-        data = json.loads((root / MANIFEST).read_text())
+        raw = (root / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise BundleError(f"no {MANIFEST} in {root}") from None
+    if public_key is not None:
+        from device_sdk.signing import verify_manifest  # lazy: cryptography only when verifying
+
+        verify_manifest(root, raw, public_key)
+    try:
+        data = json.loads(raw.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{root / MANIFEST}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BundleError(f"{root / MANIFEST}: expected a JSON object")
     manifest = Manifest.from_dict(data)
+    allowed_back = manifest.rollback_of is not None and manifest.rollback_of >= (min_version or 0)
+    if min_version is not None and manifest.version < min_version and not allowed_back:
+        raise RollbackError(
+            f"bundle {root} is version {manifest.version}, older than the running version "
+            f"{min_version}, and its manifest is not a rollback from version {min_version} or newer"
+        )
     for tier in tiers:
         spec = manifest.partition(tier)
         file = root / spec.file

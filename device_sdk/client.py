@@ -3,7 +3,9 @@
 The client never lets a link failure reach the application: a timeout, an error reply or
 an unreadable reply becomes the device's own answer flagged ``degraded``. Bad input from
 the application itself (wrong shape, NaN) is the application's error and is raised as
-:class:`~device_sdk.errors.TensorSpecError`.
+:class:`~device_sdk.errors.TensorSpecError`. With ``crypto`` (a
+:class:`~device_sdk.crypto.DeviceCrypto`) requests are encrypted end to end and only
+replies that decrypt under the device's keys are believed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from device_sdk import codec, wire
 from device_sdk.bundle import Bundle, load_bundle
 from device_sdk.cache import NeuralCache
+from device_sdk.crypto import DeviceCrypto, initial_sequence
 from device_sdk.errors import (
     ConfigError,
     EdgeCascadeError,
@@ -83,6 +86,7 @@ class DeviceClient:
         timeout: float = 2.0,
         num_threads: int = 1,
         cache: NeuralCache | None = None,
+        crypto: DeviceCrypto | None = None,
     ) -> None:
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
         self.bundle = bundle
@@ -93,10 +97,13 @@ class DeviceClient:
         self._spec = self.manifest.partition("device")
         self.policy = policy or policy_from_spec(self._spec.exit)
         self._runner = PartitionRunner.from_bundle(bundle, "device", num_threads)
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(initial_sequence())  # above what gateways saw before a restart
         self._seq_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.cache = cache
+        self.crypto = crypto
+        if crypto is not None and crypto.device_id != device_id:
+            raise ConfigError(f"payload keys are for device {crypto.device_id!r}, not {device_id!r}")
         if cache is not None and cache.model_version != self.manifest.version:
             raise ConfigError(
                 f"cache is for model version {cache.model_version}, the bundle is v{self.manifest.version}"
@@ -104,10 +111,17 @@ class DeviceClient:
 
     @classmethod
     def from_bundle(
-        cls, path: str | Path, device_id: str, transport: Transport | None = None, **kwargs: object
+        cls,
+        path: str | Path,
+        device_id: str,
+        transport: Transport | None = None,
+        *,
+        verify_key: str | Path | None = None,
+        **kwargs: object,
     ) -> DeviceClient:
-        """Load and verify the device partition of a bundle directory."""
-        return cls(load_bundle(path, tiers=("device",)), device_id, transport, **kwargs)  # type: ignore[arg-type]
+        """Load and verify the device partition of a bundle; with ``verify_key`` its signature too."""
+        bundle = load_bundle(path, tiers=("device",), public_key=verify_key)
+        return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------- public API
     def predict(self, x: np.ndarray) -> Prediction:
@@ -228,8 +242,9 @@ class DeviceClient:
             header = wire.Header(
                 wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self._next_seq()
             )
-            request = wire.envelope_to_bytes(
-                wire.Envelope(header, codec.encode_features(local.features, self._spec.encoding))
+            envelope = wire.Envelope(header, codec.encode_features(local.features, self._spec.encoding))
+            request = (
+                self.crypto.seal(envelope) if self.crypto is not None else wire.envelope_to_bytes(envelope)
             )
             submitted = time.perf_counter()
             try:
@@ -287,7 +302,7 @@ class DeviceClient:
         )
 
     def _read_reply(self, request: wire.Header, reply: bytes) -> wire.Result:
-        envelope = wire.envelope_from_bytes(reply)
+        envelope = self.crypto.open(reply) if self.crypto is not None else wire.envelope_from_bytes(reply)
         if envelope.header.request_id != request.request_id:
             raise WireError("reply does not answer this request")
         if envelope.header.msg_type == wire.MessageType.ERROR:

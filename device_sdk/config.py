@@ -27,17 +27,26 @@ ENV_PREFIX = "EC_"
 
 @dataclasses.dataclass(frozen=True)
 class MqttConfig:
-    """Where and how to reach the MQTT broker."""
+    """Where and how to reach the MQTT broker, over TLS 1.2+ with a client certificate.
+
+    ``ca_file`` is the CA that signed the broker's certificate (the broker's host name or IP
+    must be in its SAN); ``cert_file``/``key_file`` are this node's client certificate,
+    whose CN the broker takes as the MQTT username. Connecting without ``ca_file`` is
+    refused (there is no plaintext mode). The files are checked when the config is built.
+    """
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int = 8883
     keepalive: int = 30
     qos: int = 1
     client_id: str = ""
     username: str = ""
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._tls_problems()
         if not 0 < self.port < 65536:
             problems.append(f"mqtt.port must be in 1..65535, got {self.port}")
         if self.qos not in (0, 1, 2):
@@ -46,6 +55,23 @@ class MqttConfig:
             problems.append(f"mqtt.keepalive must be >= 5 s, got {self.keepalive}")
         if problems:
             raise ConfigError(problems)
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS settings are present (connections without them are refused)."""
+        return self.ca_file is not None
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("mqtt.cert_file and mqtt.key_file must be set together")
+        if self.cert_file is not None and self.ca_file is None:
+            problems.append("mqtt.ca_file is required with a client certificate")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"mqtt.{name}: no such file {path}")
+        return problems
 
 
 def load_config(

@@ -10,13 +10,23 @@ are translated at the boundary where they occur.
     ├── ConfigError            bad or missing configuration (lists every problem)
     ├── WireError              a message that cannot be decoded or is not acceptable
     │   ├── SchemaVersionError unknown envelope schema version
-    │   └── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
+    │       ├── NotEncryptedError   plaintext where encryption is required
+    │       ├── DecryptError        wrong key, tampered, truncated or forged ciphertext
+    │       ├── UnknownKeyError     no key for this device and key id
+    │       └── ReplayError         sequence number already accepted
+    │           └── SequenceTooOldError  older than the sender's sliding window
     ├── ModelError             bundle or partition problems
     │   ├── BundleError        missing files, bad manifest, hash mismatch
+    │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
+    │   │   └── RollbackError   older than the running version and not a signed rollback
     │   └── ModelVersionError  a request for a model version this node does not serve
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
     │   └── RemoteError        the other side answered with an error message
+    ├── AuthError              a credential is missing, wrong, expired or revoked (HTTP 401)
+    │   └── ScopeError         a valid credential used outside its scope (HTTP 403)
     ├── DatasetError           a dataset file is missing or malformed
     └── DependencyError        an optional extra is not installed
 """
@@ -48,12 +58,56 @@ class TensorSpecError(WireError):
     """A tensor has the wrong shape or dtype, or holds NaN/inf."""
 
 
+class CryptoError(WireError):
+    """A message that cannot be authenticated or decrypted; never served, always counted."""
+
+    reason = "crypto"  # counter suffix: the gateway counts ``rejected_<reason>``
+
+
+class NotEncryptedError(CryptoError):
+    """A plaintext message where encryption is required."""
+
+    reason = "not_encrypted"
+
+
+class DecryptError(CryptoError):
+    """The ciphertext does not authenticate: wrong key, tampered header or body, or truncated."""
+
+    reason = "decrypt"
+
+
+class UnknownKeyError(CryptoError):
+    """No key is known for this device and key id."""
+
+    reason = "unknown_key"
+
+
+class ReplayError(CryptoError):
+    """The sequence number was already accepted from this sender."""
+
+    reason = "replay"
+
+
+class SequenceTooOldError(ReplayError):
+    """The sequence number is older than the sender's sliding window: it cannot be checked."""
+
+    reason = "too_old"
+
+
 class ModelError(EdgeCascadeError):
     """A model bundle or partition cannot be used."""
 
 
 class BundleError(ModelError):
     """A bundle is incomplete, malformed, or its files do not match their hashes."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, malformed, or does not verify with the trusted key."""
+
+
+class RollbackError(BundleError):
+    """A bundle is older than the running version and its signed manifest does not allow a rollback."""
 
 
 class ModelVersionError(ModelError):
@@ -88,6 +142,14 @@ class DependencyError(EdgeCascadeError):
 
 class DatasetError(EdgeCascadeError):
     """A dataset file is missing, malformed or inconsistent."""
+
+
+class AuthError(EdgeCascadeError):
+    """A request's credential is missing, wrong, expired, used up or revoked."""
+
+
+class ScopeError(AuthError):
+    """A valid credential was used for something its scope does not allow."""
 
 
 # Exit codes of the daemons and the command line, documented in one place.

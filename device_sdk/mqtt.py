@@ -1,8 +1,10 @@
 """A small MQTT v5 connection on paho-mqtt 2, shared by the device transport and the gateway.
 
-It connects with a timeout, re-subscribes after reconnects, turns off Nagle's algorithm on
-every socket it opens (request/response over MQTT is ~200x slower with it on), and maps
-paho's return codes to :class:`~device_sdk.errors.TransportError`.
+It connects only over TLS 1.2 or later, checking the broker's certificate and host name
+against the configured CA and presenting the node's client certificate; it connects with a
+timeout, re-subscribes after reconnects, turns off Nagle's algorithm on every socket it
+opens (request/response over MQTT is ~200x slower with it on), and maps paho's return codes
+to :class:`~device_sdk.errors.TransportError`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from device_sdk.config import MqttConfig
-from device_sdk.errors import DependencyError, TransportError
+from device_sdk.errors import ConfigError, DependencyError, TransportError
 
 try:
     import paho.mqtt.client as paho
@@ -37,6 +40,7 @@ class MqttLink:
     def __init__(self, config: MqttConfig, client_id: str) -> None:
         self.config = config
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self._client.tls_set_context(tls_context(config))
         if config.username:
             self._client.username_pw_set(config.username)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -44,6 +48,7 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_socket_open = self._on_socket_open
+        self._client.on_connect_fail = self._on_connect_fail
         self._subscriptions: dict[str, MessageHandler] = {}
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -110,6 +115,9 @@ class MqttLink:
         with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (unix, websockets)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._refused = "TCP connection or TLS handshake failed"
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._refused = str(reason)
@@ -145,6 +153,24 @@ class MqttLink:
                 if paho.topic_matches_sub(_strip_share(pattern), topic):
                     return handler
         return None
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """Client TLS context: TLS >= 1.2, broker certificate and host name checked, client cert."""
+    if config.ca_file is None:
+        raise ConfigError(
+            "mqtt.ca_file is not set: EdgeCascade talks to brokers over TLS only "
+            "(make the files with 'edgecascade certs')"
+        )
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = True
+        if config.cert_file is not None and config.key_file is not None:
+            context.load_cert_chain(str(config.cert_file), str(config.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt TLS files unusable ({config.ca_file}, {config.cert_file}): {exc}") from None
+    return context
 
 
 def _strip_share(pattern: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 from device_sdk import codec, wire
 from device_sdk.bundle import PartitionSpec
 from device_sdk.errors import (
+    CryptoError,
     EdgeCascadeError,
     ModelVersionError,
     SchemaVersionError,
@@ -61,6 +62,8 @@ def parse_infer_request(
 
 def error_code(exc: Exception) -> wire.ErrorCode:
     """The wire error code for an exception raised while serving a request."""
+    if isinstance(exc, CryptoError):
+        return wire.ErrorCode.UNAUTHORIZED
     if isinstance(exc, SchemaVersionError):
         return wire.ErrorCode.UNSUPPORTED_SCHEMA
     if isinstance(exc, TensorSpecError):

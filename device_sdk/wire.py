@@ -6,7 +6,7 @@ An envelope is a fixed header followed by an opaque body::
     0      2     magic b"EC"
     2      1     schema version (SCHEMA_VERSION)
     3      1     message type (MessageType)
-    4      1     flags (bit 0: body is encrypted; reserved for the crypto layer)
+    4      1     flags (bit 0: body is encrypted, see device_sdk.crypto)
     5      4     model version (uint32)
     9      8     sequence number (uint64, per sender)
     17     16    request id
@@ -15,7 +15,7 @@ An envelope is a fixed header followed by an opaque body::
     34+n   4     body length (uint32)
     38+n   ...   body
 
-All integers are big-endian. The header bytes are what a later crypto layer binds as AAD.
+All integers are big-endian. The header bytes are what :mod:`device_sdk.crypto` binds as AAD.
 Bodies have their own paired ``encode_*``/``decode_*`` functions: a tensor (features), a
 result (label, probabilities, answering tier) or an error (code, message). The same
 envelope travels over MQTT (device to gateway) and HTTP (gateway to cloud).
@@ -73,6 +73,8 @@ def device_id_from_topic(topic: str) -> str | None:
 # HTTP routes of the cloud service.
 ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
+ROUTE_METRICS = "/v1/metrics"
+ROUTE_ENROLL = "/v1/devices/enroll"
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 
@@ -102,6 +104,7 @@ class ErrorCode(enum.IntEnum):
     """Error codes carried by ERROR bodies; HTTP statuses are derived from them."""
 
     MALFORMED = 400
+    UNAUTHORIZED = 401  # not encrypted, not decryptable, unknown key or replayed
     BAD_TENSOR = 422
     UNKNOWN_MODEL_VERSION = 409
     UNSUPPORTED_SCHEMA = 426

@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 import abc
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from device_sdk import wire
 from device_sdk.errors import DependencyError, RemoteError, TransportError, TransportTimeout
+
+logger = logging.getLogger(__name__)
 
 
 class CloudLink(abc.ABC):
@@ -35,9 +38,13 @@ class InMemoryCloudLink(CloudLink):
 
 
 class HttpCloudLink(CloudLink):
-    """HTTP(S) client for the cloud service; one keep-alive session per forwarding thread."""
+    """HTTP(S) client for the cloud service; one keep-alive session per forwarding thread.
 
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    ``token`` is the gateway's bearer token (``gateway`` scope); the cloud answers 401 to
+    requests without one, which surface as :class:`RemoteError` and degraded answers.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 5.0, token: str = "") -> None:
         try:
             import requests
         except ImportError as exc:
@@ -45,19 +52,23 @@ class HttpCloudLink(CloudLink):
         self._requests = requests
         self.url = base_url.rstrip("/") + wire.ROUTE_INFER
         self.timeout = timeout
+        self._headers = {"Content-Type": wire.CONTENT_TYPE}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        else:
+            logger.warning("no cloud token configured (gateway.cloud_token): the cloud will refuse requests")
         self._local = threading.local()
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self._requests.Session()
+            session.headers.update(self._headers)
         return session
 
     def infer(self, envelope: bytes) -> bytes:
         try:
-            response = self._session().post(
-                self.url, data=envelope, headers={"Content-Type": wire.CONTENT_TYPE}, timeout=self.timeout
-            )
+            response = self._session().post(self.url, data=envelope, timeout=self.timeout)
         except self._requests.Timeout as exc:
             raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from exc
         except self._requests.RequestException as exc:

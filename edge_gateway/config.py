@@ -1,7 +1,8 @@
-"""Gateway configuration: ``[gateway]`` and ``[mqtt]`` sections of ``gateway.toml``."""
+"""Gateway configuration: ``[gateway]``, ``[mqtt]``, ``[cache]`` and ``[crypto]`` of ``gateway.toml``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,15 @@ class GatewaySettings:
     forward_workers: int = 4
     queue_size: int = 1024
     shared_subscription: bool = True
+    cloud_token: str = field(default="", repr=False)  # bearer token for the cloud; EC_GATEWAY__CLOUD_TOKEN
+    verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
 
     def __post_init__(self) -> None:
         problems = []
         if not self.cloud_url.startswith(("http://", "https://")):
             problems.append(f"gateway.cloud_url must be an http(s) URL, got {self.cloud_url!r}")
+        if any(c.isspace() for c in self.cloud_token):
+            problems.append("gateway.cloud_token must not contain whitespace")
         if self.cloud_timeout <= 0:
             problems.append("gateway.cloud_timeout must be > 0")
         for name in ("max_batch", "forward_workers", "queue_size"):
@@ -59,12 +64,49 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class CryptoSettings:
+    """End-to-end payload encryption with the devices (see :mod:`device_sdk.crypto`).
+
+    ``private_key`` is the gateways' X25519 key (``gateway-x25519.key``), ``device_keys``
+    the directory of device public keys (``<id>.k<n>.pub``), rescanned for new devices at
+    most every ``rescan_interval`` seconds. ``gateway_name`` is bound into every derived
+    key and must match the devices'. With ``required`` (the default) unencrypted requests
+    are refused; turning it off is for migrating a fleet, never for production.
+    """
+
+    required: bool = True
+    private_key: Path | None = None
+    device_keys: Path | None = None
+    gateway_name: str = "gateway"
+    window: int = 64
+    rescan_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.private_key is not None and not self.private_key.is_file():
+            problems.append(f"crypto.private_key: no such file {self.private_key}")
+        if self.device_keys is not None and not self.device_keys.is_dir():
+            problems.append(f"crypto.device_keys: no such directory {self.device_keys}")
+        if (self.private_key is None) != (self.device_keys is None):
+            problems.append("crypto.private_key and crypto.device_keys must be set together")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.gateway_name):
+            problems.append(f"crypto.gateway_name must be 1-64 of [A-Za-z0-9_.-], got {self.gateway_name!r}")
+        if not 1 <= self.window <= 1024:
+            problems.append("crypto.window must be in 1..1024")
+        if self.rescan_interval < 0:
+            problems.append("crypto.rescan_interval must be >= 0")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
 
 
 def load_gateway_config(path: str | Path | None = None, **kwargs: object) -> GatewayConfig:
-    """Load ``gateway.toml`` (optional) with ``EC_GATEWAY__*`` / ``EC_MQTT__*`` overrides."""
+    """Load ``gateway.toml`` (optional) with ``EC_<SECTION>__<KEY>`` environment overrides."""
     return load_config(GatewayConfig, path, **kwargs)  # type: ignore[arg-type]

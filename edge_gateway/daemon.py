@@ -3,7 +3,10 @@
 paho's network thread only enqueues; one worker thread drains the queue in micro-batches
 through :class:`~edge_gateway.service.GatewayService`, and a small thread pool forwards
 unconfident requests to the cloud so a slow cloud never stalls confident answers.
-Replies always go to the requesting device's own response topic.
+Replies always go to the requesting device's own response topic. The broker link is TLS
+with the gateway's client certificate; payloads are end-to-end encrypted with each device
+(:mod:`device_sdk.crypto`), and unencrypted requests are refused unless the ``[crypto]``
+settings say otherwise.
 """
 
 from __future__ import annotations
@@ -18,12 +21,35 @@ from types import FrameType
 from device_sdk import wire
 from device_sdk.bundle import load_bundle
 from device_sdk.cache import open_cache
+from device_sdk.crypto import GatewayCrypto
+from device_sdk.errors import ConfigError
+from device_sdk.keys import load_gateway_crypto
 from device_sdk.mqtt import MqttLink
 from edge_gateway.cloud_link import CloudLink, HttpCloudLink
-from edge_gateway.config import GatewayConfig
+from edge_gateway.config import CryptoSettings, GatewayConfig
 from edge_gateway.service import Forward, GatewayService, Request
 
 logger = logging.getLogger(__name__)
+
+
+def gateway_crypto(settings: CryptoSettings) -> GatewayCrypto | None:
+    """The payload crypto the settings ask for; ConfigError if it is required but has no keys."""
+    if settings.private_key is None or settings.device_keys is None:
+        if settings.required:
+            raise ConfigError(
+                "crypto.private_key and crypto.device_keys are required: the gateway only serves "
+                "encrypted requests (make them with 'edgecascade certs init')"
+            )
+        logger.warning("payload encryption is off: requests and replies cross the broker in the clear")
+        return None
+    return load_gateway_crypto(
+        settings.private_key,
+        settings.device_keys,
+        gateway_name=settings.gateway_name,
+        required=settings.required,
+        window=settings.window,
+        rescan_interval=settings.rescan_interval,
+    )
 
 
 class GatewayDaemon:
@@ -35,14 +61,14 @@ class GatewayDaemon:
         self.config = config
         settings = config.gateway
         if service is None:
-            bundle = load_bundle(settings.bundle, tiers=("gateway",))
+            bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
             cache = None
             if config.cache.enabled:
                 cache = open_cache(
                     bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
                 )
-            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout)
-            service = GatewayService(bundle, link, cache=cache)
+            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout, settings.cloud_token)
+            service = GatewayService(bundle, link, cache=cache, crypto=gateway_crypto(config.crypto))
         self.service = service
         self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")

@@ -5,10 +5,17 @@ and returns, per request, either a finished reply or a :class:`Forward` job;
 :meth:`GatewayService.forward` sends a job to the cloud and turns any failure into the
 gateway's own answer flagged ``degraded``. :meth:`handle` chains both for one request, which
 is what the in-memory transport uses in tests.
+
+With a :class:`~device_sdk.crypto.GatewayCrypto`, requests are decrypted (and checked
+against the device's replay window) before anything else reads them, and every reply to a
+decrypted request is encrypted under the key id that request used. A request that fails
+those checks is counted as ``rejected_<reason>`` and answered, if at all, with a plain
+UNAUTHORIZED error that carries nothing secret.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +24,8 @@ import numpy as np
 from device_sdk import codec, serving, wire
 from device_sdk.bundle import Bundle
 from device_sdk.cache import NeuralCache
-from device_sdk.errors import EdgeCascadeError, WireError
+from device_sdk.crypto import GatewayCrypto
+from device_sdk.errors import CryptoError, EdgeCascadeError, WireError
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 from device_sdk.similarity import embed
@@ -43,6 +51,7 @@ class Forward:
     envelope: bytes  # INFER_REQUEST with cut-2 features
     probs: np.ndarray  # exit-2 probabilities, the fallback answer
     embedding: np.ndarray | None = None  # gateway-cache key, to learn the cloud's answer
+    key_id: int | None = None  # the request's payload key: the reply is sealed with it
 
 
 class GatewayService:
@@ -55,8 +64,10 @@ class GatewayService:
         *,
         policy: ExitPolicy | None = None,
         cache: NeuralCache | None = None,
+        crypto: GatewayCrypto | None = None,
     ) -> None:
         self.bundle = bundle
+        self.crypto = crypto
         self.version = bundle.manifest.version
         self._spec = bundle.manifest.partition("gateway")
         self._cut_encoding = bundle.manifest.partition("device").encoding
@@ -70,12 +81,14 @@ class GatewayService:
         """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
         out: list[bytes | Forward | None] = [None] * len(requests)
         valid: list[tuple[int, wire.Header, np.ndarray]] = []
+        key_ids: list[int | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             self.counters.add("requests")
             self.counters.add("bytes_in", len(request.payload))
             try:
+                payload, key_ids[i] = self._open(request)
                 header, tensor = serving.parse_infer_request(
-                    request.payload, self.version, self._spec, self._cut_encoding
+                    payload, self.version, self._spec, self._cut_encoding
                 )
                 if request.device_id is not None and header.device_id != request.device_id:
                     raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
@@ -85,7 +98,27 @@ class GatewayService:
         if valid:
             for (i, _, _), decision in zip(valid, self._answer([(h, t) for _, h, t in valid]), strict=True):
                 out[i] = decision
-        return out
+        return [self._seal(decision, key_id) for decision, key_id in zip(out, key_ids, strict=True)]
+
+    def _open(self, request: Request) -> tuple[bytes, int | None]:
+        """The plain request envelope and its key id (None when crypto is off or it was plain)."""
+        if self.crypto is None:
+            return request.payload, None
+        return self.crypto.open_request(request.payload, request.device_id)
+
+    def _seal(self, decision: bytes | Forward | None, key_id: int | None) -> bytes | Forward | None:
+        """Encrypt a reply to a decrypted request; a Forward job keeps the key id for its reply."""
+        if key_id is None or decision is None:
+            return decision
+        if isinstance(decision, Forward):
+            return dataclasses.replace(decision, key_id=key_id)
+        assert self.crypto is not None
+        try:
+            return self.crypto.seal_reply(decision, key_id)
+        except EdgeCascadeError as exc:  # the key was retired meanwhile: no reply, never a plain one
+            self.counters.add("reply_seal_failed")
+            logger.warning("cannot encrypt a reply: %s", exc)
+            return None
 
     def _answer(self, batch: list[tuple[wire.Header, np.ndarray]]) -> list[bytes | Forward]:
         """Run partition 2 once for the batch; exit, then cache, then cloud for each request."""
@@ -162,7 +195,10 @@ class GatewayService:
                 upstream_bytes=len(job.envelope),
             )
             self.counters.add("answered_gateway_degraded")
-        return serving.result_reply(job.header, answer)
+        plain = serving.result_reply(job.header, answer)
+        if job.key_id is None or self.crypto is None:
+            return plain
+        return self.crypto.seal_reply(plain, job.key_id)
 
     def handle(self, payload: bytes) -> bytes:
         """One request, start to finish (used by in-process transports)."""
@@ -174,7 +210,7 @@ class GatewayService:
     def _reject(self, request: Request, exc: EdgeCascadeError) -> bytes | None:
         """Error reply for a request that cannot be served; None if it cannot be addressed."""
         code = serving.error_code(exc)
-        self.counters.add(f"rejected_{code.name.lower()}")
+        self.counters.add(f"rejected_{exc.reason if isinstance(exc, CryptoError) else code.name.lower()}")
         logger.warning("rejected request from %s: %s", request.device_id or "?", exc)
         try:
             header = wire.envelope_from_bytes(request.payload).header

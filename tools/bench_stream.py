@@ -59,9 +59,11 @@ def _run(bundle_dir: Path, stream: np.ndarray, caches: bool, capacity: int) -> l
     with (
         tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as workdir,
         LocalStack(bundle.path, Path(workdir), gateway_env=env) as stack,
-        DeviceClient(bundle, device_id, MqttTransport(stack.mqtt, device_id), cache=cache) as client,
     ):
-        return [client.predict(x) for x in stream]
+        mqtt, crypto = stack.device(device_id)
+        transport = MqttTransport(mqtt, device_id)
+        with DeviceClient(bundle, device_id, transport, cache=cache, crypto=crypto) as client:
+            return [client.predict(x) for x in stream]
 
 
 def bench_cache_stream(

@@ -1,19 +1,29 @@
 """Start a throw-away Mosquitto broker on a free loopback port with a generated config.
 
 Used by ``edgecascade demo`` and by the integration tests; a production site runs its own
-broker with the configuration this module writes as a starting point.
+broker with the configuration this module writes as a starting point
+(:func:`mosquitto_conf` and :func:`acl_text`). There is only a TLS listener: TLS 1.2 or
+later, a client certificate from the site CA required, its CN taken as the MQTT username,
+no anonymous clients. The ACL confines each device to ``ec/v1/dev/<its CN>/#`` and lets the
+gateways (by name) read and write every device's topics, including the shared subscription.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from device_sdk import wire
+from device_sdk.config import MqttConfig
 from device_sdk.errors import DependencyError, TransportError
+from tools.certs import Pki
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +61,43 @@ def mosquitto_binary() -> str:
     return found
 
 
-def mosquitto_conf(port: int, host: str = "127.0.0.1") -> str:
-    """A minimal broker config for loopback use: low latency, no persistence."""
+def acl_text(gateways: Sequence[str] = ("gateway",), observers: Sequence[str] = ()) -> str:
+    """Mosquitto ACL: devices own their subtree; gateways serve all; observers may only read.
+
+    ``pattern`` lines apply to every authenticated client with ``%u`` = its certificate CN,
+    which is why a device id may never equal a gateway name (``tools.certs`` refuses it).
+    """
+    root = wire.TOPIC_ROOT
+    lines = ["# devices: each client may only use its own subtree", f"pattern readwrite {root}/%u/#", ""]
+    for name in gateways:
+        lines += [
+            f"user {name}",
+            f"topic readwrite {root}/#",
+            f"topic read {wire.gateway_subscription(shared=True)}",
+            "",
+        ]
+    for name in observers:  # monitoring identities: read everything, write nothing
+        lines += [f"user {name}", "topic read #", ""]
+    return "\n".join(lines)
+
+
+def mosquitto_conf(pki: Pki, port: int, acl_file: Path, host: str = "127.0.0.1") -> str:
+    """Broker config: one TLS listener with client certificates, ACLs, low latency, no persistence."""
     return "\n".join(
         [
+            # stay the user that made the files (as root, mosquitto would switch to its own user,
+            # which cannot read keys that are 0600 in a 0700 directory)
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            "per_listener_settings false",
             f"listener {port} {host}",
-            "allow_anonymous true",
+            f"cafile {pki.ca_cert}",
+            f"certfile {pki.broker_cert}",
+            f"keyfile {pki.broker_key}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {acl_file}",
             "set_tcp_nodelay true",
             "persistence false",
             "max_inflight_messages 0",
@@ -70,18 +111,36 @@ def mosquitto_conf(port: int, host: str = "127.0.0.1") -> str:
 
 
 class Mosquitto:
-    """A Mosquitto process in ``workdir``; use as a context manager."""
+    """A TLS Mosquitto process in ``workdir`` using ``pki``'s files; use as a context manager.
 
-    def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    ``observers`` are extra read-only identities (certificates issued like a device's).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        pki: Pki,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        observers: Sequence[str] = (),
+    ) -> None:
         self.workdir = Path(workdir)
+        self.pki = pki
         self.host = host
         self.port = port or free_port(host)
+        self.observers = tuple(observers)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def mqtt_config(self, identity: str) -> MqttConfig:
+        """TLS settings to connect to this broker as ``identity`` (device id or gateway name)."""
+        return self.pki.mqtt_config(identity, self.host, self.port)
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        acl = self.workdir / "acl"
+        acl.write_text(acl_text(self.pki.gateway_names() or ("gateway",), self.observers))
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(self.port, self.host))
+        conf.write_text(mosquitto_conf(self.pki, self.port, acl, self.host))
         log = open(self.workdir / "mosquitto.log", "wb")  # noqa: SIM115 - closed by the child
         self.process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
         log.close()

@@ -19,6 +19,7 @@ from device_sdk.bundle import Manifest, load_bundle
 from device_sdk.errors import EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed
+from tools import certs_cli, security_cli
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
@@ -235,11 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="where to save the threshold sweep plot (PNG)")
     p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
     p.set_defaults(func=_bench_accuracy)
+    certs_cli.register(sub, bench)
 
     from tools.planner import add_plan_command
 
     add_plan_command(sub, DEFAULT_CHECKPOINT)
 
+    security_cli.register(sub)
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),
         ("cloud", _cloud, "run the cloud service (see --help after the subcommand)"),

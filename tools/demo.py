@@ -1,9 +1,10 @@
 """``edgecascade demo``: train (or reuse) a model, run the whole stack here, report.
 
 Streams the Fashion-MNIST test images one at a time through a real ``DeviceClient`` over a
-real Mosquitto broker to the gateway daemon and the cloud service, then prints the share
-answered by each tier, the cascade's accuracy beside device-only and full-model accuracy
-measured in the same run, bytes per input on each link, and latency per tier.
+real Mosquitto broker (TLS with client certificates and ACLs, payloads encrypted end to
+end) to the gateway daemon and the cloud service, then prints the share answered by each
+tier, the cascade's accuracy beside device-only and full-model accuracy measured in the
+same run, bytes per input on each link, and latency per tier.
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def run_demo(
         gateway_env = {"EC_CACHE__ENABLED": "true" if caches else "false"}
         stack = LocalStack(bundle.path, Path(workdir), gateway_env=gateway_env).start()
         try:
-            transport = MqttTransport(stack.mqtt, DEVICE_ID)
+            mqtt, crypto = stack.device(DEVICE_ID)
+            transport = MqttTransport(mqtt, DEVICE_ID)
             cache = open_cache(bundle.manifest, "device") if caches else None
-            with DeviceClient(bundle, DEVICE_ID, transport, cache=cache) as client:
+            with DeviceClient(bundle, DEVICE_ID, transport, cache=cache, crypto=crypto) as client:
                 _wait_until_served(client, x[0])
                 started = time.perf_counter()
                 records = [

@@ -3,6 +3,10 @@
 Each runs as its own process, started exactly as an operator would start it
 (``python -m cloud_service``, ``python -m edge_gateway``) with settings passed through
 ``EC_…`` environment variables, and stopped with SIGTERM so their shutdown paths run.
+The stack makes its own site PKI (:mod:`tools.certs`) in ``workdir/pki``: the broker only
+has a TLS listener with client certificates, the gateway requires encrypted payloads, and
+:meth:`LocalStack.device` gives a device its TLS settings and payload keys (issuing them on
+first use; the gateway picks new devices up at once).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from cloud_service.tokens import TokenStore
 from device_sdk.config import MqttConfig
+from device_sdk.crypto import DeviceCrypto
 from device_sdk.errors import TransportError
+from device_sdk.keys import load_device_crypto
 from tools.broker import Mosquitto, free_port, wait_for_port
+from tools.certs import init_pki, issue_device
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +36,37 @@ class LocalStack:
     def __init__(self, bundle: Path, workdir: Path, gateway_env: dict[str, str] | None = None) -> None:
         self.bundle = Path(bundle).resolve()
         self.workdir = Path(workdir)
-        self.broker = Mosquitto(self.workdir / "broker")
+        self.pki = init_pki(self.workdir / "pki")
+        self.broker = Mosquitto(self.workdir / "broker", self.pki)
         self.cloud_port = free_port()
         self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
 
-    @property
-    def mqtt(self) -> MqttConfig:
-        return MqttConfig(host=self.broker.host, port=self.broker.port)
+    def device(self, device_id: str) -> tuple[MqttConfig, DeviceCrypto]:
+        """TLS settings and payload keys for ``device_id``, issued on first use."""
+        if not self.pki.device_dir(device_id).exists():
+            issue_device(self.pki.root, device_id)
+        return self.broker.mqtt_config(device_id), load_device_crypto(
+            self.pki.device_dir(device_id), device_id
+        )
 
     def start(self, timeout: float = 60.0) -> LocalStack:
         self.broker.start()
         try:
+            tokens = TokenStore(self.workdir / "cloud-state" / "tokens.db")  # the cloud's auth is always on
+            gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
                 "cloud_service",
-                {"EC_CLOUD__BUNDLE": str(self.bundle), "EC_CLOUD__PORT": str(self.cloud_port)},
+                {
+                    "EC_CLOUD__BUNDLE": str(self.bundle),
+                    "EC_CLOUD__PORT": str(self.cloud_port),
+                    "EC_CLOUD__TOKEN_STORE": str(tokens.path),
+                    "EC_CLOUD__DEVICE_KEYRING": str(self.pki.device_keys),  # enrolled keys reach the gateway
+                    "EC_CLOUD__GATEWAY_PUBLIC_KEY": str(self.pki.gateway_x25519_pub),
+                },
             )
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
             gateway = self._spawn(
@@ -56,6 +77,13 @@ class LocalStack:
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,
                     "EC_MQTT__HOST": self.broker.host,
                     "EC_MQTT__PORT": str(self.broker.port),
+                    "EC_MQTT__CA_FILE": str(self.pki.ca_cert),
+                    "EC_MQTT__CERT_FILE": str(self.pki.gateway_dir() / "cert.pem"),
+                    "EC_MQTT__KEY_FILE": str(self.pki.gateway_dir() / "key.pem"),
+                    "EC_CRYPTO__PRIVATE_KEY": str(self.pki.gateway_x25519_key),
+                    "EC_CRYPTO__DEVICE_KEYS": str(self.pki.device_keys),
+                    "EC_CRYPTO__RESCAN_INTERVAL": "0",
+                    "EC_GATEWAY__CLOUD_TOKEN": gateway_token,
                     **self.gateway_env,
                 },
             )

@@ -41,6 +41,7 @@ from device_sdk.bundle import (
 )
 from device_sdk.errors import ModelError
 from device_sdk.runtime import interpreter_class, run_partitions
+from device_sdk.signing import PrivateKeySource, sign_bundle
 from training.calibration import softmax
 from training.data import Dataset, load_fashion_mnist
 from training.train import TrainConfig, TrainedModel, train
@@ -142,8 +143,11 @@ def export_bundle(
     representative: np.ndarray | None = None,
     holdout: tuple[np.ndarray, np.ndarray] | None = None,
     precisions: dict[str, str] | None = None,
+    signing_key: PrivateKeySource | None = None,
 ) -> Manifest:
     """Convert the three stages to ``device/gateway/cloud.tflite`` in ``out_dir`` and write the manifest.
+
+    With ``signing_key`` (the cloud's Ed25519 key or its PEM file) ``manifest.sig`` is written too.
 
     ``thresholds`` overrides the exit thresholds chosen in training (e.g. to trade accuracy
     for less traffic); the cascade metrics measured with the trained thresholds
@@ -222,6 +226,8 @@ def export_bundle(
     write_manifest(out, manifest)
     _fsync_dir(out)
     load_bundle(out)  # refuse to report success for a bundle the runtime would not accept
+    if signing_key is not None:
+        sign_bundle(out, signing_key)
     logger.info("exported %s v%d to %s (%s)", name, version, out, wanted)
     return manifest
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import queue
 import struct
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,67 +14,32 @@ import requests
 from device_sdk import codec, wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
-from device_sdk.config import MqttConfig
-from device_sdk.mqtt import MqttLink
 from device_sdk.policy import NeverExit
 from device_sdk.transport import MqttTransport
 from edge_gateway.daemon import GatewayDaemon
+from tools.broker import Mosquitto
 
-from .conftest import CloudServer
+from .conftest import CloudServer, RawDevice, device_crypto
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "rogue-device"
 
 
-class RawDevice:
-    """A device that sends whatever bytes it is given and collects the replies."""
-
-    def __init__(self, mqtt: MqttConfig) -> None:
-        self.replies: queue.Queue[tuple[bytes, bytes | None]] = queue.Queue()
-        self.link = MqttLink(mqtt, "raw-" + uuid.uuid4().hex[:8])
-        self.link.subscribe(wire.response_topic(DEVICE), lambda t, p, r, c: self.replies.put((p, c)))
-        self.link.connect(5)
-
-    def ask(self, payload: bytes, correlation: bytes | None = None) -> wire.Envelope:
-        correlation = correlation or uuid.uuid4().bytes
-        self.link.publish(
-            wire.request_topic(DEVICE),
-            payload,
-            response_topic=wire.response_topic(DEVICE),
-            correlation_data=correlation,
-        )
-        reply, got = self.replies.get(timeout=5)
-        assert got == correlation
-        return wire.envelope_from_bytes(reply)
-
-
 @pytest.fixture
-def raw(gateway: GatewayDaemon, mqtt_config: MqttConfig) -> Iterator[RawDevice]:
-    device = RawDevice(mqtt_config)
-    yield device
-    device.link.close()
+def raw(gateway: GatewayDaemon, make_raw: Callable[[str], RawDevice]) -> RawDevice:
+    return make_raw(DEVICE)
 
 
-def _request(
-    bundle_dir: Path,
-    tensor: np.ndarray,
-    version: int | None = None,
-    device: str = DEVICE,
-    encoding: str | None = None,
-) -> bytes:
-    """An INFER_REQUEST with ``tensor`` in ``encoding`` (default: the cut's own); else raw dtype."""
+def _request(bundle_dir: Path, tensor: np.ndarray | bytes, version: int | None = None) -> bytes:
+    """A plain request envelope, as the gateway forwards to the cloud (cut 2's encoding; bytes as is)."""
     manifest = load_bundle(bundle_dir).manifest
     header = wire.Header(
-        wire.MessageType.INFER_REQUEST, device, manifest.version if version is None else version
+        wire.MessageType.INFER_REQUEST, DEVICE, manifest.version if version is None else version
     )
-    body = codec.encode_features(tensor, encoding) if encoding else wire.encode_tensor(tensor)
-    return wire.envelope_to_bytes(wire.Envelope(header, body))
-
-
-def _envelope(body: bytes, bundle_dir: Path) -> bytes:
-    header = wire.Header(wire.MessageType.INFER_REQUEST, DEVICE, load_bundle(bundle_dir).manifest.version)
-    return wire.envelope_to_bytes(wire.Envelope(header, body))
+    if isinstance(tensor, np.ndarray):
+        tensor = codec.encode_features(tensor, manifest.partition("gateway").encoding)
+    return wire.envelope_to_bytes(wire.Envelope(header, tensor))
 
 
 def _cut1(bundle_dir: Path) -> np.ndarray:
@@ -96,52 +59,62 @@ def test_gateway_answers_bad_requests_with_errors_and_keeps_serving(
 ) -> None:
     counters = gateway.service.counters
     before = dict(counters)
-    bits = load_bundle(tiny_bundle).manifest.partition("device").encoding
-    assert bits == "1bit"
-    good = _request(tiny_bundle, _cut1(tiny_bundle), encoding=bits)
+    cut1 = _cut1(tiny_bundle)
+    good = raw.sealed(tiny_bundle, cut1)
     future_schema = bytearray(good)
     future_schema[2] = wire.SCHEMA_VERSION + 1
-    packed = codec.encode_features(_cut1(tiny_bundle), bits)
 
+    # not readable at all: plain error replies (there is no verified sender to encrypt to)
     assert _error(raw.ask(b"\x00garbage")) is wire.ErrorCode.MALFORMED
     assert _error(raw.ask(good[:-3])) is wire.ErrorCode.MALFORMED
-    assert _error(raw.ask(_envelope(packed[:-1], tiny_bundle))) is wire.ErrorCode.MALFORMED  # bits short
     assert _error(raw.ask(bytes(future_schema))) is wire.ErrorCode.UNSUPPORTED_SCHEMA
-    wrong_shape = _request(tiny_bundle, np.zeros((3, 3), np.float32), encoding=bits)
-    assert _error(raw.ask(wrong_shape)) is wire.ErrorCode.BAD_TENSOR
-    float16 = _request(tiny_bundle, _cut1(tiny_bundle).astype(np.float16))  # not this cut's encoding
-    assert _error(raw.ask(float16)) is wire.ErrorCode.BAD_TENSOR
-    nan = _cut1(tiny_bundle)
-    nan.flat[0] = np.nan
-    assert _error(raw.ask(_request(tiny_bundle, nan))) is wire.ErrorCode.BAD_TENSOR
-    assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), version=999, encoding=bits)))
-        is wire.ErrorCode.UNKNOWN_MODEL_VERSION
-    )
+    assert not raw.last_encrypted
     # an envelope claiming to come from another device than its topic says
+    other = raw.envelope(tiny_bundle, cut1, device="someone-else")
+    assert _error(raw.ask(wire.envelope_to_bytes(other))) is wire.ErrorCode.MALFORMED
+    # a well-formed request in the clear is refused
     assert (
-        _error(raw.ask(_request(tiny_bundle, _cut1(tiny_bundle), device="someone-else", encoding=bits)))
-        is wire.ErrorCode.MALFORMED
+        _error(raw.ask(wire.envelope_to_bytes(raw.envelope(tiny_bundle, cut1))))
+        is wire.ErrorCode.UNAUTHORIZED
     )
 
-    reply = raw.ask(good)
-    assert reply.header.msg_type is wire.MessageType.RESULT
+    # decrypted, but wrong inside: the error replies are encrypted to the device
+    assert load_bundle(tiny_bundle).manifest.partition("device").encoding == "1bit"
+    assert _error(raw.ask(raw.sealed(tiny_bundle, np.zeros((3, 3), np.float32)))) is wire.ErrorCode.BAD_TENSOR
+    assert raw.last_encrypted
+    float16 = wire.encode_tensor(cut1.astype(np.float16))  # not this cut's encoding
+    assert _error(raw.ask(raw.sealed(tiny_bundle, float16))) is wire.ErrorCode.BAD_TENSOR
+    nan = cut1.copy()
+    nan.flat[0] = np.nan
+    assert _error(raw.ask(raw.sealed(tiny_bundle, wire.encode_tensor(nan)))) is wire.ErrorCode.BAD_TENSOR
+    short_bits = codec.encode_features(cut1, "1bit")[:-1]
+    assert _error(raw.ask(raw.sealed(tiny_bundle, short_bits))) is wire.ErrorCode.MALFORMED
+    assert _error(raw.ask(raw.sealed(tiny_bundle, cut1, version=999))) is wire.ErrorCode.UNKNOWN_MODEL_VERSION
+    assert raw.last_encrypted
+
+    reply = raw.ask(good)  # sealed first, sent last: still inside the replay window
+    assert raw.last_encrypted and reply.header.msg_type is wire.MessageType.RESULT
     assert wire.decode_result(reply.body).tier in (wire.Tier.GATEWAY, wire.Tier.CLOUD)
-    assert counters["rejected_malformed"] - before.get("rejected_malformed", 0) == 4
-    assert counters["rejected_bad_tensor"] - before.get("rejected_bad_tensor", 0) == 3
-    assert counters["rejected_unsupported_schema"] - before.get("rejected_unsupported_schema", 0) == 1
-    assert counters["rejected_unknown_model_version"] - before.get("rejected_unknown_model_version", 0) == 1
+
+    def delta(key: str) -> int:
+        return counters[key] - before.get(key, 0)
+
+    assert delta("rejected_malformed") == 4
+    assert delta("rejected_not_encrypted") == 1
+    assert delta("rejected_bad_tensor") == 3
+    assert delta("rejected_unsupported_schema") == 1
+    assert delta("rejected_unknown_model_version") == 1
 
 
 def test_device_turns_error_replies_into_degraded_answers(
-    gateway: GatewayDaemon, tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
+    gateway: GatewayDaemon, broker: Mosquitto, tiny_bundle: Path, fmnist
 ) -> None:
     bundle = load_bundle(tiny_bundle)
     stale = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, version=999))
 
-    client = DeviceClient(
-        stale, "stale-device", MqttTransport(gateway.config.mqtt, "stale-device"), policy=NeverExit()
-    )
+    crypto = device_crypto(broker.pki, "stale-device")  # issues the device's files first
+    transport = MqttTransport(broker.mqtt_config("stale-device"), "stale-device")
+    client = DeviceClient(stale, "stale-device", transport, policy=NeverExit(), crypto=crypto)
     try:
         prediction = client.predict(fmnist.x_test[0])
     finally:
@@ -153,31 +126,31 @@ def test_device_turns_error_replies_into_degraded_answers(
 def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> None:
     url = cloud.url + wire.ROUTE_INFER
     spec = load_bundle(tiny_bundle).manifest.partition("cloud").input
-    int8 = load_bundle(tiny_bundle).manifest.partition("gateway").encoding
-    good = _request(tiny_bundle, np.zeros(spec.shape, np.float32), encoding=int8)
-    no_scale = codec.encode_features(np.zeros(spec.shape, np.float32), int8)
-    no_scale = no_scale[: 2 + 4 * len(spec.shape)] + no_scale[2 + 4 * len(spec.shape) + 5 :]
-    nan_scale = bytearray(codec.encode_features(np.ones(spec.shape, np.float32), int8))
-    nan_scale[2 + 4 * len(spec.shape) : 6 + 4 * len(spec.shape)] = struct.pack("<f", float("nan"))
+    good = _request(tiny_bundle, np.zeros(spec.shape, np.float32))
+    auth = {"Authorization": f"Bearer {cloud.gateway_token}"}
+    head = 2 + 4 * len(spec.shape)  # tensor body: dtype, rank, dimensions, then scale + zero point
+    int8 = codec.encode_features(np.ones(spec.shape, np.float32), "int8")
+    no_scale = int8[:head] + int8[head + 5 :]
+    nan_scale = int8[:head] + struct.pack("<f", np.nan) + int8[head + 4 :]
 
-    ok = requests.post(url, data=good, timeout=5)
+    ok = requests.post(url, data=good, headers=auth, timeout=5)
     assert ok.status_code == 200
     assert wire.decode_result(wire.envelope_from_bytes(ok.content).body).tier is wire.Tier.CLOUD
 
     cases = {
         400: b"not an envelope",
-        422: _request(tiny_bundle, np.zeros((2, 2), np.float32), encoding=int8),
-        409: _request(tiny_bundle, np.zeros(spec.shape, np.float32), version=999, encoding=int8),
+        422: _request(tiny_bundle, np.zeros((2, 2), np.float32)),
+        409: _request(tiny_bundle, np.zeros(spec.shape, np.float32), version=999),
         413: b"\0" * (65 * 1024),
     }
     for status, body in cases.items():
-        response = requests.post(url, data=body, timeout=5)
+        response = requests.post(url, data=body, headers=auth, timeout=5)
         assert response.status_code == status, (status, response.text)
         assert response.json()["message"]
-    for status, body in ((400, no_scale), (422, bytes(nan_scale))):  # int8 without scale; NaN scale
-        response = requests.post(url, data=_envelope(body, tiny_bundle), timeout=5)
+    for status, tensor in ((400, no_scale), (422, nan_scale)):  # int8 without its scale; NaN scale
+        response = requests.post(url, data=_request(tiny_bundle, tensor), headers=auth, timeout=5)
         assert response.status_code == status, (status, response.text)
     assert requests.get(cloud.url + "/v1/nowhere", timeout=5).json()["error"] == "not_found"
     health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).json()
     assert health["status"] == "ok" and health["version"] == load_bundle(tiny_bundle).manifest.version
-    assert requests.post(url, data=good, timeout=5).status_code == 200  # still serving
+    assert requests.post(url, data=good, headers=auth, timeout=5).status_code == 200  # still serving

@@ -11,7 +11,6 @@ import pytest
 from device_sdk.bundle import load_bundle
 from device_sdk.cache import open_cache
 from device_sdk.client import DeviceClient
-from device_sdk.config import MqttConfig
 from edge_gateway.config import CacheSettings
 from edge_gateway.daemon import GatewayDaemon
 from tools.broker import Mosquitto
@@ -33,21 +32,25 @@ def _cloud_bound(bundle_dir: Path, images: np.ndarray, count: int) -> np.ndarray
 
 
 def test_repeats_are_answered_by_each_cache_tier(
-    tiny_bundle: Path, tmp_path: Path, cloud: CloudServer, fmnist, make_client: Callable[..., DeviceClient]
+    tiny_bundle: Path,
+    tmp_path: Path,
+    cloud: CloudServer,
+    fmnist,
+    broker: Mosquitto,
+    make_client: Callable[..., DeviceClient],
 ) -> None:
     images = _cloud_bound(tiny_bundle, fmnist.x_test[:500], 5)
     manifest = load_bundle(tiny_bundle).manifest
     cache_file = tmp_path / "gateway.cache"
-    with Mosquitto(tmp_path / "broker") as broker:
-        mqtt = MqttConfig(port=broker.port)
+    with Mosquitto(tmp_path / "broker", broker.pki) as own:
         settings = CacheSettings(enabled=True, path=cache_file)
-        daemon = GatewayDaemon(gateway_config(tiny_bundle, mqtt, cloud.url, cache=settings))
+        daemon = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
         daemon.start()
         try:
-            first = make_client("cache-a", mqtt=mqtt, cache=open_cache(manifest, "device", 100))
+            first = make_client("cache-a", via=own, cache=open_cache(manifest, "device", 100))
             cold = [first.predict(x) for x in images]
             again = [first.predict(x) for x in images]
-            other = make_client("cache-b", mqtt=mqtt, cache=open_cache(manifest, "device", 100))
+            other = make_client("cache-b", via=own, cache=open_cache(manifest, "device", 100))
             from_gateway = [other.predict(x) for x in images]
         finally:
             daemon.stop()
@@ -60,10 +63,10 @@ def test_repeats_are_answered_by_each_cache_tier(
 
         # a restarted gateway keeps what it learned
         assert cache_file.exists()
-        restarted = GatewayDaemon(gateway_config(tiny_bundle, mqtt, cloud.url, cache=settings))
+        restarted = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
         restarted.start()
         try:
-            third = make_client("cache-c", mqtt=mqtt)
+            third = make_client("cache-c", via=own)
             assert [third.predict(x).tier for x in images] == ["gateway_cache"] * 5
         finally:
             restarted.stop()

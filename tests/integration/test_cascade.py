@@ -11,7 +11,6 @@ import pytest
 
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
-from device_sdk.config import MqttConfig
 from device_sdk.policy import NeverExit
 from device_sdk.runtime import run_partitions
 from edge_gateway.daemon import GatewayDaemon
@@ -94,19 +93,17 @@ def test_device_degrades_without_a_gateway(
     tiny_bundle: Path, fmnist, make_client: Callable[..., DeviceClient]
 ) -> None:
     # A broker port where nothing listens: the device answers alone, flagged, without raising.
-    offline = make_client(
-        "offline-device", mqtt=MqttConfig(port=free_port()), connect_timeout=0.5, policy=NeverExit()
-    )
+    offline = make_client("offline-device", port=free_port(), connect_timeout=0.5, policy=NeverExit())
     prediction = offline.predict(fmnist.x_test[0])
     assert prediction.degraded and prediction.tier == "device" and prediction.error
 
 
-def test_device_degrades_on_timeout(tmp_path: Path, fmnist, make_client: Callable[..., DeviceClient]) -> None:
+def test_device_degrades_on_timeout(
+    tmp_path: Path, fmnist, broker: Mosquitto, make_client: Callable[..., DeviceClient]
+) -> None:
     # Connected to a broker, but no gateway serves it: the reply never comes.
-    with Mosquitto(tmp_path / "broker") as lonely:
-        client = make_client(
-            "lonely-device", mqtt=MqttConfig(port=lonely.port), policy=NeverExit(), timeout=0.3
-        )
+    with Mosquitto(tmp_path / "broker", broker.pki) as lonely:
+        client = make_client("lonely-device", via=lonely, policy=NeverExit(), timeout=0.3)
         prediction = client.predict(fmnist.x_test[0])
     assert prediction.degraded and prediction.tier == "device"
     assert "no reply" in (prediction.error or "")
@@ -114,15 +111,14 @@ def test_device_degrades_on_timeout(tmp_path: Path, fmnist, make_client: Callabl
 
 
 def test_gateway_degrades_when_the_cloud_is_down(
-    tiny_bundle: Path, tmp_path: Path, fmnist, make_client: Callable[..., DeviceClient]
+    tiny_bundle: Path, tmp_path: Path, fmnist, broker: Mosquitto, make_client: Callable[..., DeviceClient]
 ) -> None:
     dead_cloud = f"http://127.0.0.1:{free_port()}"
-    with Mosquitto(tmp_path / "broker") as own_broker:
-        mqtt = MqttConfig(port=own_broker.port)
-        daemon = GatewayDaemon(gateway_config(tiny_bundle, mqtt, dead_cloud, gateway_id="gw-nocloud"))
+    with Mosquitto(tmp_path / "broker", broker.pki) as own_broker:
+        daemon = GatewayDaemon(gateway_config(tiny_bundle, own_broker, dead_cloud, gateway_id="gw-nocloud"))
         daemon.start()
         try:
-            client = make_client("nocloud-device", mqtt=mqtt, policy=NeverExit())
+            client = make_client("nocloud-device", via=own_broker, policy=NeverExit())
             predictions = client.predict_batch(fmnist.x_test[:100])
         finally:
             daemon.stop()

@@ -1,0 +1,282 @@
+"""The device-gateway link against the real Mosquitto: TLS, ACLs and end-to-end encryption."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_sdk import codec, wire
+from device_sdk.client import DeviceClient
+from device_sdk.config import MqttConfig
+from device_sdk.errors import TransportError
+from device_sdk.mqtt import MqttLink, tls_context
+from device_sdk.policy import NeverExit
+from edge_gateway.daemon import GatewayDaemon
+from tools.broker import Mosquitto
+from tools.certs import init_pki, issue_device
+
+from .conftest import OBSERVER, RawDevice, device_crypto
+
+pytestmark = pytest.mark.integration
+
+NOT_AUTHORIZED = 0x87
+
+
+@dataclass
+class Tap:
+    """Everything one MQTT identity receives."""
+
+    link: MqttLink
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def payloads(self, suffix: str) -> list[bytes]:
+        return [payload for topic, payload in list(self.messages) if topic.endswith(suffix)]
+
+
+@pytest.fixture
+def tap(broker: Mosquitto) -> Iterator[Callable[[str, str], Tap]]:
+    taps: list[Tap] = []
+
+    def make(identity: str, topic: str) -> Tap:
+        t = Tap(MqttLink(broker.mqtt_config(identity), f"tap-{uuid.uuid4().hex[:8]}"))
+        t.link.subscribe(topic, lambda topic, payload, r, c: t.messages.append((topic, payload)))
+        t.link.connect(5)
+        taps.append(t)
+        return t
+
+    yield make
+    for t in taps:
+        t.link.close()
+
+
+def _chunks(data: bytes, size: int = 16) -> list[bytes]:
+    """Slices of ``data`` with some variety in them (not runs of one byte value)."""
+    return [
+        data[i : i + size] for i in range(0, len(data) - size + 1, size) if len(set(data[i : i + size])) > 4
+    ]
+
+
+def test_eavesdroppers_on_the_broker_see_only_ciphertext(
+    gateway: GatewayDaemon, fmnist, make_client: Callable[..., DeviceClient], tap: Callable[[str, str], Tap]
+) -> None:
+    everything = tap(OBSERVER, "#")  # a monitoring identity that may read every topic
+    as_gateway = tap("gateway", f"{wire.TOPIC_ROOT}/#")  # what a second gateway process could read
+    client = make_client("sniffed-device", policy=NeverExit())
+    images = fmnist.x_test[:20]
+    predictions = client.predict_batch(images)
+    assert not any(p.degraded for p in predictions)
+    features = client._runner.run(client._prepare(images)).features
+    assert features is not None
+    deadline = time.monotonic() + 5
+    while len(everything.payloads("/res")) < len(images) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    requests, replies = everything.payloads("/req"), everything.payloads("/res")
+    assert len(requests) == len(replies) == len(images)
+    assert len(as_gateway.payloads("/req")) == len(images)
+    encoding = client.manifest.partition("device").encoding
+    secrets = [c for f in features for c in _chunks(codec.encode_features(f, encoding))]
+    assert len(secrets) > 50  # the features do carry recognisable bytes
+    crypto = client.crypto
+    assert crypto is not None
+    for payload in requests + as_gateway.payloads("/req"):
+        assert wire.envelope_from_bytes(payload).header.flags & wire.FLAG_ENCRYPTED
+        assert not any(secret in payload for secret in secrets)
+    labels = {p.label for p in predictions}
+    for payload in replies:
+        assert wire.envelope_from_bytes(payload).header.flags & wire.FLAG_ENCRYPTED
+        result = wire.decode_result(crypto.open(payload).body)  # only the device's keys read it
+        assert result.label in labels
+        plain = wire.encode_result(result)
+        assert plain not in payload and plain[:8] not in payload  # no tier/label header in clear
+        assert not any(c in payload for c in _chunks(result.probabilities.astype("<f4").tobytes(), 8))
+
+
+@dataclass
+class Probe:
+    """A raw paho client, to see SUBACK and PUBACK reason codes."""
+
+    client: Any
+    acks: dict[int, list[int]] = field(default_factory=dict)
+    received: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
+    done: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait(self, mid: int, timeout: float = 5) -> list[int]:
+        with self.done:
+            assert self.done.wait_for(lambda: mid in self.acks, timeout), f"no ack for {mid}"
+            return self.acks[mid]
+
+    def subscribe(self, topic: str) -> list[int]:
+        _, mid = self.client.subscribe(topic, qos=1)
+        return self.wait(mid)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        return self.wait(self.client.publish(topic, payload, qos=1).mid)[0]
+
+
+@pytest.fixture
+def probe(broker: Mosquitto) -> Iterator[Callable[[str], Probe]]:
+    probes: list[Probe] = []
+
+    def make(identity: str) -> Probe:
+        if identity != "gateway":
+            device_crypto(broker.pki, identity)  # issue its certificate
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{identity}", protocol=paho.MQTTv5)
+        client.tls_set_context(tls_context(broker.mqtt_config(identity)))
+        p = Probe(client)
+
+        def ack(mid: int, codes: list[int]) -> None:
+            with p.done:
+                p.acks[mid] = codes
+                p.done.notify_all()
+
+        client.on_subscribe = lambda c, u, mid, codes, props: ack(mid, [int(r.value) for r in codes])
+        client.on_publish = lambda c, u, mid, code, props: ack(mid, [int(code.value)])
+        client.on_message = lambda c, u, msg: p.received.put((msg.topic, bytes(msg.payload)))
+        connected = threading.Event()
+        client.on_connect = lambda c, u, f, code, props: connected.set() if not code.is_failure else None
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        assert connected.wait(5), f"{identity} could not connect"
+        probes.append(p)
+        return p
+
+    yield make
+    for p in probes:
+        p.client.disconnect()
+        p.client.loop_stop()
+
+
+def test_a_device_cannot_use_another_devices_topics(probe: Callable[[str], Probe]) -> None:
+    a, b, gateway = probe("acl-a"), probe("acl-b"), probe("gateway")
+    assert b.subscribe(f"{wire.TOPIC_ROOT}/acl-b/#") == [1]
+    # Mosquitto 2.0 grants these subscriptions but never delivers what the ACL forbids A to read.
+    for topic in (wire.response_topic("acl-b"), f"{wire.TOPIC_ROOT}/+/res", "#"):
+        codes = a.subscribe(topic)
+        assert codes == [1] or codes[0] >= 0x80
+    assert a.publish(wire.request_topic("acl-b"), b"forged request") == NOT_AUTHORIZED
+    assert a.publish(wire.response_topic("acl-b"), b"forged reply") == NOT_AUTHORIZED
+    assert a.publish(wire.request_topic("acl-a"), b"own topic") == 0  # control: its own subtree works
+
+    # messages published after A's attempts reach B in order: B got the marker and nothing of A's
+    assert gateway.publish(wire.response_topic("acl-b"), b"marker for b") == 0
+    assert gateway.publish(wire.response_topic("acl-a"), b"marker for a") == 0
+    assert b.received.get(timeout=5) == (wire.response_topic("acl-b"), b"marker for b")
+    assert b.received.empty()
+    got_a = [a.received.get(timeout=5) for _ in range(2)]  # its own request, and its own reply
+    time.sleep(0.2)
+    got_a += [a.received.get_nowait() for _ in range(a.received.qsize())]
+    assert all(topic.startswith(f"{wire.TOPIC_ROOT}/acl-a/") for topic, _ in got_a), got_a
+    assert (wire.response_topic("acl-a"), b"marker for a") in got_a
+
+
+def test_only_clients_with_a_site_certificate_connect(broker: Mosquitto, tmp_path: Path) -> None:
+    rogue = init_pki(tmp_path / "rogue")  # another CA: certificates the broker must not accept
+    issue_device(rogue.root, "cam-rogue")
+    site = broker.mqtt_config("gateway")
+    no_certificate = MqttConfig(host=broker.host, port=broker.port, ca_file=site.ca_file)
+    foreign_certificate = rogue.mqtt_config("cam-rogue", broker.host, broker.port)
+    foreign_certificate = MqttConfig(
+        host=broker.host,
+        port=broker.port,
+        ca_file=site.ca_file,  # trusts the real broker, but presents another CA's certificate
+        cert_file=foreign_certificate.cert_file,
+        key_file=foreign_certificate.key_file,
+    )
+    distrusting = MqttConfig(  # a valid certificate, but the broker's is not from the CA it trusts
+        host=broker.host,
+        port=broker.port,
+        ca_file=rogue.ca_cert,
+        cert_file=site.cert_file,
+        key_file=site.key_file,
+    )
+
+    def attempt(config: MqttConfig) -> str:
+        try:
+            MqttLink(config, f"intruder-{uuid.uuid4().hex[:6]}").connect(1.5)
+        except TransportError as exc:
+            return str(exc)
+        return "connected"
+
+    with ThreadPoolExecutor(3) as pool:  # each attempt waits out its timeout: run them together
+        outcomes = list(pool.map(attempt, (no_certificate, foreign_certificate, distrusting)))
+    assert all("failed" in outcome for outcome in outcomes), outcomes
+    control = MqttLink(site, "control-gateway-link")
+    control.connect(5)
+    assert control.connected
+    control.close()
+
+
+def test_gateway_rejects_replayed_reordered_truncated_and_flipped_envelopes(
+    gateway: GatewayDaemon,
+    tiny_bundle: Path,
+    fmnist,
+    make_raw: Callable[[str], RawDevice],
+    make_client: Callable[..., DeviceClient],
+) -> None:
+    counters = gateway.service.counters
+    before = dict(counters)
+    attacker = make_raw("replayed-device")
+    cut1 = np.zeros(gateway.service.bundle.manifest.partition("gateway").input.shape, np.float32)
+
+    def unauthorized(payload: bytes) -> bool:
+        reply = attacker.ask(payload)
+        assert not attacker.last_encrypted  # nothing was decrypted, so nothing is encrypted back
+        code, _ = wire.decode_error(reply.body)
+        return code is wire.ErrorCode.UNAUTHORIZED
+
+    good = attacker.sealed(tiny_bundle, cut1)
+    assert attacker.ask(good).header.msg_type is wire.MessageType.RESULT
+    assert unauthorized(good)  # replayed
+    old = attacker.sealed(tiny_bundle, cut1)  # sealed now, sent after 64 newer ones
+    for _ in range(64):
+        next(attacker.seq)
+    assert attacker.ask(attacker.sealed(tiny_bundle, cut1)).header.msg_type is wire.MessageType.RESULT
+    assert unauthorized(old)  # reordered beyond the window
+    sealed = wire.envelope_from_bytes(attacker.sealed(tiny_bundle, cut1))
+    truncated = wire.envelope_to_bytes(wire.Envelope(sealed.header, sealed.body[:-5]))
+    assert unauthorized(truncated)  # lengths consistent, tag cut short
+    flipped = bytearray(attacker.sealed(tiny_bundle, cut1))
+    flipped[-20] ^= 0x10  # one bit of ciphertext
+    assert unauthorized(bytes(flipped))
+    header_flipped = bytearray(attacker.sealed(tiny_bundle, cut1))
+    header_flipped[20] ^= 0x01  # one bit of the request id (part of the AAD)
+    assert unauthorized(bytes(header_flipped))
+    cut_short = attacker.sealed(tiny_bundle, cut1)[:-3]  # envelope length no longer matches
+    reply = attacker.ask(cut_short)
+    assert wire.decode_error(reply.body)[0] is wire.ErrorCode.MALFORMED
+
+    def delta(key: str) -> int:
+        return counters[key] - before.get(key, 0)
+
+    assert delta("rejected_replay") == 1
+    assert delta("rejected_too_old") == 1
+    assert delta("rejected_decrypt") == 3
+    assert delta("rejected_malformed") == 1
+    # the gateway keeps serving: another device, and the attacked device's next honest request
+    bystander = make_client("bystander-device", policy=NeverExit())
+    assert not any(p.degraded for p in bystander.predict_batch(fmnist.x_test[:10]))
+    assert attacker.ask(attacker.sealed(tiny_bundle, cut1)).header.msg_type is wire.MessageType.RESULT
+
+
+def test_a_device_without_payload_keys_is_refused(
+    gateway: GatewayDaemon, fmnist, make_client: Callable[..., DeviceClient]
+) -> None:
+    before = gateway.service.counters["rejected_not_encrypted"]
+    plain = make_client("plaintext-device", encrypted=False, policy=NeverExit())
+    prediction = plain.predict(fmnist.x_test[0])
+    assert prediction.degraded and prediction.tier == "device"
+    assert "401" in (prediction.error or "")
+    assert gateway.service.counters["rejected_not_encrypted"] == before + 1
