@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,8 +22,18 @@ from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed
 from tools import certs_cli, security_cli
 
+if TYPE_CHECKING:
+    from training.data import Dataset
+
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
+
+
+def _dataset(npz: str | None) -> Dataset:
+    """The user's ``.npz`` dataset, or Fashion-MNIST."""
+    from training.data import load_fashion_mnist, load_npz
+
+    return load_npz(Path(npz)) if npz else load_fashion_mnist()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -35,15 +46,10 @@ def _train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, **overrides)
-    dataset = None
-    if args.data:
-        from training.data import load_npz
-
-        dataset = load_npz(Path(args.data))
     manifest = train_and_export(
         config,
         Path(args.out),
-        dataset=dataset,
+        dataset=_dataset(args.data),
         version=args.version,
         progress=True,
         checkpoint_dir=args.checkpoint,
@@ -55,14 +61,22 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_bundle
-    from training.train import load_trained
+    from training.train import load_trained, training_split
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_dir():
         print(f"edgecascade: no checkpoint in {checkpoint}; run 'edgecascade train' first", file=sys.stderr)
         return 1
     trained = load_trained(checkpoint)
-    manifest = export_bundle(trained, Path(args.out), version=args.version, classes=trained.classes)
+    x_train, _, x_val, y_val = training_split(trained.config, _dataset(args.data))
+    manifest = export_bundle(
+        trained,
+        Path(args.out),
+        version=args.version,
+        classes=trained.classes,
+        representative=x_train,
+        holdout=(x_val, y_val),
+    )
     _print_manifest(manifest, args.out)
     return 0
 
@@ -197,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="(default %(default)s)")
     p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
     p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    p.add_argument("--data", help=".npz the checkpoint was trained on (default: Fashion-MNIST)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="run the whole stack on this machine and print a report")

@@ -34,8 +34,8 @@ class ModelConfig:
     input_shape: tuple[int, int, int] = (28, 28, 1)
     num_classes: int = 10
     device_filters: tuple[int, ...] = (32, 64)  # one conv+pool block each: 28x28 → 7x7
-    cut1_channels: int = 16  # 7x7x16 = 784 values leave the device
-    cut1_encoding: str = Encoding.BITS  # 784 bits = 98 bytes
+    cut1_channels: int = 32  # 7x7x32 = 1568 values leave the device
+    cut1_encoding: str = Encoding.BITS  # 1568 bits = 196 bytes
     gateway_filters: tuple[int, ...] = (96, 96)
     cut2_channels: int = 32  # 4x4x32 = 512 values leave the gateway
     cut2_encoding: str = Encoding.INT8
@@ -58,6 +58,7 @@ class ModelConfig:
             cloud_filters=(24, 24),
             cloud_dense=32,
             dropout=0.1,
+            cut1_channels=16,
             cut2_channels=16,
         )
 

@@ -49,7 +49,7 @@ _TIERS = ("device", "gateway", "cloud")
 class TrainConfig:
     """Hyper-parameters of one training run. ``TrainConfig()`` is the full-quality preset."""
 
-    epochs: int = 7
+    epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 3e-3
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)

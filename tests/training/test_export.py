@@ -12,6 +12,7 @@ import pytest
 from device_sdk.bundle import MANIFEST, TIERS, Manifest, load_bundle
 from device_sdk.errors import BundleError, ModelError
 from device_sdk.runtime import PartitionRunner
+from tools.cli import main
 from training import export
 from training.calibration import NEVER_EXIT, softmax
 from training.data import Dataset
@@ -78,12 +79,13 @@ def test_litert_partitions_reproduce_keras(
 
 
 def test_quantised_variants_are_measured_and_int8_device_stays_close(
-    tiny_trained: TrainedModel, fmnist: Dataset, tmp_path: Path
+    tiny_trained: TrainedModel, tiny_model_dir: Path, fmnist: Dataset, tmp_path: Path
 ) -> None:
-    holdout = (fmnist.x_test[:500], fmnist.y_test[:500])
-    manifest = export.export_bundle(
-        tiny_trained, tmp_path / "b", representative=fmnist.x_train[:256], holdout=holdout
-    )
+    # `edgecascade export` measures the variants on the checkpoint's own validation split
+    checkpoint = str(tiny_model_dir / "trained")
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "b"), "--version", "2"]) == 0
+    manifest = load_bundle(tmp_path / "b").manifest
+    assert manifest.version == 2
     m = manifest.metrics
     sizes = {p: m[f"variant_device_{p}_bytes"] for p in ("float32", "float16", "int8")}
     assert sizes["int8"] < sizes["float16"] < sizes["float32"]
