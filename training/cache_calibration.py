@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from device_sdk.bundle import Bundle, CacheSpec, Manifest, load_bundle, write_manifest
+from device_sdk.policy import policy_from_spec
 from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed, hit_rule
 from training.augment import near_duplicates
@@ -30,6 +31,8 @@ from training.augment import near_duplicates
 logger = logging.getLogger(__name__)
 
 CACHING_TIERS = ("device", "gateway")
+MIN_CANDIDATES = 40
+"""Fewest validation inputs reaching a tier's cache for its tau to be calibrated (half stored, half asked)."""
 DEFAULT_TAUS = tuple(float(t) for t in np.round(np.linspace(0.0, 0.2, 81), 4))
 
 
@@ -41,7 +44,10 @@ def _tier_views(bundle: Bundle, images: np.ndarray) -> dict[str, TierView]:
     manifest = bundle.manifest
     outputs = run_partitions(bundle, images)
     probs, features = outputs.probs, outputs.features
-    exits = [probs[i].max(1) >= manifest.partition(t).exit.threshold for i, t in enumerate(CACHING_TIERS)]
+    exits = [
+        policy_from_spec(manifest.partition(t).exit).should_exit(probs[i])
+        for i, t in enumerate(CACHING_TIERS)
+    ]
     # what the tiers above answer for an input that reaches each tier's cache
     above_gateway = probs[2].argmax(1)
     above_device = np.where(exits[1], probs[1].argmax(1), above_gateway)
@@ -132,6 +138,15 @@ def calibrate_cache(
         candidates = np.flatnonzero(~exits_here)
         if tier == "gateway":  # only what the device did not answer reaches the gateway
             candidates = np.intersect1d(candidates, np.flatnonzero(~originals["device"][1]))
+        if len(candidates) < MIN_CANDIDATES:
+            logger.warning(
+                "%s cache: only %d validation inputs reach it, too few to calibrate; it will answer "
+                "exact repeats only (tau 0)",
+                tier,
+                len(candidates),
+            )
+            specs[tier] = CacheSpec(tau=0.0, k=k, min_votes=min_votes)
+            continue
         rng.shuffle(candidates)
         ref, other = np.array_split(candidates, 2)
         repeats = _tier_views(bundle, near_duplicates(images[ref], rng))[tier]
