@@ -5,7 +5,11 @@ an unreadable reply becomes the device's own answer flagged ``degraded``. Bad in
 the application itself (wrong shape, NaN) is the application's error and is raised as
 :class:`~device_sdk.errors.TensorSpecError`. With ``crypto`` (a
 :class:`~device_sdk.crypto.DeviceCrypto`) requests are encrypted end to end and only
-replies that decrypt under the device's keys are believed.
+replies that decrypt under the device's keys are believed. With an ``outbox`` (a
+:class:`~device_sdk.outbox.Outbox`), the inputs a
+:class:`~device_sdk.selection.HardExampleSelector` marks hard are stored durably, as cut-1
+features (and the raw input only with ``keep_raw``), before ``predict`` returns; an
+:class:`~device_sdk.uploader.Uploader` sends them on.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ from device_sdk.errors import (
     ConfigError,
     EdgeCascadeError,
     RemoteError,
+    StorageError,
     TensorSpecError,
     TransportError,
     WireError,
 )
+from device_sdk.hard_examples import MAX_TENSOR_BYTES, HardExample
+from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
+from device_sdk.selection import Answers, HardExampleSelector
 from device_sdk.similarity import embed
 from device_sdk.transport import Transport
 
@@ -57,6 +65,7 @@ class Prediction:
     degraded: bool
     model_version: int
     error: str | None = None  # why the answer is degraded
+    hard_example: str | None = None  # content id, when the input was kept as a hard example
 
     @property
     def confidence(self) -> float:
@@ -87,6 +96,9 @@ class DeviceClient:
         num_threads: int = 1,
         cache: NeuralCache | None = None,
         crypto: DeviceCrypto | None = None,
+        outbox: Outbox | None = None,
+        selector: HardExampleSelector | None = None,
+        keep_raw: bool = False,
     ) -> None:
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
         self.bundle = bundle
@@ -102,6 +114,9 @@ class DeviceClient:
         self.counters: Counter[str] = Counter()
         self.cache = cache
         self.crypto = crypto
+        self.outbox = outbox
+        self.selector = selector or HardExampleSelector.default()
+        self.keep_raw = keep_raw
         if crypto is not None and crypto.device_id != device_id:
             raise ConfigError(f"payload keys are for device {crypto.device_id!r}, not {device_id!r}")
         if cache is not None and cache.model_version != self.manifest.version:
@@ -133,7 +148,8 @@ class DeviceClient:
     ) -> list[Prediction]:
         """Answer a batch: one device pass, then up to ``max_in_flight`` requests in flight."""
         started = time.perf_counter()
-        batch = self._prepare(xs)
+        raw = np.asarray(xs)
+        batch = self._prepare(raw)
         out = self._runner.run(batch)
         probs = softmax(out.logits, self._spec.exit.temperature)
         assert out.features is not None
@@ -162,7 +178,10 @@ class DeviceClient:
             ):
                 results[i] = prediction
         self.counters["inputs"] += len(batch)
-        return [r for r in results if r is not None]
+        answers = [r for r in results if r is not None]
+        if self.outbox is not None:
+            answers = self._keep_hard_examples(raw, out.features, probs, answers)
+        return answers
 
     def close(self) -> None:
         if self.transport is not None:
@@ -230,9 +249,65 @@ class DeviceClient:
             )
         return answers
 
-    def _next_seq(self) -> int:
+    def next_seq(self) -> int:
+        """The next sequence number of this device's messages (share it with a relay upload link)."""
         with self._seq_lock:
             return next(self._seq)
+
+    def _keep_hard_examples(
+        self, raw: np.ndarray, features: np.ndarray, exit_probs: np.ndarray, answers: list[Prediction]
+    ) -> list[Prediction]:
+        """Store the selected inputs in the outbox (one fsync per batch); tag their predictions."""
+        assert self.outbox is not None
+        selected = self.selector.reasons(
+            Answers(
+                exit_probs=exit_probs,
+                final_probs=np.stack([p.probabilities for p in answers]),
+                tiers=[p.tier for p in answers],
+                degraded=np.array([p.degraded for p in answers], dtype=bool),
+            )
+        )
+        examples: dict[int, HardExample] = {}
+        now = time.time()
+        for i, reasons in enumerate(selected):
+            if reasons:
+                examples[i] = HardExample(
+                    device_id=self.device_id,
+                    model_version=self.manifest.version,
+                    cut="cut1",
+                    encoding=str(self._spec.encoding),
+                    features=codec.encode_features(features[i], self._spec.encoding),
+                    reasons=reasons,
+                    predicted=answers[i].label,
+                    confidence=min(1.0, max(0.0, answers[i].confidence)),
+                    tier=answers[i].tier,
+                    created_at=now,
+                    raw=self._raw_body(raw[i]) if self.keep_raw else None,
+                )
+        if not examples:
+            return answers
+        try:
+            statuses = self.outbox.add_many(examples.values())
+        except StorageError as exc:  # the answer still goes to the application
+            self.counters["hard_examples_not_stored"] += len(examples)
+            logger.error("cannot store %d hard example(s): %s", len(examples), exc)
+            return answers
+        kept = {i for i, status in zip(examples, statuses, strict=True) if status is not AddStatus.FULL}
+        self.counters["hard_examples_kept"] += len(kept)
+        self.counters["hard_examples_not_stored"] += len(examples) - len(kept)
+        return [
+            dataclasses.replace(p, hard_example=examples[i].example_id) if i in kept else p
+            for i, p in enumerate(answers)
+        ]
+
+    def _raw_body(self, x: np.ndarray) -> bytes | None:
+        """The raw input as a tensor body (uint8 as given, else float32); None if too large to upload."""
+        x = np.asarray(x)
+        body = wire.encode_tensor(x if x.dtype == np.uint8 else x.astype(np.float32))
+        if len(body) > MAX_TENSOR_BYTES:
+            self.counters["hard_example_raw_too_large"] += 1
+            return None
+        return body
 
     def _offload(self, locals_: list[_Local]) -> list[Prediction]:
         """Send each input's cut features to the next tier; degrade on any failure."""
@@ -240,7 +315,7 @@ class DeviceClient:
         sent: list[tuple[wire.Header, int, float, Future[bytes] | EdgeCascadeError]] = []
         for local in locals_:
             header = wire.Header(
-                wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self._next_seq()
+                wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self.next_seq()
             )
             envelope = wire.Envelope(header, codec.encode_features(local.features, self._spec.encoding))
             request = (

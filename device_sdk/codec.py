@@ -55,6 +55,7 @@ def quantise_int8(values: np.ndarray) -> tuple[np.ndarray, float, int]:
     lo = min(float(np.min(values, initial=0.0)), 0.0)
     hi = max(float(np.max(values, initial=0.0)), 0.0)
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    scale = max(scale, float(np.finfo(np.float32).tiny))  # the wire's float32 scale must not round to 0
     zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
     q = np.clip(np.rint(values / scale) + zero_point, -128, 127).astype(np.int8)
     return q, scale, zero_point

@@ -11,6 +11,8 @@ are translated at the boundary where they occur.
     ├── WireError              a message that cannot be decoded or is not acceptable
     │   ├── SchemaVersionError unknown envelope schema version
     │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
+    │   ├── HardExampleError   a hard-example record that cannot be accepted (device_sdk.hard_examples)
+    │   ├── BatchError         an upload batch refused as a whole (not JSON, not a batch, too many)
     │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
     │       ├── NotEncryptedError   plaintext where encryption is required
     │       ├── DecryptError        wrong key, tampered, truncated or forged ciphertext
@@ -25,6 +27,7 @@ are translated at the boundary where they occur.
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
     │   └── RemoteError        the other side answered with an error message
+    ├── StorageError           the durable outbox cannot be opened, read or written
     ├── AuthError              a credential is missing, wrong, expired or revoked (HTTP 401)
     │   └── ScopeError         a valid credential used outside its scope (HTTP 403)
     ├── DatasetError           a dataset file is missing or malformed
@@ -94,6 +97,14 @@ class SequenceTooOldError(ReplayError):
     reason = "too_old"
 
 
+class BatchError(WireError):
+    """An upload batch of hard examples that is refused as a whole; ``reason`` names the counter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
 class ModelError(EdgeCascadeError):
     """A model bundle or partition cannot be used."""
 
@@ -129,6 +140,10 @@ class RemoteError(TransportError):
         self.code = code
         self.message = message
         super().__init__(f"remote error {code}: {message}")
+
+
+class StorageError(EdgeCascadeError):
+    """The durable outbox cannot be opened, read or written (corrupt file, full disk, closed)."""
 
 
 class DependencyError(EdgeCascadeError):

@@ -1,7 +1,8 @@
 """Transports carry a request envelope to the next tier and bring back its reply.
 
 :class:`Transport` is the one interface the device client talks to. :class:`MqttTransport`
-is the real one (MQTT v5 request/response: response topic + correlation data, QoS 1);
+is the real one (MQTT v5 request/response: response topic + correlation data, QoS 1), which also carries
+hard-example uploads to the gateway relay (:meth:`Transport.submit_upload`);
 :class:`InMemoryTransport` calls a handler in-process, so whole flows run in one process in
 unit tests. Timeouts and failures surface as :class:`~device_sdk.errors.TransportError`.
 """
@@ -29,6 +30,15 @@ class Transport(abc.ABC):
     def submit(self, request: bytes, request_id: bytes) -> Future[bytes]:
         """Send a request envelope; the future resolves to the reply envelope bytes."""
 
+    def submit_upload(self, request: bytes, request_id: bytes) -> Future[bytes]:
+        """Send a HARD_EXAMPLES envelope for a gateway to relay; the future resolves to its receipt."""
+        raise TransportError(f"{type(self).__name__} cannot carry hard-example uploads")
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is up right now (an uploader waits while it is not)."""
+        return True
+
     def forget(self, request_id: bytes) -> None:  # noqa: B027 - optional hook
         """Drop a pending request (after a timeout); late replies are then ignored."""
 
@@ -52,17 +62,31 @@ class Transport(abc.ABC):
 
 
 class InMemoryTransport(Transport):
-    """Calls ``handler(request) -> reply`` synchronously: the in-process twin for tests."""
+    """Calls ``handler(request) -> reply`` synchronously: the in-process twin for tests.
 
-    def __init__(self, handler: Callable[[bytes], bytes]) -> None:
+    ``upload_handler`` answers hard-example uploads the same way (the gateway relay's twin).
+    """
+
+    def __init__(
+        self, handler: Callable[[bytes], bytes], upload_handler: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self._handler = handler
+        self._upload_handler = upload_handler
         self.sent_bytes = 0
 
     def submit(self, request: bytes, request_id: bytes) -> Future[bytes]:
+        return self._call(self._handler, request)
+
+    def submit_upload(self, request: bytes, request_id: bytes) -> Future[bytes]:
+        if self._upload_handler is None:
+            return super().submit_upload(request, request_id)
+        return self._call(self._upload_handler, request)
+
+    def _call(self, handler: Callable[[bytes], bytes], request: bytes) -> Future[bytes]:
         future: Future[bytes] = Future()
         self.sent_bytes += len(request)
         try:
-            future.set_result(self._handler(request))
+            future.set_result(handler(request))
         except Exception as exc:
             future.set_exception(exc)
         return future
@@ -77,6 +101,7 @@ class MqttTransport(Transport):
         self.device_id = device_id
         self._request_topic = wire.request_topic(device_id)
         self._response_topic = wire.response_topic(device_id)
+        self._upload_topic = wire.upload_topic(device_id)
         self._pending: dict[bytes, Future[bytes]] = {}
         self._lock = threading.Lock()
         self._link = MqttLink(config, config.client_id or f"device-{device_id}")
@@ -90,6 +115,13 @@ class MqttTransport(Transport):
         return self._link.connected
 
     def submit(self, request: bytes, request_id: bytes) -> Future[bytes]:
+        return self._submit(self._request_topic, request, request_id)
+
+    def submit_upload(self, request: bytes, request_id: bytes) -> Future[bytes]:
+        """Publish an upload on the device's ``hx`` topic; the receipt comes back like a reply."""
+        return self._submit(self._upload_topic, request, request_id)
+
+    def _submit(self, topic: str, request: bytes, request_id: bytes) -> Future[bytes]:
         if not self._link.connected:
             raise TransportError("not connected to the MQTT broker")
         future: Future[bytes] = Future()
@@ -97,7 +129,7 @@ class MqttTransport(Transport):
             self._pending[request_id] = future
         try:
             self._link.publish(
-                self._request_topic, request, response_topic=self._response_topic, correlation_data=request_id
+                topic, request, response_topic=self._response_topic, correlation_data=request_id
             )
         except TransportError:
             self.forget(request_id)

@@ -56,16 +56,26 @@ def response_topic(device_id: str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/res"
 
 
-def gateway_subscription(shared: bool = True) -> str:
-    """Subscription that lets one or several gateways serve every device's requests."""
-    topic = f"{TOPIC_ROOT}/+/req"
+def upload_topic(device_id: str) -> str:
+    """Topic a device publishes hard-example upload batches on, for a gateway to relay."""
+    return f"{TOPIC_ROOT}/{device_id}/hx"
+
+
+def gateway_subscription(shared: bool = True, kind: str = "req") -> str:
+    """Subscription that lets one or several gateways serve every device's requests (or uploads, ``hx``)."""
+    topic = f"{TOPIC_ROOT}/+/{kind}"
     return f"$share/{GATEWAY_SHARE_GROUP}/{topic}" if shared else topic
 
 
-def device_id_from_topic(topic: str) -> str | None:
-    """The device id in a request topic, or None if the topic is not a request topic."""
+def gateway_subscriptions(shared: bool = True) -> tuple[str, ...]:
+    """Every subscription a gateway makes: inference requests and hard-example uploads."""
+    return gateway_subscription(shared, "req"), gateway_subscription(shared, "hx")
+
+
+def device_id_from_topic(topic: str, kind: str = "req") -> str | None:
+    """The device id in a request (or ``kind``) topic, or None if the topic is not one."""
     parts = topic.split("/")
-    if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_ROOT and parts[4] == "req":
+    if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_ROOT and parts[4] == kind:
         return parts[3]
     return None
 
@@ -75,6 +85,7 @@ ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
 ROUTE_METRICS = "/v1/metrics"
 ROUTE_ENROLL = "/v1/devices/enroll"
+ROUTE_HARD_EXAMPLES = "/v1/hard-examples"  # JSON batch in, JSON receipt out (device_sdk.upload_batch)
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 
@@ -84,6 +95,8 @@ class MessageType(enum.IntEnum):
     INFER_REQUEST = 1  # features from a lower tier, asking for an answer
     RESULT = 2  # an answer: label, probabilities, tier
     ERROR = 3  # the request could not be served
+    HARD_EXAMPLES = 4  # an upload batch of hard examples (JSON body, device_sdk.upload_batch)
+    HARD_EXAMPLES_ACK = 5  # the receipt for an upload: ids accepted, duplicate, rejected (JSON body)
 
 
 class Tier(enum.IntEnum):

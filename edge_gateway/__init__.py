@@ -1,7 +1,11 @@
-"""EdgeCascade edge gateway: serves devices over MQTT, runs the middle partition, forwards to the cloud."""
+"""EdgeCascade edge gateway: serves devices over MQTT, runs the middle partition, forwards to the cloud.
+
+It also relays devices' hard-example uploads into its own durable outbox and on to the cloud.
+"""
 
 from edge_gateway.cloud_link import CloudLink, HttpCloudLink, InMemoryCloudLink
-from edge_gateway.config import GatewayConfig, GatewaySettings, load_gateway_config
+from edge_gateway.config import GatewayConfig, GatewaySettings, OutboxSettings, load_gateway_config
+from edge_gateway.relay import HardExampleRelay
 from edge_gateway.service import GatewayService
 
 __all__ = [
@@ -9,7 +13,9 @@ __all__ = [
     "GatewayConfig",
     "GatewayService",
     "GatewaySettings",
+    "HardExampleRelay",
     "HttpCloudLink",
     "InMemoryCloudLink",
+    "OutboxSettings",
     "load_gateway_config",
 ]

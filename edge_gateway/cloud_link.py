@@ -1,6 +1,7 @@
-"""The gateway's link to the cloud: post an envelope, get an envelope back.
+"""The gateway's link to the cloud: post an envelope, get an envelope back; upload hard examples.
 
-:class:`HttpCloudLink` is the real one (a keep-alive HTTP session to ``POST /v1/infer``);
+:class:`HttpCloudLink` is the real one (a keep-alive HTTP session to ``POST /v1/infer``, and
+an :class:`~device_sdk.uploader.UploadLink` to ``POST /v1/hard-examples``);
 :class:`InMemoryCloudLink` calls a handler in-process for unit tests. Failures surface as
 :class:`~device_sdk.errors.TransportError` (unreachable, timeout) or
 :class:`~device_sdk.errors.RemoteError` (the cloud answered with an error).
@@ -11,11 +12,13 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from device_sdk import wire
 from device_sdk.errors import DependencyError, RemoteError, TransportError, TransportTimeout
+from device_sdk.upload_batch import Receipt, encode_batch
+from device_sdk.uploader import UploadLink
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class InMemoryCloudLink(CloudLink):
         return self._handler(envelope)
 
 
-class HttpCloudLink(CloudLink):
+class HttpCloudLink(CloudLink, UploadLink):
     """HTTP(S) client for the cloud service; one keep-alive session per forwarding thread.
 
     ``token`` is the gateway's bearer token (``gateway`` scope); the cloud answers 401 to
@@ -51,6 +54,7 @@ class HttpCloudLink(CloudLink):
             raise DependencyError("requests", "gateway") from exc
         self._requests = requests
         self.url = base_url.rstrip("/") + wire.ROUTE_INFER
+        self.upload_url = base_url.rstrip("/") + wire.ROUTE_HARD_EXAMPLES
         self.timeout = timeout
         self._headers = {"Content-Type": wire.CONTENT_TYPE}
         if token:
@@ -67,16 +71,30 @@ class HttpCloudLink(CloudLink):
         return session
 
     def infer(self, envelope: bytes) -> bytes:
+        response = self._post(self.url, envelope, {})
+        if response.status_code != 200:
+            raise RemoteError(response.status_code, _message(response))
+        return bytes(response.content)
+
+    def upload(self, records: Sequence[Mapping[str, Any]]) -> Receipt:
+        """``POST /v1/hard-examples`` with the gateway's token; the cloud's receipt."""
+        response = self._post(self.upload_url, encode_batch(records), {"Content-Type": "application/json"})
+        if not 200 <= response.status_code < 300:
+            raise RemoteError(response.status_code, _message(response))
+        return Receipt.from_bytes(response.content)
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
         try:
-            response = self._session().post(self.url, data=envelope, timeout=self.timeout)
+            return self._session().post(url, data=body, headers=headers, timeout=self.timeout)
         except self._requests.Timeout as exc:
             raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from exc
         except self._requests.RequestException as exc:
             raise TransportError(f"cloud unreachable: {exc}") from exc
-        if response.status_code != 200:
-            try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text[:200]
-            raise RemoteError(response.status_code, message)
-        return bytes(response.content)
+
+
+def _message(response: Any) -> str:
+    """The ``message`` of a JSON error body, else the start of the text."""
+    try:
+        return str(response.json().get("message", response.text))[:200]
+    except (ValueError, AttributeError):
+        return str(response.text[:200])

@@ -1,4 +1,4 @@
-"""Gateway configuration: ``[gateway]``, ``[mqtt]``, ``[cache]`` and ``[crypto]`` of ``gateway.toml``."""
+"""Gateway settings: ``[gateway]``, ``[mqtt]``, ``[cache]``, ``[crypto]``, ``[outbox]`` of gateway.toml."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sdk.config import MqttConfig, load_config
+from device_sdk.config import MqttConfig, load_config, upload_problems
 from device_sdk.errors import ConfigError
 
 
@@ -100,11 +100,42 @@ class CryptoSettings:
 
 
 @dataclass(frozen=True)
+class OutboxSettings:
+    """The gateway's hard-example outbox: what it relays for devices and its own degraded answers.
+
+    With ``path`` unset the gateway neither relays uploads nor keeps hard examples. With it,
+    the gateway subscribes to every device's upload topic, stores valid records durably in
+    this SQLite file before acknowledging them, and an uploader sends them to the cloud's
+    ``POST /v1/hard-examples`` with ``gateway.cloud_token``: up to ``batch_size`` at a time,
+    looking for new ones every ``upload_interval`` seconds, backing off from ``backoff_base``
+    up to ``backoff_max`` seconds while the cloud is unreachable. ``record_degraded`` keeps
+    the cut-1 features of requests the gateway had to answer ``degraded``.
+    """
+
+    path: Path | None = None
+    capacity: int = 100_000
+    batch_size: int = 128
+    upload_interval: float = 5.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    record_degraded: bool = True
+    relay_queue: int = 256  # upload batches waiting to be stored; more are dropped (devices retry)
+
+    def __post_init__(self) -> None:
+        problems = upload_problems("outbox", self)
+        if self.relay_queue < 1:
+            problems.append("outbox.relay_queue must be >= 1")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     cache: CacheSettings = field(default_factory=CacheSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
 
 def load_gateway_config(path: str | Path | None = None, **kwargs: object) -> GatewayConfig:

@@ -7,6 +7,11 @@ Replies always go to the requesting device's own response topic. The broker link
 with the gateway's client certificate; payloads are end-to-end encrypted with each device
 (:mod:`device_sdk.crypto`), and unencrypted requests are refused unless the ``[crypto]``
 settings say otherwise.
+
+With ``[outbox] path`` set, the daemon also relays devices' hard-example uploads: a second
+subscription (``ec/v1/dev/+/hx``, shared like requests) feeds one relay thread that stores
+each batch durably (:class:`~edge_gateway.relay.HardExampleRelay`) before acknowledging it,
+and an :class:`~device_sdk.uploader.Uploader` sends the outbox on to the cloud.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from device_sdk.crypto import GatewayCrypto
 from device_sdk.errors import ConfigError
 from device_sdk.keys import load_gateway_crypto
 from device_sdk.mqtt import MqttLink
+from device_sdk.outbox import Outbox
+from device_sdk.uploader import Uploader, UploadLink
 from edge_gateway.cloud_link import CloudLink, HttpCloudLink
 from edge_gateway.config import CryptoSettings, GatewayConfig
+from edge_gateway.relay import HardExampleRelay
 from edge_gateway.service import Forward, GatewayService, Request
 
 logger = logging.getLogger(__name__)
@@ -60,28 +68,59 @@ class GatewayDaemon:
     ) -> None:
         self.config = config
         settings = config.gateway
-        if service is None:
-            bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
-            cache = None
-            if config.cache.enabled:
-                cache = open_cache(
-                    bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
-                )
-            link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout, settings.cloud_token)
-            service = GatewayService(bundle, link, cache=cache, crypto=gateway_crypto(config.crypto))
-        self.service = service
+        hx = config.outbox
+        self.outbox = Outbox(hx.path, hx.capacity) if hx.path is not None else None
+        try:
+            self.service = service or self._build_service(cloud)
+        except BaseException:
+            if self.outbox is not None:
+                self.outbox.close()
+            raise
+        service = self.service
+        self.relay: HardExampleRelay | None = None
+        self.uploader: Uploader | None = None
+        self._hx_queue: queue.Queue[Request | None] = queue.Queue(hx.relay_queue)
+        self._relay_thread = threading.Thread(target=self._relay_work, name="gateway-relay", daemon=True)
+        if self.outbox is not None:
+            self.relay = HardExampleRelay(self.outbox, service.crypto, service.counters)
+            upload_link = cloud or service.cloud
+            if isinstance(upload_link, UploadLink):
+                self.uploader = Uploader.from_settings(self.outbox, upload_link, hx, name="gateway-uploader")
+            else:
+                logger.warning("the cloud link cannot upload: hard examples stay in %s", hx.path)
         self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
         self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
         self._stopped = threading.Event()
 
+    def _build_service(self, cloud: CloudLink | None) -> GatewayService:
+        config, settings = self.config, self.config.gateway
+        bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
+        cache = None
+        if config.cache.enabled:
+            cache = open_cache(
+                bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
+            )
+        link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout, settings.cloud_token)
+        return GatewayService(
+            bundle,
+            link,
+            cache=cache,
+            crypto=gateway_crypto(config.crypto),
+            outbox=self.outbox if config.outbox.record_degraded else None,
+        )
+
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the broker and start serving."""
         self._worker.start()
-        self._link.subscribe(
-            wire.gateway_subscription(self.config.gateway.shared_subscription), self._on_request
-        )
+        shared = self.config.gateway.shared_subscription
+        self._link.subscribe(wire.gateway_subscription(shared), self._on_request)
+        if self.relay is not None:
+            self._relay_thread.start()
+            self._link.subscribe(wire.gateway_subscription(shared, "hx"), self._on_upload)
+        if self.uploader is not None:
+            self.uploader.start()
         self._link.connect(connect_timeout)
         logger.info(
             "gateway %s serving model %s v%d via %s:%d",
@@ -99,8 +138,16 @@ class GatewayDaemon:
         self._stopped.set()
         self._queue.put(None)
         self._worker.join(timeout=10)
+        if self._relay_thread.is_alive():
+            self._hx_queue.put(None)  # after the batches already queued: they are stored and acknowledged
+            self._relay_thread.join(timeout=10)
         self._pool.shutdown(wait=True)
         self._link.close()
+        if self.uploader is not None:
+            self.uploader.stop(timeout=self.config.gateway.cloud_timeout + 1)
+        if self.outbox is not None:
+            logger.info("hard-example outbox %s: %s", self.config.outbox.path, self.outbox.counts())
+            self.outbox.close()
         cache = self.service.cache
         if cache is not None and self.config.cache.path is not None:
             cache.save(self.config.cache.path)
@@ -139,7 +186,33 @@ class GatewayDaemon:
             self.service.counters.add("dropped_queue_full")
             logger.warning("request queue full; dropping a request from %s", device_id)
 
+    def _on_upload(
+        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+    ) -> None:
+        device_id = wire.device_id_from_topic(topic, "hx")
+        if device_id is None:
+            self.service.counters.add("hx_rejected_bad_topic")
+            return
+        try:
+            self._hx_queue.put_nowait(Request(payload, device_id, correlation))
+        except queue.Full:  # not acknowledged: the device keeps the records and retries
+            self.service.counters.add("hx_dropped_queue_full")
+            logger.warning("upload queue full; dropping an upload batch from %s", device_id)
+
     # ------------------------------------------------------------------------ worker side
+    def _relay_work(self) -> None:
+        assert self.relay is not None
+        while (item := self._hx_queue.get()) is not None:
+            assert item.device_id is not None
+            try:
+                reply = self.relay.handle(item.payload, item.device_id, item.correlation)
+            except Exception:  # keep relaying whatever one batch did
+                logger.exception("relaying an upload from %s failed", item.device_id)
+                self.service.counters.add("hx_failed")
+                continue
+            if reply is not None:
+                self._reply(item, reply)
+
     def _work(self) -> None:
         max_batch = self.config.gateway.max_batch
         while True:

@@ -11,12 +11,17 @@ against the device's replay window) before anything else reads them, and every r
 decrypted request is encrypted under the key id that request used. A request that fails
 those checks is counted as ``rejected_<reason>`` and answered, if at all, with a plain
 UNAUTHORIZED error that carries nothing secret.
+
+With an ``outbox``, every request the gateway answers ``degraded`` (the cloud unreachable)
+is kept there as a hard example, its cut-1 features exactly as the device sent them (so
+its content id equals the device's own record of it, and the cloud stores it once).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +30,9 @@ from device_sdk import codec, serving, wire
 from device_sdk.bundle import Bundle
 from device_sdk.cache import NeuralCache
 from device_sdk.crypto import GatewayCrypto
-from device_sdk.errors import CryptoError, EdgeCascadeError, WireError
+from device_sdk.errors import CryptoError, EdgeCascadeError, StorageError, WireError
+from device_sdk.hard_examples import HardExample
+from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 from device_sdk.similarity import embed
@@ -52,6 +59,7 @@ class Forward:
     probs: np.ndarray  # exit-2 probabilities, the fallback answer
     embedding: np.ndarray | None = None  # gateway-cache key, to learn the cloud's answer
     key_id: int | None = None  # the request's payload key: the reply is sealed with it
+    features: bytes = b""  # the request's cut-1 tensor body, kept if the answer ends up degraded
 
 
 class GatewayService:
@@ -65,6 +73,7 @@ class GatewayService:
         policy: ExitPolicy | None = None,
         cache: NeuralCache | None = None,
         crypto: GatewayCrypto | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.bundle = bundle
         self.crypto = crypto
@@ -75,12 +84,13 @@ class GatewayService:
         self.cloud = cloud
         self._runner = PartitionRunner.from_bundle(bundle, "gateway")
         self.cache = cache
+        self.outbox = outbox  # where degraded answers are kept as hard examples (None: nowhere)
         self.counters = serving.Counters()
 
     def decide(self, requests: list[Request]) -> list[bytes | Forward | None]:
         """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
         out: list[bytes | Forward | None] = [None] * len(requests)
-        valid: list[tuple[int, wire.Header, np.ndarray]] = []
+        valid: list[tuple[int, wire.Header, np.ndarray, bytes]] = []
         key_ids: list[int | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             self.counters.add("requests")
@@ -92,11 +102,13 @@ class GatewayService:
                 )
                 if request.device_id is not None and header.device_id != request.device_id:
                     raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
-                valid.append((i, header, tensor))
+                body = wire.envelope_from_bytes(payload).body if self.outbox is not None else b""
+                valid.append((i, header, tensor, body))
             except EdgeCascadeError as exc:
                 out[i] = self._reject(request, exc)
         if valid:
-            for (i, _, _), decision in zip(valid, self._answer([(h, t) for _, h, t in valid]), strict=True):
+            answers = self._answer([(h, t, b) for _, h, t, b in valid])
+            for (i, _, _, _), decision in zip(valid, answers, strict=True):
                 out[i] = decision
         return [self._seal(decision, key_id) for decision, key_id in zip(out, key_ids, strict=True)]
 
@@ -120,9 +132,9 @@ class GatewayService:
             logger.warning("cannot encrypt a reply: %s", exc)
             return None
 
-    def _answer(self, batch: list[tuple[wire.Header, np.ndarray]]) -> list[bytes | Forward]:
+    def _answer(self, batch: list[tuple[wire.Header, np.ndarray, bytes]]) -> list[bytes | Forward]:
         """Run partition 2 once for the batch; exit, then cache, then cloud for each request."""
-        result = self._runner.run(np.stack([tensor for _, tensor in batch]))
+        result = self._runner.run(np.stack([tensor for _, tensor, _ in batch]))
         probs = softmax(result.logits, self._spec.exit.temperature)
         exits = self.policy.should_exit(probs)
         assert result.features is not None
@@ -133,7 +145,8 @@ class GatewayService:
         )
         cached = dict(zip(undecided, hits, strict=False))
         decisions: list[bytes | Forward] = []
-        for k, (header, _) in enumerate(batch):
+        degraded_answers: list[tuple[wire.Header, bytes, wire.Result]] = []
+        for k, (header, _, body) in enumerate(batch):
             hit = cached.get(k)
             if hit is not None:
                 self.counters.add("answered_gateway_cache")
@@ -142,6 +155,8 @@ class GatewayService:
                 degraded = not exits[k]
                 self.counters.add("answered_gateway_degraded" if degraded else "answered_gateway")
                 answer = wire.Result(int(probs[k].argmax()), probs[k], wire.Tier.GATEWAY, degraded)
+                if degraded:
+                    degraded_answers.append((header, body, answer))
             else:
                 forward = wire.Header(
                     wire.MessageType.INFER_REQUEST,
@@ -154,9 +169,10 @@ class GatewayService:
                     wire.Envelope(forward, codec.encode_features(result.features[k], self._spec.encoding))
                 )
                 embedding = embeddings[undecided.index(k)] if embeddings is not None else None
-                decisions.append(Forward(header, envelope, probs[k], embedding))
+                decisions.append(Forward(header, envelope, probs[k], embedding, features=body))
                 continue
             decisions.append(serving.result_reply(header, answer))
+        self._keep_degraded(degraded_answers)
         return decisions
 
     def forward(self, job: Forward) -> bytes:
@@ -195,10 +211,42 @@ class GatewayService:
                 upstream_bytes=len(job.envelope),
             )
             self.counters.add("answered_gateway_degraded")
+            self._keep_degraded([(job.header, job.features, answer)])
         plain = serving.result_reply(job.header, answer)
         if job.key_id is None or self.crypto is None:
             return plain
         return self.crypto.seal_reply(plain, job.key_id)
+
+    def _keep_degraded(self, answered: list[tuple[wire.Header, bytes, wire.Result]]) -> None:
+        """Store degraded answers' cut-1 features as hard examples (one fsync), before replying."""
+        if self.outbox is None:
+            return
+        now = time.time()
+        examples = [
+            HardExample(
+                device_id=header.device_id,
+                model_version=header.model_version,
+                cut="cut1",
+                encoding=self._cut_encoding,
+                features=body,
+                reasons=("degraded",),
+                predicted=result.label,
+                confidence=min(1.0, max(0.0, float(result.probabilities.max()))),
+                tier=result.tier.label,
+                created_at=now,
+            )
+            for header, body, result in answered
+            if body
+        ]
+        if not examples:
+            return
+        try:
+            statuses = self.outbox.add_many(examples)
+        except StorageError as exc:  # the device keeps its own copy; the answer still goes out
+            self.counters.add("hard_examples_not_stored", len(examples))
+            logger.error("cannot keep %d degraded answer(s) as hard examples: %s", len(examples), exc)
+            return
+        self.counters.add("hard_examples_kept", sum(s is AddStatus.STORED for s in statuses))
 
     def handle(self, payload: bytes) -> bytes:
         """One request, start to finish (used by in-process transports)."""

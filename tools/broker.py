@@ -5,7 +5,8 @@ broker with the configuration this module writes as a starting point
 (:func:`mosquitto_conf` and :func:`acl_text`). There is only a TLS listener: TLS 1.2 or
 later, a client certificate from the site CA required, its CN taken as the MQTT username,
 no anonymous clients. The ACL confines each device to ``ec/v1/dev/<its CN>/#`` and lets the
-gateways (by name) read and write every device's topics, including the shared subscription.
+gateways (by name) read and write every device's topics, including the shared subscriptions
+to requests (``req``) and hard-example uploads (``hx``).
 """
 
 from __future__ import annotations
@@ -70,12 +71,9 @@ def acl_text(gateways: Sequence[str] = ("gateway",), observers: Sequence[str] = 
     root = wire.TOPIC_ROOT
     lines = ["# devices: each client may only use its own subtree", f"pattern readwrite {root}/%u/#", ""]
     for name in gateways:
-        lines += [
-            f"user {name}",
-            f"topic readwrite {root}/#",
-            f"topic read {wire.gateway_subscription(shared=True)}",
-            "",
-        ]
+        lines += [f"user {name}", f"topic readwrite {root}/#"]
+        lines += [f"topic read {topic}" for topic in wire.gateway_subscriptions(shared=True)]
+        lines.append("")
     for name in observers:  # monitoring identities: read everything, write nothing
         lines += [f"user {name}", "topic read #", ""]
     return "\n".join(lines)

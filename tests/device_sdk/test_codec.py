@@ -121,3 +121,9 @@ def test_decoder_raises_only_typed_errors(data: bytes, encoding: Encoding) -> No
     except EdgeCascadeError:
         return
     assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_int8_of_a_subnormal_range_stays_decodable() -> None:
+    x = np.array([1e-45, 0.0], np.float32)  # (hi - lo) / 255 rounds to a float32 scale of 0
+    back = codec.decode_features(codec.encode_features(x, "int8"), "int8")
+    assert np.abs(back - x).max() <= 1e-38

@@ -121,6 +121,19 @@ def test_topics_identify_the_device() -> None:
     assert wire.device_id_from_topic(wire.response_topic("cam-7")) is None
     assert wire.device_id_from_topic("ec/v1/dev/a/b/req") is None
     assert wire.gateway_subscription().startswith("$share/")
+    assert wire.upload_topic("cam-7") == "ec/v1/dev/cam-7/hx"
+    assert wire.device_id_from_topic(wire.upload_topic("cam-7"), "hx") == "cam-7"
+    assert wire.device_id_from_topic(wire.upload_topic("cam-7")) is None  # not a request topic
+    assert wire.gateway_subscriptions(shared=False) == ("ec/v1/dev/+/req", "ec/v1/dev/+/hx")
+
+
+def test_hard_example_envelopes_round_trip() -> None:
+    header = wire.Header(wire.MessageType.HARD_EXAMPLES, "cam-7", 3, 42)
+    upload = wire.Envelope(header, b'{"examples": []}')
+    assert wire.envelope_from_bytes(wire.envelope_to_bytes(upload)) == upload
+    ack = wire.Envelope(header.reply(wire.MessageType.HARD_EXAMPLES_ACK), b'{"accepted": []}')
+    parsed = wire.envelope_from_bytes(wire.envelope_to_bytes(ack))
+    assert parsed == ack and parsed.header.request_id == header.request_id
 
 
 @settings(max_examples=400, deadline=None)

@@ -159,5 +159,9 @@ def test_broker_config_and_acl(pki: Pki, tmp_path: Path) -> None:
     acl = acl_text(["gateway"], observers=["auditor"]).splitlines()
     assert "pattern readwrite ec/v1/dev/%u/#" in acl
     gateway = acl[acl.index("user gateway") :]
-    assert gateway[1:3] == ["topic readwrite ec/v1/dev/#", "topic read $share/gateways/ec/v1/dev/+/req"]
+    assert gateway[1:4] == [
+        "topic readwrite ec/v1/dev/#",
+        "topic read $share/gateways/ec/v1/dev/+/req",
+        "topic read $share/gateways/ec/v1/dev/+/hx",  # hard-example uploads, relayed
+    ]
     assert acl[acl.index("user auditor") + 1] == "topic read #"

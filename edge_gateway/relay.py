@@ -1,0 +1,128 @@
+"""The gateway's hard-example relay: devices' upload batches in, durable records, receipts out.
+
+A device publishes a ``HARD_EXAMPLES`` envelope (encrypted like its requests) on its own
+upload topic. :meth:`HardExampleRelay.handle` decrypts it (checking the device's replay
+window), reads the JSON batch, validates every record with
+:meth:`~device_sdk.hard_examples.HardExample.from_json`, refuses records that claim another
+device, stores the rest in the gateway's :class:`~device_sdk.outbox.Outbox` in one fsynced
+transaction, and only then answers with a ``HARD_EXAMPLES_ACK`` receipt. A record the
+outbox could not take (full of pending records) is left out of the receipt, so the device
+keeps it and tries again later.
+
+Whole-batch problems (cannot decrypt, not a batch, more than ``MAX_BATCH`` records, the
+outbox cannot be written) are answered with an ERROR envelope whose code says whether the
+device should split the batch (400) or just retry later (401, 503). Everything is counted
+(``hx_*`` in the gateway's counters) and logged; nothing stops the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from device_sdk import serving, wire
+from device_sdk.crypto import GatewayCrypto
+from device_sdk.errors import BatchError, CryptoError, EdgeCascadeError, StorageError, WireError
+from device_sdk.outbox import AddStatus, Outbox
+from device_sdk.upload_batch import Receipt, Rejection, parse_batch
+
+logger = logging.getLogger(__name__)
+
+
+class HardExampleRelay:
+    """Validates and stores devices' upload batches; thread-safe (the outbox is)."""
+
+    def __init__(
+        self, outbox: Outbox, crypto: GatewayCrypto | None, counters: serving.Counters | None = None
+    ) -> None:
+        self.outbox = outbox
+        self.crypto = crypto
+        self.counters = counters if counters is not None else serving.Counters()
+
+    def handle(self, payload: bytes, device_id: str, correlation: bytes | None = None) -> bytes | None:
+        """The receipt (or error) envelope answering one upload; None if nobody can be addressed."""
+        self.counters.add("hx_batches")
+        self.counters.add("hx_bytes_in", len(payload))
+        key_id: int | None = None
+        reply: bytes | None
+        try:
+            plain, key_id = self._open(payload, device_id)
+            envelope = wire.envelope_from_bytes(plain)
+            if envelope.header.msg_type != wire.MessageType.HARD_EXAMPLES:
+                kind = envelope.header.msg_type.name
+                raise WireError(f"expected HARD_EXAMPLES on an upload topic, got {kind}")
+            receipt = self._store(envelope.header, envelope.body)
+            reply = wire.envelope_to_bytes(
+                wire.Envelope(envelope.header.reply(wire.MessageType.HARD_EXAMPLES_ACK), receipt.to_bytes())
+            )
+        except EdgeCascadeError as exc:
+            reply = self._reject(payload, device_id, correlation, exc)
+            if reply is None or isinstance(exc, CryptoError):
+                return reply  # never seal an answer to what did not authenticate
+        if key_id is None or self.crypto is None or reply is None:
+            return reply
+        try:
+            return self.crypto.seal_reply(reply, key_id)
+        except EdgeCascadeError as exc:
+            self.counters.add("hx_reply_seal_failed")
+            logger.warning("cannot encrypt an upload receipt for %s: %s", device_id, exc)
+            return None
+
+    def _open(self, payload: bytes, device_id: str) -> tuple[bytes, int | None]:
+        if self.crypto is None:
+            envelope = wire.envelope_from_bytes(payload)
+            if envelope.header.device_id != device_id:
+                raise WireError(f"envelope device id {envelope.header.device_id!r} does not match its topic")
+            return payload, None
+        return self.crypto.open_request(payload, device_id)
+
+    def _store(self, header: wire.Header, body: bytes) -> Receipt:
+        """Validate a batch, store what is valid (one fsync), and say what happened to each id."""
+        examples, rejected = parse_batch(body)
+        total = len(examples) + len(rejected)
+        mine = []
+        for example in examples:
+            if example.device_id == header.device_id:
+                mine.append(example)
+            else:  # a device speaks only for itself, like on the request topic
+                reason = f"device_id is not the sender {header.device_id}"
+                rejected.append(Rejection(example.example_id, reason))
+        statuses = self.outbox.add_many(mine)
+        accepted = [e.example_id for e, s in zip(mine, statuses, strict=True) if s is AddStatus.STORED]
+        duplicates = [e.example_id for e, s in zip(mine, statuses, strict=True) if s is AddStatus.DUPLICATE]
+        deferred = len(mine) - len(accepted) - len(duplicates)
+        self.counters.add("hx_accepted", len(accepted))
+        self.counters.add("hx_duplicates", len(duplicates))
+        self.counters.add("hx_rejected", len(rejected))
+        if deferred:
+            self.counters.add("hx_deferred_full", deferred)
+        if rejected:
+            logger.warning(
+                "rejected %d of %d hard example(s) from %s: %s",
+                len(rejected),
+                total,
+                header.device_id,
+                "; ".join(sorted({r.reason for r in rejected}))[:300],
+            )
+        return Receipt(tuple(accepted), tuple(duplicates), tuple(rejected))
+
+    def _reject(
+        self, payload: bytes, device_id: str, correlation: bytes | None, exc: EdgeCascadeError
+    ) -> bytes | None:
+        """An ERROR envelope for an upload refused as a whole (400 split, 401/503 retry later)."""
+        if isinstance(exc, CryptoError | BatchError):
+            reason = exc.reason
+        elif isinstance(exc, StorageError):
+            reason = "storage"
+        else:
+            reason = serving.error_code(exc).name.lower()
+        self.counters.add(f"hx_rejected_batch_{reason}")
+        logger.warning("refused an upload from %s: %s", device_id, exc)
+        code = serving.error_code(exc)  # BatchError: MALFORMED (split); crypto: 401; storage: 503
+        try:
+            header = wire.envelope_from_bytes(payload).header
+        except EdgeCascadeError:
+            if correlation is None or len(correlation) != 16:
+                return None
+            header = wire.Header(wire.MessageType.HARD_EXAMPLES, device_id, 0, 0, correlation)
+        body = wire.encode_error(code, str(exc))
+        return wire.envelope_to_bytes(wire.Envelope(header.reply(wire.MessageType.ERROR), body))

@@ -1,0 +1,90 @@
+"""Hard-example selection: each filter on hand-made answers, the selector, and its config section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_sdk.config import HardExampleSettings, load_device_config
+from device_sdk.errors import ConfigError
+from device_sdk.selection import (
+    Answers,
+    Degraded,
+    ExitsDisagree,
+    HardExampleSelector,
+    LowConfidence,
+    ReachedCloud,
+)
+
+
+def _answers() -> Answers:
+    """Four inputs: confident device answer; gateway overruling exit 1; unsure cloud; degraded."""
+    exit_probs = np.array(
+        [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.5, 0.45, 0.05]], np.float32
+    )
+    final_probs = np.array(
+        [[0.9, 0.05, 0.05], [0.1, 0.85, 0.05], [0.48, 0.47, 0.05], [0.5, 0.45, 0.05]], np.float32
+    )
+    return Answers(
+        exit_probs, final_probs, ["device", "gateway", "cloud", "device"], np.array([0, 0, 0, 1], bool)
+    )
+
+
+def test_each_filter_marks_its_inputs() -> None:
+    answers = _answers()
+    assert ReachedCloud().select(answers).tolist() == [False, False, True, False]
+    assert ExitsDisagree().select(answers).tolist() == [False, True, False, False]
+    assert Degraded().select(answers).tolist() == [False, False, False, True]
+    # margins of the final answers: 0.85, 0.75, 0.01, 0.05
+    assert LowConfidence(0.1, "margin").select(answers).tolist() == [False, False, True, True]
+    assert LowConfidence(0.02, "margin").select(answers).tolist() == [False, False, True, False]
+    # normalised-entropy confidence: only the near-one-hot answers are confident
+    entropy = LowConfidence(0.5, "entropy").select(answers)
+    assert entropy.tolist() == [False, False, True, True]
+
+
+def test_selector_gives_every_reason_and_nothing_for_easy_inputs() -> None:
+    reasons = HardExampleSelector.default().reasons(_answers())
+    assert reasons == [(), ("exits_disagree",), ("reached_cloud", "low_margin"), ("low_margin", "degraded")]
+    only_degraded = HardExampleSelector([Degraded()]).reasons(_answers())
+    assert only_degraded == [(), (), (), ("degraded",)]
+
+
+def test_selector_from_settings_uses_only_the_named_filters() -> None:
+    settings = HardExampleSettings(filters=("reached_cloud", "low_margin"), low_threshold=0.02)
+    selector = HardExampleSelector.from_settings(settings)
+    assert [f.reason for f in selector.filters] == ["reached_cloud", "low_margin"]
+    assert selector.reasons(_answers()) == [(), (), ("reached_cloud", "low_margin"), ()]
+
+
+def test_config_section_from_toml_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text('[hard_examples]\nfilters = ["degraded"]\nlow_threshold = 0.3\noutbox = "hx.db"\n')
+    config = load_device_config(path, env={"EC_HARD_EXAMPLES__KEEP_RAW": "yes"})
+    assert config.hard_examples.filters == ("degraded",)
+    assert config.hard_examples.keep_raw is True
+    assert config.hard_examples.outbox == Path("hx.db")
+    assert HardExampleSettings().keep_raw is False  # features only unless the app opts in
+    env = {"EC_HARD_EXAMPLES__FILTERS": "reached_cloud,exits_disagree", "EC_HARD_EXAMPLES__BATCH_SIZE": "8"}
+    overridden = load_device_config(path, env=env).hard_examples
+    assert overridden.filters == ("reached_cloud", "exits_disagree")
+    assert overridden.batch_size == 8
+
+
+def test_config_lists_every_problem() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_device_config(
+            env={
+                "EC_HARD_EXAMPLES__FILTERS": "degraded,bogus",
+                "EC_HARD_EXAMPLES__LOW_SCORE": "vibes",
+                "EC_HARD_EXAMPLES__BATCH_SIZE": "1000",
+                "EC_HARD_EXAMPLES__BACKOFF_BASE": "0",
+            }
+        )
+    text = str(err.value)
+    for fragment in ("bogus", "low_score", "batch_size", "backoff_base"):
+        assert fragment in text
+    with pytest.raises(ConfigError):
+        LowConfidence(1.5)
