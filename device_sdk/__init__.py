@@ -21,6 +21,7 @@ from device_sdk.errors import (
     ModelError,
     ModelVersionError,
     NotEncryptedError,
+    RegistryError,
     RemoteError,
     ReplayError,
     RollbackError,
@@ -38,6 +39,7 @@ from device_sdk.keys import load_device_crypto
 from device_sdk.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
 from device_sdk.runtime import PartitionRunner
 from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
+from device_sdk.updater import ModelUpdater, UpdateSettings
 
 __all__ = [
     "AlwaysExit",
@@ -59,6 +61,7 @@ __all__ = [
     "Manifest",
     "MaxProbExit",
     "ModelError",
+    "ModelUpdater",
     "ModelVersionError",
     "MqttConfig",
     "MqttTransport",
@@ -67,6 +70,7 @@ __all__ = [
     "NotEncryptedError",
     "PartitionRunner",
     "Prediction",
+    "RegistryError",
     "RemoteError",
     "ReplayError",
     "RollbackError",
@@ -79,6 +83,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "UnknownKeyError",
+    "UpdateSettings",
     "WireError",
     "load_bundle",
     "load_config",

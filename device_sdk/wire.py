@@ -75,6 +75,10 @@ ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
 ROUTE_METRICS = "/v1/metrics"
 ROUTE_ENROLL = "/v1/devices/enroll"
+ROUTE_MODELS = "/v1/models"  # registry: list, current, files of a release, promote, rollback
+
+# The cloud's retained model announcement (device_sdk.announcement); every node may read it.
+MODELS_TOPIC = "ec/v1/models/current"
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 
