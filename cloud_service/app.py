@@ -1,7 +1,8 @@
 """Flask app factory for the cloud service.
 
-``create_app(config)`` loads and verifies the bundle, opens the token store, registers the
-API and enrolment blueprints and answers every error as JSON:
+``create_app(config)`` loads and verifies the bundle (with ``[registry]``: the registry's
+current release), opens the token store, registers the API, enrolment and model-registry
+blueprints and answers every error as JSON:
 ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
 ``WWW-Authenticate: Bearer`` for a bad credential, 403 for one outside its scope).
 """
@@ -14,14 +15,17 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cloud_service import auth, enroll
+from cloud_service import auth, enroll, models_api
+from cloud_service.announce import Announcer, MqttAnnouncer
 from cloud_service.auth import require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.inference import CloudInference
+from cloud_service.registry import ModelRegistry
 from cloud_service.tokens import TokenStore
 from device_sdk import serving, wire
 from device_sdk.bundle import load_bundle
 from device_sdk.errors import AuthError, EdgeCascadeError, ScopeError
+from device_sdk.signing import PublicKeySource, load_private_key
 
 logger = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
@@ -32,22 +36,58 @@ def create_app(
     *,
     inference: CloudInference | None = None,
     tokens: TokenStore | None = None,
+    announcer: Announcer | None = None,
 ) -> Flask:
-    """Build the app; ``inference`` and ``tokens`` may be injected, else they come from the config."""
+    """Build the app; ``inference``, ``tokens`` and ``announcer`` may be injected, else the config says."""
     config = config or CloudConfig()
     app = Flask("cloud_service")
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
+    registry = _registry(config) if config.registry.models_dir is not None else None
     if inference is None:
-        bundle = load_bundle(config.cloud.bundle, tiers=("cloud",), public_key=config.cloud.verify_key)
-        inference = CloudInference(bundle)
+        if registry is not None:
+            bundle = registry.current_bundle(("cloud",))
+            assert bundle is not None  # _registry() made sure there is a current release
+        else:
+            bundle = load_bundle(config.cloud.bundle, tiers=("cloud",), public_key=config.cloud.verify_key)
+        inference = CloudInference(bundle, grace=config.registry.grace)
     app.extensions["edgecascade"] = inference
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
+    if registry is not None:
+        if announcer is None and config.registry.announce:
+            announcer = MqttAnnouncer(config.mqtt, config.registry.announce_timeout)
+        follower = models_api.RegistryFollower(registry, inference, config.registry.check_interval)
+        models_api.init_app(
+            app,
+            models_api.Rollout(
+                registry, follower, announcer, config.registry.signing_key, config.registry.public_url
+            ),
+        )
     app.register_blueprint(api)
     app.register_error_handler(AuthError, _auth_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
+
+
+def _registry(config: CloudConfig) -> ModelRegistry:
+    """The model registry; on first start it registers and promotes ``cloud.bundle``."""
+    settings = config.registry
+    assert settings.models_dir is not None
+    public_key: PublicKeySource
+    if config.cloud.verify_key is not None:
+        public_key = config.cloud.verify_key
+    else:  # CloudConfig made sure one of the two keys is set
+        assert settings.signing_key is not None
+        public_key = load_private_key(settings.signing_key).public_key()
+    registry = ModelRegistry(settings.models_dir, public_key, settings.signing_key)
+    if registry.current() is None:
+        version = load_bundle(config.cloud.bundle, tiers=()).manifest.version
+        if version not in registry.versions():
+            registry.register(config.cloud.bundle)
+        registry.promote(version)
+        logger.info("empty registry: registered and promoted %s as v%d", config.cloud.bundle, version)
+    return registry
 
 
 def _inference() -> CloudInference:

@@ -1,28 +1,91 @@
-"""Final-partition inference: the cloud's answer to a forwarded request, apart from HTTP."""
+"""Final-partition inference: the cloud's answer to a forwarded request, apart from HTTP.
+
+The model is hot-swappable (:meth:`CloudInference.swap`): a request is answered by the
+model of the version its envelope names, the current one or the one it replaced while that
+is in its grace period (:mod:`device_sdk.hotswap`), because gateways swap after the cloud
+and keep forwarding their devices' requests of the previous version for a while.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from device_sdk import serving, wire
-from device_sdk.bundle import Bundle
+from device_sdk.bundle import Bundle, PartitionSpec
+from device_sdk.hotswap import ServedModels
 from device_sdk.policy import softmax
 from device_sdk.runtime import PartitionRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CloudModel:
+    """The final partition of one model version."""
+
+    bundle: Bundle
+    runner: PartitionRunner
+
+    @property
+    def version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def spec(self) -> PartitionSpec:
+        return self.bundle.manifest.partition("cloud")
+
+    @property
+    def cut_encoding(self) -> str:
+        """How this version's gateways encode cut-2 features."""
+        return self.bundle.manifest.partition("gateway").encoding
 
 
 class CloudInference:
     """Runs partition 3 on INFER_REQUEST envelopes; raises typed errors on bad input."""
 
-    def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
-        self.bundle = bundle
-        self.version = bundle.manifest.version
-        self._spec = bundle.manifest.partition("cloud")
-        self._cut_encoding = bundle.manifest.partition("gateway").encoding
-        self._runner = PartitionRunner.from_bundle(bundle, "cloud", num_threads)
+    def __init__(self, bundle: Bundle, num_threads: int = 1, grace: float = 600.0) -> None:
+        self.num_threads = num_threads
         self.counters = serving.Counters()
+        self._models = ServedModels(self._load(bundle), grace)
+        #: called once when a request names a version this process does not serve, in case
+        #: another server process promoted it (the registry wires this up)
+        self.refresh: Callable[[], None] | None = None
+
+    @property
+    def bundle(self) -> Bundle:
+        return self._models.current.bundle
+
+    @property
+    def version(self) -> int:
+        return self._models.current.version
+
+    def versions(self) -> tuple[int, ...]:
+        """Model versions answered right now, the current one first."""
+        return self._models.versions()
+
+    def _load(self, bundle: Bundle) -> CloudModel:
+        return CloudModel(bundle, PartitionRunner.from_bundle(bundle, "cloud", self.num_threads))
+
+    def swap(self, bundle: Bundle) -> None:
+        """Answer new requests with ``bundle``; requests of the replaced version during its grace."""
+        old = self._models.swap(self._load(bundle))
+        self.counters.add("model_swaps")
+        logger.info("cloud now serves model v%d (replacing v%d)", bundle.manifest.version, old.version)
 
     def infer(self, payload: bytes) -> bytes:
         """Answer one request envelope with a RESULT envelope."""
-        header, tensor = serving.parse_infer_request(payload, self.version, self._spec, self._cut_encoding)
-        logits = self._runner.run(tensor[None]).logits
-        probs = softmax(logits, self._spec.exit.temperature)[0]
+        envelope = wire.envelope_from_bytes(payload)
+        version = envelope.header.model_version
+        model = self._models.get(version)
+        if model is None and self.refresh is not None:
+            self.refresh()
+            model = self._models.get(version)
+        if model is None:
+            raise serving.unknown_version(version, self._models.versions())
+        header, tensor = serving.check_infer_request(envelope, model.version, model.spec, model.cut_encoding)
+        logits = model.runner.run(tensor[None]).logits
+        probs = softmax(logits, model.spec.exit.temperature)[0]
         self.counters.add("answered_cloud")
         return serving.result_reply(header, wire.Result(int(probs.argmax()), probs, wire.Tier.CLOUD))

@@ -6,7 +6,7 @@ itself is never written anywhere. Each token has one scope:
 
 ``device``   a device calling the cloud directly (inference, later uploads)
 ``gateway``  a gateway forwarding for its devices
-``admin``    an operator (metrics, later model promotion)
+``admin``    an operator (metrics, model promotion and rollback)
 ``enroll``   a one-time, expiring token that lets one named device enrol
 
 SQLite rather than a JSON file because several server workers share the store: spending

@@ -22,6 +22,7 @@ from device_sdk.errors import (
     ModelError,
     ModelVersionError,
     NotEncryptedError,
+    RegistryError,
     RemoteError,
     ReplayError,
     RollbackError,
@@ -50,6 +51,7 @@ from device_sdk.selection import (
     ReachedCloud,
 )
 from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
+from device_sdk.updater import ModelUpdater, UpdateSettings
 from device_sdk.upload_batch import Receipt
 from device_sdk.upload_links import HttpUploadLink, InMemoryUploadLink, RelayUploadLink
 from device_sdk.uploader import Uploader, UploadLink
@@ -86,6 +88,7 @@ __all__ = [
     "Manifest",
     "MaxProbExit",
     "ModelError",
+    "ModelUpdater",
     "ModelVersionError",
     "MqttConfig",
     "MqttTransport",
@@ -97,6 +100,7 @@ __all__ = [
     "Prediction",
     "ReachedCloud",
     "Receipt",
+    "RegistryError",
     "RelayUploadLink",
     "RemoteError",
     "ReplayError",
@@ -111,6 +115,7 @@ __all__ = [
     "TransportError",
     "TransportTimeout",
     "UnknownKeyError",
+    "UpdateSettings",
     "UploadLink",
     "Uploader",
     "WireError",

@@ -10,6 +10,13 @@ replies that decrypt under the device's keys are believed. With an ``outbox`` (a
 :class:`~device_sdk.selection.HardExampleSelector` marks hard are stored durably, as cut-1
 features (and the raw input only with ``keep_raw``), before ``predict`` returns; an
 :class:`~device_sdk.uploader.Uploader` sends them on.
+
+The model can be replaced while the client serves (:meth:`DeviceClient.swap_bundle`, driven
+by :meth:`DeviceClient.follow_updates`): each call resolves the model once and finishes on
+it. During a rollout the device may swap before its gateway does; the gateway then answers
+a request stamped with the new version with UNKNOWN_MODEL_VERSION, and the client asks
+again with the model it replaced (kept for ``grace`` seconds), so the answer is neither
+lost nor degraded.
 """
 
 from __future__ import annotations
@@ -21,33 +28,34 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device_sdk import codec, wire
-from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.cache import NeuralCache
+from device_sdk.bundle import Bundle, Manifest, PartitionSpec, load_bundle
+from device_sdk.cache import NeuralCache, open_cache
 from device_sdk.crypto import DeviceCrypto, initial_sequence
 from device_sdk.errors import (
     ConfigError,
-    EdgeCascadeError,
     RemoteError,
     StorageError,
     TensorSpecError,
-    TransportError,
-    WireError,
 )
 from device_sdk.hard_examples import MAX_TENSOR_BYTES, HardExample
+from device_sdk.hotswap import ServedModels
+from device_sdk.offload import Sender, exchange
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 from device_sdk.selection import Answers, HardExampleSelector
 from device_sdk.similarity import embed
 from device_sdk.transport import Transport
+
+if TYPE_CHECKING:
+    from device_sdk.updater import ModelUpdater, UpdateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,28 @@ class Prediction:
     @property
     def confidence(self) -> float:
         return float(self.probabilities.max())
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Everything the client loaded for one model version; replaced whole by a swap."""
+
+    bundle: Bundle
+    runner: PartitionRunner
+    policy: ExitPolicy  # the manifest's exit rule (the client's override, if any, wins)
+    cache: NeuralCache | None
+
+    @property
+    def version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def spec(self) -> PartitionSpec:
+        return self.bundle.manifest.partition("device")
 
 
 @dataclass
@@ -96,33 +126,32 @@ class DeviceClient:
         num_threads: int = 1,
         cache: NeuralCache | None = None,
         crypto: DeviceCrypto | None = None,
+        grace: float = 300.0,
         outbox: Outbox | None = None,
         selector: HardExampleSelector | None = None,
         keep_raw: bool = False,
     ) -> None:
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
-        self.bundle = bundle
-        self.manifest = bundle.manifest
         self.device_id = device_id
         self.transport = transport
         self.timeout = timeout
-        self._spec = self.manifest.partition("device")
-        self.policy = policy or policy_from_spec(self._spec.exit)
-        self._runner = PartitionRunner.from_bundle(bundle, "device", num_threads)
+        self.num_threads = num_threads
+        self._policy = policy  # an explicit policy outlives model swaps; None: each manifest's own
         self._seq = itertools.count(initial_sequence())  # above what gateways saw before a restart
         self._seq_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
-        self.cache = cache
         self.crypto = crypto
         self.outbox = outbox
         self.selector = selector or HardExampleSelector.default()
         self.keep_raw = keep_raw
+        self._updater: ModelUpdater | None = None
         if crypto is not None and crypto.device_id != device_id:
             raise ConfigError(f"payload keys are for device {crypto.device_id!r}, not {device_id!r}")
-        if cache is not None and cache.model_version != self.manifest.version:
+        if cache is not None and cache.model_version != bundle.manifest.version:
             raise ConfigError(
-                f"cache is for model version {cache.model_version}, the bundle is v{self.manifest.version}"
+                f"cache is for model version {cache.model_version}, the bundle is v{bundle.manifest.version}"
             )
+        self._models = ServedModels(self._load(bundle, cache), grace)
 
     @classmethod
     def from_bundle(
@@ -138,6 +167,95 @@ class DeviceClient:
         bundle = load_bundle(path, tiers=("device",), public_key=verify_key)
         return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
+    # --------------------------------------------------------------- the model it serves
+    @property
+    def bundle(self) -> Bundle:
+        return self._models.current.bundle
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._models.current.manifest
+
+    @property
+    def cache(self) -> NeuralCache | None:
+        return self._models.current.cache
+
+    @property
+    def policy(self) -> ExitPolicy:
+        return self._policy or self._models.current.policy
+
+    @policy.setter
+    def policy(self, policy: ExitPolicy | None) -> None:
+        self._policy = policy
+
+    @property
+    def updater(self) -> ModelUpdater | None:
+        """The updater :meth:`follow_updates` started, if any (its counters say what it refused)."""
+        return self._updater
+
+    @property
+    def _runner(self) -> PartitionRunner:
+        return self._models.current.runner
+
+    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> DeviceModel:
+        runner = PartitionRunner.from_bundle(bundle, "device", self.num_threads)
+        return DeviceModel(bundle, runner, policy_from_spec(bundle.manifest.partition("device").exit), cache)
+
+    def swap_bundle(self, bundle: Bundle) -> None:
+        """Serve ``bundle`` from the next call on; calls in progress finish on the current model.
+
+        The interpreter is built here, before the swap; the caller (an updater thread) has
+        verified the bundle. A device cache starts empty for the new version (embeddings of
+        another model do not compare), with the same capacity.
+        """
+        old = self._models.current
+        cache = None
+        if old.cache is not None:
+            cache = open_cache(bundle.manifest, "device", old.cache.config.capacity)
+        self._models.swap(self._load(bundle, cache))
+        self.counters["model_swaps"] += 1
+        logger.info("device %s now runs model v%d", self.device_id, bundle.manifest.version)
+
+    def follow_updates(
+        self,
+        settings: UpdateSettings,
+        *,
+        cloud_url: str,
+        token: str,
+        verify_key: str | Path,
+    ) -> ModelUpdater:
+        """Follow the cloud's model announcements through the transport and swap to each release.
+
+        ``token`` is this device's bearer token for the cloud, ``verify_key`` the cloud's
+        signing key (``cloud-signing.pub``), ``settings.dir`` a directory of this client's
+        own (releases are kept there). Only the device partition is downloaded.
+        """
+        from device_sdk.fetch import HttpFetcher
+        from device_sdk.updater import ModelUpdater
+
+        if self._updater is not None:
+            raise ConfigError("this client already follows updates")
+        if not hasattr(self.transport, "subscribe"):
+            raise ConfigError("following updates needs a transport that subscribes (MqttTransport)")
+        fetcher = HttpFetcher(
+            cloud_url,
+            token,
+            timeout=settings.timeout,
+            ca_file=settings.ca_file,
+            max_bytes=settings.max_file_bytes,
+        )
+        self._updater = ModelUpdater(
+            settings,
+            public_key=verify_key,
+            tiers=("device",),
+            running=lambda: self.manifest,
+            install=self.swap_bundle,
+            fetcher=fetcher,
+            name=self.device_id,
+        )
+        self._updater.start(self.transport)
+        return self._updater
+
     # ------------------------------------------------------------------------- public API
     def predict(self, x: np.ndarray) -> Prediction:
         """Answer one input (raw image, e.g. uint8 28x28 or 28x28x1)."""
@@ -146,44 +264,27 @@ class DeviceClient:
     def predict_batch(
         self, xs: np.ndarray | Sequence[np.ndarray], max_in_flight: int = 64
     ) -> list[Prediction]:
-        """Answer a batch: one device pass, then up to ``max_in_flight`` requests in flight."""
-        started = time.perf_counter()
-        raw = np.asarray(xs)
-        batch = self._prepare(raw)
-        out = self._runner.run(batch)
-        probs = softmax(out.logits, self._spec.exit.temperature)
-        assert out.features is not None
-        exits = self.policy.should_exit(probs)
-        device_ms = (time.perf_counter() - started) * 1000 / len(batch)
-        results: list[Prediction | None] = [None] * len(batch)
-        undecided = [i for i in range(len(batch)) if not exits[i]]
-        embeddings = embed(out.features[undecided]) if self.cache is not None and undecided else None
-        hits = self._lookup(embeddings, device_ms) if embeddings is not None else [None] * len(undecided)
-        pending: list[tuple[int, _Local]] = []
-        for i in range(len(batch)):
-            if exits[i]:
-                results[i] = self._local(probs[i], device_ms, degraded=False, error=None)
-        for k, i in enumerate(undecided):
-            if hits[k] is not None:
-                results[i] = hits[k]
-            elif self.transport is None:
-                results[i] = self._local(probs[i], device_ms, degraded=True, error="offline")
-            else:
-                embedding = embeddings[k] if embeddings is not None else None
-                pending.append((i, _Local(probs[i], out.features[i], device_ms, embedding)))
-        for start in range(0, len(pending), max_in_flight):
-            window = pending[start : start + max_in_flight]
-            for i, prediction in zip(
-                [i for i, _ in window], self._offload([local for _, local in window]), strict=True
-            ):
+        """Answer a batch: one device pass, then up to ``max_in_flight`` requests in flight.
+
+        Inputs the gateway refused because it does not serve this model version yet are
+        asked again with the model this client replaced, while that one is in its grace.
+        """
+        model = self._models.current
+        retry = self._models.previous() is not None
+        results = self._predict(model, xs, max_in_flight, retry_stale=retry)
+        stale = [i for i, r in enumerate(results) if r is None]
+        if stale:
+            previous = self._models.previous() or model
+            self.counters["retried_previous_model"] += len(stale)
+            again = self._predict(previous, np.asarray(xs)[stale], max_in_flight, retry_stale=False)
+            for i, prediction in zip(stale, again, strict=True):
                 results[i] = prediction
-        self.counters["inputs"] += len(batch)
-        answers = [r for r in results if r is not None]
-        if self.outbox is not None:
-            answers = self._keep_hard_examples(raw, out.features, probs, answers)
-        return answers
+        self.counters["inputs"] += len(results)
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
+        if self._updater is not None:
+            self._updater.stop()
         if self.transport is not None:
             self.transport.close()
 
@@ -194,20 +295,73 @@ class DeviceClient:
         self.close()
 
     # ------------------------------------------------------------------------ internals
-    def _prepare(self, xs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    def _predict(
+        self,
+        model: DeviceModel,
+        xs: np.ndarray | Sequence[np.ndarray],
+        max_in_flight: int,
+        *,
+        retry_stale: bool,
+    ) -> list[Prediction | None]:
+        """One pass on ``model``; None where the gateway refused the version and ``retry_stale``."""
+        started = time.perf_counter()
+        raw = np.asarray(xs)
+        batch = self._prepare(raw, model)
+        out = model.runner.run(batch)
+        spec = model.spec
+        probs = softmax(out.logits, spec.exit.temperature)
+        assert out.features is not None
+        exits = (self._policy or model.policy).should_exit(probs)
+        device_ms = (time.perf_counter() - started) * 1000 / len(batch)
+        results: list[Prediction | None] = [None] * len(batch)
+        undecided = [i for i in range(len(batch)) if not exits[i]]
+        cache = model.cache
+        embeddings = embed(out.features[undecided]) if cache is not None and undecided else None
+        hits = (
+            self._lookup(model, embeddings, device_ms) if embeddings is not None else [None] * len(undecided)
+        )
+        pending: list[tuple[int, _Local]] = []
+        for i in range(len(batch)):
+            if exits[i]:
+                results[i] = self._local(model, probs[i], device_ms, degraded=False, error=None)
+        for k, i in enumerate(undecided):
+            if hits[k] is not None:
+                results[i] = hits[k]
+            elif self.transport is None:
+                results[i] = self._local(model, probs[i], device_ms, degraded=True, error="offline")
+            else:
+                embedding = embeddings[k] if embeddings is not None else None
+                pending.append((i, _Local(probs[i], out.features[i], device_ms, embedding)))
+        for start in range(0, len(pending), max_in_flight):
+            window = pending[start : start + max_in_flight]
+            answers = self._offload(model, [local for _, local in window], retry_stale)
+            for (i, _), prediction in zip(window, answers, strict=True):
+                results[i] = prediction
+        if self.outbox is not None:
+            answered = [i for i, r in enumerate(results) if r is not None]  # None: asked again later
+            done = [r for r in results if r is not None]
+            kept = self._keep_hard_examples(
+                model, raw[answered], out.features[answered], probs[answered], done
+            )
+            for i, prediction in zip(answered, kept, strict=True):
+                results[i] = prediction
+        return results
+
+    def _prepare(self, xs: np.ndarray | Sequence[np.ndarray], model: DeviceModel | None = None) -> np.ndarray:
         batch = np.asarray(xs)
-        shape = self.manifest.input.shape
+        manifest = (model or self._models.current).manifest
+        shape = manifest.input.shape
         if batch.shape[1:] != shape and (*batch.shape[1:], 1) == shape:
             batch = batch[..., None]
         if batch.ndim != len(shape) + 1 or batch.shape[1:] != shape or len(batch) == 0:
             raise TensorSpecError(f"expected inputs of shape {shape}, got a batch of shape {batch.shape}")
-        x = self.manifest.input.normalise(batch)
+        x = manifest.input.normalise(batch)
         if not np.isfinite(x).all():
             raise TensorSpecError("input holds NaN or infinite values")
         return x
 
     def _local(
-        self, probs: np.ndarray, latency_ms: float, *, degraded: bool, error: str | None
+        self, model: DeviceModel, probs: np.ndarray, latency_ms: float, *, degraded: bool, error: str | None
     ) -> Prediction:
         tier = wire.Tier.DEVICE.label
         self.counters[f"answered_{tier}{'_degraded' if degraded else ''}"] += 1
@@ -219,15 +373,17 @@ class DeviceClient:
             bytes_sent=0,
             bytes_upstream=0,
             degraded=degraded,
-            model_version=self.manifest.version,
+            model_version=model.version,
             error=error,
         )
 
-    def _lookup(self, embeddings: np.ndarray, device_ms: float) -> list[Prediction | None]:
+    def _lookup(
+        self, model: DeviceModel, embeddings: np.ndarray, device_ms: float
+    ) -> list[Prediction | None]:
         """Answers the device cache has for these embeddings (None where it has none)."""
-        assert self.cache is not None
+        assert model.cache is not None
         started = time.perf_counter()
-        hits = self.cache.lookup_batch(embeddings)
+        hits = model.cache.lookup_batch(embeddings)
         lookup_ms = (time.perf_counter() - started) * 1000 / max(1, len(embeddings))
         answers: list[Prediction | None] = []
         for hit in hits:
@@ -244,7 +400,7 @@ class DeviceClient:
                     bytes_sent=0,
                     bytes_upstream=0,
                     degraded=False,
-                    model_version=self.manifest.version,
+                    model_version=model.version,
                 )
             )
         return answers
@@ -255,10 +411,17 @@ class DeviceClient:
             return next(self._seq)
 
     def _keep_hard_examples(
-        self, raw: np.ndarray, features: np.ndarray, exit_probs: np.ndarray, answers: list[Prediction]
+        self,
+        model: DeviceModel,
+        raw: np.ndarray,
+        features: np.ndarray,
+        exit_probs: np.ndarray,
+        answers: list[Prediction],
     ) -> list[Prediction]:
         """Store the selected inputs in the outbox (one fsync per batch); tag their predictions."""
         assert self.outbox is not None
+        if not answers:
+            return answers
         selected = self.selector.reasons(
             Answers(
                 exit_probs=exit_probs,
@@ -269,18 +432,19 @@ class DeviceClient:
         )
         examples: dict[int, HardExample] = {}
         now = time.time()
-        for i, reasons in enumerate(selected):
+        encoding = model.spec.encoding
+        for i, (reasons, answer) in enumerate(zip(selected, answers, strict=True)):
             if reasons:
                 examples[i] = HardExample(
                     device_id=self.device_id,
-                    model_version=self.manifest.version,
+                    model_version=model.version,
                     cut="cut1",
-                    encoding=str(self._spec.encoding),
-                    features=codec.encode_features(features[i], self._spec.encoding),
+                    encoding=str(encoding),
+                    features=codec.encode_features(features[i], encoding),
                     reasons=reasons,
-                    predicted=answers[i].label,
-                    confidence=min(1.0, max(0.0, answers[i].confidence)),
-                    tier=answers[i].tier,
+                    predicted=answer.label,
+                    confidence=min(1.0, max(0.0, answer.confidence)),
+                    tier=answer.tier,
                     created_at=now,
                     raw=self._raw_body(raw[i]) if self.keep_raw else None,
                 )
@@ -309,48 +473,37 @@ class DeviceClient:
             return None
         return body
 
-    def _offload(self, locals_: list[_Local]) -> list[Prediction]:
-        """Send each input's cut features to the next tier; degrade on any failure."""
+    def _offload(
+        self, model: DeviceModel, locals_: list[_Local], retry_stale: bool
+    ) -> list[Prediction | None]:
+        """Send each input's cut features to the next tier; degrade on any failure.
+
+        With ``retry_stale``, a request the gateway refused as an unknown model version gives
+        None instead (the caller asks again with the previous model).
+        """
         assert self.transport is not None
-        sent: list[tuple[wire.Header, int, float, Future[bytes] | EdgeCascadeError]] = []
-        for local in locals_:
-            header = wire.Header(
-                wire.MessageType.INFER_REQUEST, self.device_id, self.manifest.version, self.next_seq()
-            )
-            envelope = wire.Envelope(header, codec.encode_features(local.features, self._spec.encoding))
-            request = (
-                self.crypto.seal(envelope) if self.crypto is not None else wire.envelope_to_bytes(envelope)
-            )
-            submitted = time.perf_counter()
-            try:
-                future: Future[bytes] | EdgeCascadeError = self.transport.submit(request, header.request_id)
-            except TransportError as exc:
-                future = exc
-            size = 0 if isinstance(future, EdgeCascadeError) else len(request)  # nothing left the device
-            sent.append((header, size, submitted, future))
-        predictions = []
-        for local, (header, size, submitted, future) in zip(locals_, sent, strict=True):
-            try:
-                if isinstance(future, EdgeCascadeError):
-                    raise future
-                remaining = max(0.0, self.timeout - (time.perf_counter() - submitted))
-                try:
-                    reply = future.result(remaining)
-                except FutureTimeout:
-                    self.transport.forget(header.request_id)
-                    raise TransportError(f"no reply within {self.timeout:.3g} s") from None
-                result = self._read_reply(header, reply)
-            except (TransportError, WireError) as exc:
-                self.counters[f"offload_failed_{type(exc).__name__}"] += 1
-                logger.debug("offload of request %s failed: %s", header.request_id.hex(), exc)
-                latency = local.device_ms + (time.perf_counter() - submitted) * 1000
-                predictions.append(self._degraded(local.probs, latency, size, str(exc)))
+        sender = Sender(self.transport, self.crypto, self.device_id, self.next_seq, self.timeout)
+        features = [local.features for local in locals_]
+        outcomes = exchange(sender, model.version, model.spec.encoding, len(model.manifest.classes), features)
+        predictions: list[Prediction | None] = []
+        for local, outcome in zip(locals_, outcomes, strict=True):
+            latency = local.device_ms + outcome.elapsed_ms
+            result, error = outcome.result, outcome.error
+            if error is not None or result is None:
+                stale = isinstance(error, RemoteError) and error.code == wire.ErrorCode.UNKNOWN_MODEL_VERSION
+                if stale and retry_stale:
+                    self.counters["refused_model_version"] += 1
+                    predictions.append(None)
+                    continue
+                self.counters[f"offload_failed_{type(error).__name__}"] += 1
+                logger.debug("offload failed: %s", error)
+                degraded = self._local(model, local.probs, latency, degraded=True, error=str(error))
+                predictions.append(dataclasses.replace(degraded, bytes_sent=outcome.bytes_sent))
                 continue
-            latency = local.device_ms + (time.perf_counter() - submitted) * 1000
             self.counters[f"answered_{result.tier.label}{'_degraded' if result.degraded else ''}"] += 1
-            if self.cache is not None and local.embedding is not None and not result.degraded:
+            if model.cache is not None and local.embedding is not None and not result.degraded:
                 # learn from the tiers above: the next near-duplicate is answered here
-                self.cache.insert(
+                model.cache.insert(
                     local.embedding,
                     result.label,
                     result.probabilities,
@@ -363,29 +516,10 @@ class DeviceClient:
                     probabilities=result.probabilities,
                     tier=result.tier.label,
                     latency_ms=latency,
-                    bytes_sent=size,
+                    bytes_sent=outcome.bytes_sent,
                     bytes_upstream=result.upstream_bytes,
                     degraded=result.degraded,
-                    model_version=self.manifest.version,
+                    model_version=model.version,
                 )
             )
         return predictions
-
-    def _degraded(self, probs: np.ndarray, latency_ms: float, size: int, error: str) -> Prediction:
-        return dataclasses.replace(
-            self._local(probs, latency_ms, degraded=True, error=error), bytes_sent=size
-        )
-
-    def _read_reply(self, request: wire.Header, reply: bytes) -> wire.Result:
-        envelope = self.crypto.open(reply) if self.crypto is not None else wire.envelope_from_bytes(reply)
-        if envelope.header.request_id != request.request_id:
-            raise WireError("reply does not answer this request")
-        if envelope.header.msg_type == wire.MessageType.ERROR:
-            code, message = wire.decode_error(envelope.body)
-            raise RemoteError(int(code), message)
-        if envelope.header.msg_type != wire.MessageType.RESULT:
-            raise WireError(f"unexpected reply type {envelope.header.msg_type.name}")
-        result = wire.decode_result(envelope.body)
-        if len(result.probabilities) != len(self.manifest.classes):
-            raise WireError("reply has the wrong number of classes")
-        return result

@@ -23,7 +23,8 @@ are translated at the boundary where they occur.
     │   ├── BundleError        missing files, bad manifest, hash mismatch
     │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
     │   │   └── RollbackError   older than the running version and not a signed rollback
-    │   └── ModelVersionError  a request for a model version this node does not serve
+    │   ├── ModelVersionError  a request for a model version this node does not serve
+    │   └── RegistryError      a registry operation that cannot be done (see its ``status``)
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
     │   └── RemoteError        the other side answered with an error message
@@ -123,6 +124,18 @@ class RollbackError(BundleError):
 
 class ModelVersionError(ModelError):
     """A request names a model version this node does not serve."""
+
+
+class RegistryError(ModelError):
+    """The model registry cannot do what was asked; ``status`` is the HTTP status that says why.
+
+    404: no such version; 409: the operation conflicts with the registry's state (nothing to
+    roll back to, a version already registered, a bundle that does not verify, no signing key).
+    """
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class TransportError(EdgeCascadeError):

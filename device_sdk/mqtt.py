@@ -49,10 +49,12 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._client.on_socket_open = self._on_socket_open
         self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_publish = self._on_publish
         self._subscriptions: dict[str, MessageHandler] = {}
         self._connected = threading.Event()
         self._refused: str | None = None
         self._lock = threading.Lock()
+        self._refused_acks: dict[int, str] = {}  # message id -> why the broker refused it (bounded)
 
     @property
     def client(self) -> Any:
@@ -91,8 +93,13 @@ class MqttLink:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
         retain: bool = False,
+        wait: float | None = None,
     ) -> None:
-        """Queue a message; paho delivers it at the configured QoS, also across reconnects."""
+        """Queue a message; paho delivers it at the configured QoS, also across reconnects.
+
+        With ``wait`` (seconds) return only once the broker acknowledged it (QoS >= 1), and
+        raise TransportError if it did not in time or refused it (e.g. not authorised).
+        """
         props = None
         if response_topic is not None or correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -103,6 +110,19 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=self.config.qos, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish on {topic} failed: {paho.error_string(info.rc)}")
+        if wait is not None:
+            try:
+                info.wait_for_publish(wait)
+            except (ValueError, RuntimeError) as exc:
+                raise TransportError(f"publish on {topic} failed: {exc}") from None
+            if not info.is_published():
+                raise TransportError(
+                    f"the broker did not acknowledge a publish on {topic} within {wait:.3g} s"
+                )
+            with self._lock:
+                refused = self._refused_acks.pop(info.mid, None)
+            if refused is not None:
+                raise TransportError(f"the broker refused a publish on {topic}: {refused}")
 
     def close(self) -> None:
         """Disconnect cleanly and stop the network thread."""
@@ -129,6 +149,13 @@ class MqttLink:
             client.subscribe(topic, qos=self.config.qos)
         self._connected.set()
         logger.debug("connected to MQTT broker %s:%s", self.config.host, self.config.port)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            with self._lock:
+                if len(self._refused_acks) >= 256:
+                    self._refused_acks.pop(next(iter(self._refused_acks)))
+                self._refused_acks[mid] = str(reason)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._connected.clear()

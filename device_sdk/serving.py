@@ -43,7 +43,13 @@ def parse_infer_request(
     Raises a WireError (TensorSpecError for a wrong encoding, shape or non-finite values)
     or a ModelVersionError; nothing invalid reaches a model.
     """
-    envelope = wire.envelope_from_bytes(payload)
+    return check_infer_request(wire.envelope_from_bytes(payload), model_version, spec, encoding)
+
+
+def check_infer_request(
+    envelope: wire.Envelope, model_version: int, spec: PartitionSpec, encoding: str
+) -> tuple[wire.Header, np.ndarray]:
+    """:func:`parse_infer_request` for an envelope already parsed (to pick the model by its version)."""
     header = envelope.header
     if header.msg_type != wire.MessageType.INFER_REQUEST:
         raise WireError(f"expected an INFER_REQUEST, got {header.msg_type.name}")
@@ -58,6 +64,12 @@ def parse_infer_request(
             f"got {tensor.dtype}{list(tensor.shape)}"
         )
     return header, tensor
+
+
+def unknown_version(requested: int, served: tuple[int, ...]) -> ModelVersionError:
+    """The error for a request stamped with a version this tier does not (or no longer) serve."""
+    listed = ", ".join(f"v{v}" for v in served)
+    return ModelVersionError(f"model version {requested} is not served here (serving {listed})")
 
 
 def error_code(exc: Exception) -> wire.ErrorCode:

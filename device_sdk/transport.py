@@ -114,6 +114,10 @@ class MqttTransport(Transport):
     def connected(self) -> bool:
         return self._link.connected
 
+    def subscribe(self, topic: str, handler: Callable[[str, bytes, str | None, bytes | None], None]) -> None:
+        """Receive another topic on this connection, e.g. the model announcements (see ACLs)."""
+        self._link.subscribe(topic, handler)
+
     def submit(self, request: bytes, request_id: bytes) -> Future[bytes]:
         return self._submit(self._request_topic, request, request_id)
 

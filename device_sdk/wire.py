@@ -86,6 +86,10 @@ ROUTE_HEALTH = "/healthz"
 ROUTE_METRICS = "/v1/metrics"
 ROUTE_ENROLL = "/v1/devices/enroll"
 ROUTE_HARD_EXAMPLES = "/v1/hard-examples"  # JSON batch in, JSON receipt out (device_sdk.upload_batch)
+ROUTE_MODELS = "/v1/models"  # registry: list, current, files of a release, promote, rollback
+
+# The cloud's retained model announcement (device_sdk.announcement); every node may read it.
+MODELS_TOPIC = "ec/v1/models/current"
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 

@@ -1,4 +1,4 @@
-"""Gateway settings: ``[gateway]``, ``[mqtt]``, ``[cache]``, ``[crypto]``, ``[outbox]`` of gateway.toml."""
+"""Gateway settings: ``[gateway]``, ``[mqtt]``, ``[cache]``, ``[crypto]``, ``[outbox]`` and ``[update]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from device_sdk.config import MqttConfig, load_config, upload_problems
 from device_sdk.errors import ConfigError
+from device_sdk.updater import UpdateSettings
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class GatewaySettings:
     shared_subscription: bool = True
     cloud_token: str = field(default="", repr=False)  # bearer token for the cloud; EC_GATEWAY__CLOUD_TOKEN
     verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
+    model_grace: float = 300.0  # seconds the version a swap replaced is still served (lagging devices)
 
     def __post_init__(self) -> None:
         problems = []
@@ -33,6 +35,8 @@ class GatewaySettings:
             problems.append("gateway.cloud_token must not contain whitespace")
         if self.cloud_timeout <= 0:
             problems.append("gateway.cloud_timeout must be > 0")
+        if self.model_grace < 0:
+            problems.append("gateway.model_grace must be >= 0")
         for name in ("max_batch", "forward_workers", "queue_size"):
             if getattr(self, name) < 1:
                 problems.append(f"gateway.{name} must be >= 1")
@@ -136,6 +140,11 @@ class GatewayConfig:
     cache: CacheSettings = field(default_factory=CacheSettings)
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
+
+    def __post_init__(self) -> None:
+        if self.update.enabled and self.gateway.verify_key is None:
+            raise ConfigError("update.enabled needs gateway.verify_key: a downloaded model must verify")
 
 
 def load_gateway_config(path: str | Path | None = None, **kwargs: object) -> GatewayConfig:

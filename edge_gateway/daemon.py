@@ -8,6 +8,12 @@ with the gateway's client certificate; payloads are end-to-end encrypted with ea
 (:mod:`device_sdk.crypto`), and unencrypted requests are refused unless the ``[crypto]``
 settings say otherwise.
 
+With ``[update] enabled`` the daemon follows the cloud's model announcements on the same
+broker connection (:class:`~device_sdk.updater.ModelUpdater`): it downloads the gateway
+partition of each announced release with its cloud token, verifies it, and hot-swaps it
+into the service between micro-batches; at start it runs the release it last installed
+when that still verifies.
+
 With ``[outbox] path`` set, the daemon also relays devices' hard-example uploads: a second
 subscription (``ec/v1/dev/+/hx``, shared like requests) feeds one relay thread that stores
 each batch durably (:class:`~edge_gateway.relay.HardExampleRelay`) before acknowledging it,
@@ -24,13 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from device_sdk import wire
-from device_sdk.bundle import load_bundle
-from device_sdk.cache import open_cache
+from device_sdk.bundle import Bundle, load_bundle
+from device_sdk.cache import NeuralCache, open_cache
 from device_sdk.crypto import GatewayCrypto
 from device_sdk.errors import ConfigError
+from device_sdk.fetch import HttpFetcher
 from device_sdk.keys import load_gateway_crypto
 from device_sdk.mqtt import MqttLink
 from device_sdk.outbox import Outbox
+from device_sdk.updater import ModelUpdater, installed_bundle
 from device_sdk.uploader import Uploader, UploadLink
 from edge_gateway.cloud_link import CloudLink, HttpCloudLink
 from edge_gateway.config import CryptoSettings, GatewayConfig
@@ -88,6 +96,25 @@ class GatewayDaemon:
                 self.uploader = Uploader.from_settings(self.outbox, upload_link, hx, name="gateway-uploader")
             else:
                 logger.warning("the cloud link cannot upload: hard examples stay in %s", hx.path)
+        self.updater: ModelUpdater | None = None
+        if config.update.enabled:
+            assert settings.verify_key is not None  # GatewayConfig checks it
+            fetcher = HttpFetcher(
+                settings.cloud_url,
+                settings.cloud_token,
+                timeout=config.update.timeout,
+                ca_file=config.update.ca_file,
+                max_bytes=config.update.max_file_bytes,
+            )
+            self.updater = ModelUpdater(
+                config.update,
+                public_key=settings.verify_key,
+                tiers=("gateway",),
+                running=lambda: self.service.bundle.manifest,
+                install=self.service.swap,
+                fetcher=fetcher,
+                name=settings.gateway_id,
+            )
         self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
@@ -96,7 +123,7 @@ class GatewayDaemon:
 
     def _build_service(self, cloud: CloudLink | None) -> GatewayService:
         config, settings = self.config, self.config.gateway
-        bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
+        bundle = self._initial_bundle()
         cache = None
         if config.cache.enabled:
             cache = open_cache(
@@ -108,12 +135,34 @@ class GatewayDaemon:
             link,
             cache=cache,
             crypto=gateway_crypto(config.crypto),
+            grace=settings.model_grace,
+            cache_factory=self._new_cache if config.cache.enabled else None,
             outbox=self.outbox if config.outbox.record_degraded else None,
         )
+
+    def _initial_bundle(self) -> Bundle:
+        """The configured bundle, or the release the updater installed since, if that verifies."""
+        settings, update = self.config.gateway, self.config.update
+        bundle = load_bundle(settings.bundle, tiers=("gateway",), public_key=settings.verify_key)
+        if update.enabled and settings.verify_key is not None:
+            installed = installed_bundle(
+                update.dir, settings.verify_key, ("gateway",), bundle.manifest.version
+            )
+            if installed is not None:
+                logger.info("starting from the installed release in %s", installed.path)
+                return installed
+        return bundle
+
+    def _new_cache(self, bundle: Bundle) -> NeuralCache:
+        """An empty gateway cache for a new model version (another model's embeddings do not compare)."""
+        cache = self.config.cache
+        return open_cache(bundle.manifest, "gateway", cache.capacity, None, tau=cache.tau)
 
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the broker and start serving."""
         self._worker.start()
+        if self.updater is not None:
+            self.updater.start(self._link)  # subscribed before connecting: the retained message arrives
         shared = self.config.gateway.shared_subscription
         self._link.subscribe(wire.gateway_subscription(shared), self._on_request)
         if self.relay is not None:
@@ -136,6 +185,8 @@ class GatewayDaemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.updater is not None:
+            self.updater.stop()
         self._queue.put(None)
         self._worker.join(timeout=10)
         if self._relay_thread.is_alive():

@@ -12,6 +12,11 @@ decrypted request is encrypted under the key id that request used. A request tha
 those checks is counted as ``rejected_<reason>`` and answered, if at all, with a plain
 UNAUTHORIZED error that carries nothing secret.
 
+The model is hot-swappable (:meth:`GatewayService.swap`): each request is served by the
+model of the version its envelope names, the current one or the one it replaced while
+that is in its grace period (:class:`~device_sdk.hotswap.ServedModels`), so devices that
+have not updated yet are still answered, and requests in flight finish where they started.
+
 With an ``outbox``, every request the gateway answers ``degraded`` (the cloud unreachable)
 is kept there as a hard example, its cut-1 features exactly as the device sent them (so
 its content id equals the device's own record of it, and the cloud stores it once).
@@ -22,16 +27,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from device_sdk import codec, serving, wire
-from device_sdk.bundle import Bundle
+from device_sdk.bundle import Bundle, PartitionSpec
 from device_sdk.cache import NeuralCache
 from device_sdk.crypto import GatewayCrypto
-from device_sdk.errors import CryptoError, EdgeCascadeError, StorageError, WireError
+from device_sdk.errors import CryptoError, EdgeCascadeError, ModelVersionError, StorageError, WireError
 from device_sdk.hard_examples import HardExample
+from device_sdk.hotswap import ServedModels
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
@@ -59,7 +66,36 @@ class Forward:
     probs: np.ndarray  # exit-2 probabilities, the fallback answer
     embedding: np.ndarray | None = None  # gateway-cache key, to learn the cloud's answer
     key_id: int | None = None  # the request's payload key: the reply is sealed with it
+    cache: NeuralCache | None = None  # the cache of the model that answered, which learns the reply
     features: bytes = b""  # the request's cut-1 tensor body, kept if the answer ends up degraded
+    encoding: str = "float32"  # how ``features`` are encoded
+
+
+@dataclass(frozen=True)
+class GatewayModel:
+    """What the gateway loaded for one model version; replaced whole by a swap."""
+
+    bundle: Bundle
+    runner: PartitionRunner
+    policy: ExitPolicy
+    cache: NeuralCache | None
+
+    @property
+    def version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def spec(self) -> PartitionSpec:
+        return self.bundle.manifest.partition("gateway")
+
+    @property
+    def cut_encoding(self) -> str:
+        """How this version's devices encode cut-1 features."""
+        return self.bundle.manifest.partition("device").encoding
+
+
+#: builds the gateway cache for a new model version (None: no cache)
+CacheFactory = Callable[[Bundle], NeuralCache | None]
 
 
 class GatewayService:
@@ -73,41 +109,80 @@ class GatewayService:
         policy: ExitPolicy | None = None,
         cache: NeuralCache | None = None,
         crypto: GatewayCrypto | None = None,
+        grace: float = 300.0,
+        cache_factory: CacheFactory | None = None,
         outbox: Outbox | None = None,
     ) -> None:
-        self.bundle = bundle
         self.crypto = crypto
-        self.version = bundle.manifest.version
-        self._spec = bundle.manifest.partition("gateway")
-        self._cut_encoding = bundle.manifest.partition("device").encoding
-        self.policy = policy or policy_from_spec(self._spec.exit)
         self.cloud = cloud
-        self._runner = PartitionRunner.from_bundle(bundle, "gateway")
-        self.cache = cache
         self.outbox = outbox  # where degraded answers are kept as hard examples (None: nowhere)
+        self._policy = policy  # an explicit policy outlives swaps; None: each manifest's own
+        self._cache_factory = cache_factory
         self.counters = serving.Counters()
+        self._models = ServedModels(self._load(bundle, cache), grace)
+
+    # --------------------------------------------------------------- the model it serves
+    @property
+    def bundle(self) -> Bundle:
+        return self._models.current.bundle
+
+    @property
+    def version(self) -> int:
+        return self._models.current.version
+
+    @property
+    def cache(self) -> NeuralCache | None:
+        return self._models.current.cache
+
+    @property
+    def policy(self) -> ExitPolicy:
+        return self._policy or self._models.current.policy
+
+    def versions(self) -> tuple[int, ...]:
+        """Model versions answered right now, the current one first."""
+        return self._models.versions()
+
+    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> GatewayModel:
+        runner = PartitionRunner.from_bundle(bundle, "gateway")
+        policy = policy_from_spec(bundle.manifest.partition("gateway").exit)
+        return GatewayModel(bundle, runner, policy, cache)
+
+    def swap(self, bundle: Bundle) -> None:
+        """Serve ``bundle`` for new requests; the replaced version stays servable for the grace period.
+
+        Everything (interpreter, cache) is built before the swap, on the caller's thread.
+        """
+        cache = self._cache_factory(bundle) if self._cache_factory is not None else None
+        old = self._models.swap(self._load(bundle, cache))
+        self.counters.add("model_swaps")
+        logger.info("gateway now serves model v%d (replacing v%d)", bundle.manifest.version, old.version)
 
     def decide(self, requests: list[Request]) -> list[bytes | Forward | None]:
         """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
         out: list[bytes | Forward | None] = [None] * len(requests)
-        valid: list[tuple[int, wire.Header, np.ndarray, bytes]] = []
+        groups: dict[int, tuple[GatewayModel, list[tuple[int, wire.Header, np.ndarray, bytes]]]] = {}
         key_ids: list[int | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             self.counters.add("requests")
             self.counters.add("bytes_in", len(request.payload))
             try:
                 payload, key_ids[i] = self._open(request)
-                header, tensor = serving.parse_infer_request(
-                    payload, self.version, self._spec, self._cut_encoding
+                envelope = wire.envelope_from_bytes(payload)
+                model = self._models.get(envelope.header.model_version)
+                if model is None:
+                    raise serving.unknown_version(envelope.header.model_version, self._models.versions())
+                header, tensor = serving.check_infer_request(
+                    envelope, model.version, model.spec, model.cut_encoding
                 )
                 if request.device_id is not None and header.device_id != request.device_id:
                     raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
-                body = wire.envelope_from_bytes(payload).body if self.outbox is not None else b""
-                valid.append((i, header, tensor, body))
+                body = envelope.body if self.outbox is not None else b""
+                groups.setdefault(model.version, (model, []))[1].append((i, header, tensor, body))
             except EdgeCascadeError as exc:
                 out[i] = self._reject(request, exc)
-        if valid:
-            answers = self._answer([(h, t, b) for _, h, t, b in valid])
+        for model, valid in groups.values():  # one interpreter call per model version in the batch
+            self.counters.add(f"requests_v{model.version}", len(valid))
+            answers = self._answer(model, [(h, t, b) for _, h, t, b in valid])
             for (i, _, _, _), decision in zip(valid, answers, strict=True):
                 out[i] = decision
         return [self._seal(decision, key_id) for decision, key_id in zip(out, key_ids, strict=True)]
@@ -132,17 +207,18 @@ class GatewayService:
             logger.warning("cannot encrypt a reply: %s", exc)
             return None
 
-    def _answer(self, batch: list[tuple[wire.Header, np.ndarray, bytes]]) -> list[bytes | Forward]:
+    def _answer(
+        self, model: GatewayModel, batch: list[tuple[wire.Header, np.ndarray, bytes]]
+    ) -> list[bytes | Forward]:
         """Run partition 2 once for the batch; exit, then cache, then cloud for each request."""
-        result = self._runner.run(np.stack([tensor for _, tensor, _ in batch]))
-        probs = softmax(result.logits, self._spec.exit.temperature)
-        exits = self.policy.should_exit(probs)
+        result = model.runner.run(np.stack([tensor for _, tensor, _ in batch]))
+        probs = softmax(result.logits, model.spec.exit.temperature)
+        exits = (self._policy or model.policy).should_exit(probs)
         assert result.features is not None
+        cache = model.cache
         undecided = [k for k in range(len(batch)) if not exits[k]]
-        embeddings = embed(result.features[undecided]) if self.cache is not None and undecided else None
-        hits = (
-            self.cache.lookup_batch(embeddings) if self.cache is not None and embeddings is not None else []
-        )
+        embeddings = embed(result.features[undecided]) if cache is not None and undecided else None
+        hits = cache.lookup_batch(embeddings) if cache is not None and embeddings is not None else []
         cached = dict(zip(undecided, hits, strict=False))
         decisions: list[bytes | Forward] = []
         degraded_answers: list[tuple[wire.Header, bytes, wire.Result]] = []
@@ -166,13 +242,23 @@ class GatewayService:
                     header.request_id,
                 )
                 envelope = wire.envelope_to_bytes(
-                    wire.Envelope(forward, codec.encode_features(result.features[k], self._spec.encoding))
+                    wire.Envelope(forward, codec.encode_features(result.features[k], model.spec.encoding))
                 )
                 embedding = embeddings[undecided.index(k)] if embeddings is not None else None
-                decisions.append(Forward(header, envelope, probs[k], embedding, features=body))
+                decisions.append(
+                    Forward(
+                        header,
+                        envelope,
+                        probs[k],
+                        embedding,
+                        cache=cache,
+                        features=body,
+                        encoding=model.cut_encoding,
+                    )
+                )
                 continue
             decisions.append(serving.result_reply(header, answer))
-        self._keep_degraded(degraded_answers)
+        self._keep_degraded(degraded_answers, model.cut_encoding)
         return decisions
 
     def forward(self, job: Forward) -> bytes:
@@ -192,8 +278,8 @@ class GatewayService:
                 cloud.label, cloud.probabilities, cloud.tier, cloud.degraded, len(job.envelope)
             )
             self.counters.add("answered_cloud")
-            if self.cache is not None and job.embedding is not None and not cloud.degraded:
-                self.cache.insert(
+            if job.cache is not None and job.embedding is not None and not cloud.degraded:
+                job.cache.insert(
                     job.embedding,
                     cloud.label,
                     cloud.probabilities,
@@ -211,13 +297,13 @@ class GatewayService:
                 upstream_bytes=len(job.envelope),
             )
             self.counters.add("answered_gateway_degraded")
-            self._keep_degraded([(job.header, job.features, answer)])
+            self._keep_degraded([(job.header, job.features, answer)], job.encoding)
         plain = serving.result_reply(job.header, answer)
         if job.key_id is None or self.crypto is None:
             return plain
         return self.crypto.seal_reply(plain, job.key_id)
 
-    def _keep_degraded(self, answered: list[tuple[wire.Header, bytes, wire.Result]]) -> None:
+    def _keep_degraded(self, answered: list[tuple[wire.Header, bytes, wire.Result]], encoding: str) -> None:
         """Store degraded answers' cut-1 features as hard examples (one fsync), before replying."""
         if self.outbox is None:
             return
@@ -227,7 +313,7 @@ class GatewayService:
                 device_id=header.device_id,
                 model_version=header.model_version,
                 cut="cut1",
-                encoding=self._cut_encoding,
+                encoding=encoding,
                 features=body,
                 reasons=("degraded",),
                 predicted=result.label,
@@ -259,7 +345,9 @@ class GatewayService:
         """Error reply for a request that cannot be served; None if it cannot be addressed."""
         code = serving.error_code(exc)
         self.counters.add(f"rejected_{exc.reason if isinstance(exc, CryptoError) else code.name.lower()}")
-        logger.warning("rejected request from %s: %s", request.device_id or "?", exc)
+        # a device on a version this gateway does not serve yet is normal during a rollout
+        level = logging.INFO if isinstance(exc, ModelVersionError) else logging.WARNING
+        logger.log(level, "rejected request from %s: %s", request.device_id or "?", exc)
         try:
             header = wire.envelope_from_bytes(request.payload).header
         except EdgeCascadeError:

@@ -6,7 +6,8 @@ broker with the configuration this module writes as a starting point
 later, a client certificate from the site CA required, its CN taken as the MQTT username,
 no anonymous clients. The ACL confines each device to ``ec/v1/dev/<its CN>/#`` and lets the
 gateways (by name) read and write every device's topics, including the shared subscriptions
-to requests (``req``) and hard-example uploads (``hx``).
+to requests (``req``) and hard-example uploads (``hx``). Every client may read the model
+announcements (``ec/v1/models/#``); only the announcers (the cloud's identity) may write them.
 """
 
 from __future__ import annotations
@@ -62,14 +63,23 @@ def mosquitto_binary() -> str:
     return found
 
 
-def acl_text(gateways: Sequence[str] = ("gateway",), observers: Sequence[str] = ()) -> str:
+def acl_text(
+    gateways: Sequence[str] = ("gateway",),
+    observers: Sequence[str] = (),
+    announcers: Sequence[str] = ("cloud",),
+) -> str:
     """Mosquitto ACL: devices own their subtree; gateways serve all; observers may only read.
 
     ``pattern`` lines apply to every authenticated client with ``%u`` = its certificate CN,
-    which is why a device id may never equal a gateway name (``tools.certs`` refuses it).
+    which is why a device id may never equal a gateway or announcer name (``tools.certs``
+    refuses it). Model announcements are readable by all and writable by announcers only.
     """
     root = wire.TOPIC_ROOT
+    models = wire.MODELS_TOPIC.rsplit("/", 1)[0] + "/#"
     lines = ["# devices: each client may only use its own subtree", f"pattern readwrite {root}/%u/#", ""]
+    lines += ["# model announcements: every client reads them", f"pattern read {models}", ""]
+    for name in announcers:  # the cloud: writes the retained announcement, nothing else
+        lines += [f"user {name}", f"topic write {models}", ""]
     for name in gateways:
         lines += [f"user {name}", f"topic readwrite {root}/#"]
         lines += [f"topic read {topic}" for topic in wire.gateway_subscriptions(shared=True)]
@@ -136,7 +146,9 @@ class Mosquitto:
     def start(self, timeout: float = 10.0) -> Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         acl = self.workdir / "acl"
-        acl.write_text(acl_text(self.pki.gateway_names() or ("gateway",), self.observers))
+        acl.write_text(
+            acl_text(self.pki.gateway_names() or ("gateway",), self.observers, self.pki.announcer_names())
+        )
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(mosquitto_conf(self.pki, self.port, acl, self.host))
         log = open(self.workdir / "mosquitto.log", "wb")  # noqa: SIM115 - closed by the child

@@ -2,7 +2,8 @@
 
 ``certs init DIR`` makes a private CA and everything the broker, the gateways and the cloud
 need; ``certs device DIR ID`` adds one device; ``certs gateway DIR NAME`` adds another gateway
-client certificate (scale-out). The layout of ``DIR``::
+client certificate (scale-out); ``certs announcer DIR`` the cloud's broker identity, for a
+site made before it existed. The layout of ``DIR``::
 
     DIR/                           0700; every private key file is 0600
       ca.pem  ca.key               the site CA (EC P-256); ca.key never leaves this machine
@@ -11,6 +12,8 @@ client certificate (scale-out). The layout of ``DIR``::
                                    gateway of one share group: any of them may serve a device
       cloud-signing.key  .pub      the cloud's Ed25519 bundle-signing key (PKCS8 / SPKI PEM)
       gateways/<name>/cert.pem  key.pem     gateway client certificate, CN = name
+      announcers/cloud/cert.pem  key.pem    the cloud's client certificate: it may only publish
+                                            the model announcements (ec/v1/models/#)
       devices/<id>/cert.pem  key.pem        device client certificate, CN = device id
       devices/<id>/x25519-k<n>.key  .pub    the device's payload key pair, generation n
       devices/<id>/ca.pem  gateway-x25519.pub   copies, so the directory is all a device needs
@@ -46,6 +49,7 @@ from device_sdk.errors import ConfigError
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_GATEWAY = "gateway"
+DEFAULT_ANNOUNCER = "cloud"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 
@@ -102,16 +106,23 @@ class Pki:
     def device_dir(self, device_id: str) -> Path:
         return self.root / "devices" / device_id
 
+    def announcer_dir(self, name: str = DEFAULT_ANNOUNCER) -> Path:
+        return self.root / "announcers" / name
+
     def client_files(self, identity: str) -> tuple[Path, Path]:
-        """Certificate and key of a gateway (if one by that name exists) or of a device."""
-        base = self.gateway_dir(identity)
-        if not (base / "cert.pem").exists():
-            base = self.device_dir(identity)
+        """Certificate and key of a gateway or announcer (if one by that name exists) or of a device."""
+        for base in (self.gateway_dir(identity), self.announcer_dir(identity), self.device_dir(identity)):
+            if (base / "cert.pem").exists():
+                break
         return base / "cert.pem", base / "key.pem"
 
     def gateway_names(self) -> list[str]:
         """Names of the gateway client certificates issued so far."""
         return sorted(p.parent.name for p in (self.root / "gateways").glob("*/cert.pem"))
+
+    def announcer_names(self) -> list[str]:
+        """Names of the announcer (cloud) client certificates issued so far."""
+        return sorted(p.parent.name for p in (self.root / "announcers").glob("*/cert.pem"))
 
     def mqtt_config(self, identity: str, host: str = "127.0.0.1", port: int = 8883) -> MqttConfig:
         """An MQTT config that connects as ``identity`` (a device id or a gateway name) over TLS."""
@@ -158,15 +169,28 @@ def init_pki(
     _write_public(pki.cloud_signing_pub, signing)
     _make_dir(pki.device_keys)
     issue_gateway(pki.root, gateway, force=force)
+    issue_announcer(pki.root, force=force)
     return pki
+
+
+def issue_announcer(root: str | Path, name: str = DEFAULT_ANNOUNCER, *, force: bool = False) -> Path:
+    """The cloud's client certificate (CN ``name``) for publishing model announcements."""
+    pki = _existing(root)
+    _check_name(name, "announcer name")
+    if pki.device_dir(name).exists() or name in pki.gateway_names():
+        raise ConfigError(f"{name!r} is already a device id or gateway name; an announcer needs its own")
+    directory = pki.announcer_dir(name)
+    _refuse_overwrite([directory / "cert.pem", directory / "key.pem"], force)
+    _issue_client(pki, directory, name)
+    return directory
 
 
 def issue_gateway(root: str | Path, name: str = DEFAULT_GATEWAY, *, force: bool = False) -> Path:
     """A gateway client certificate with CN ``name``; returns its directory."""
     pki = _existing(root)
     _check_name(name, "gateway name")
-    if pki.device_dir(name).exists():
-        raise ConfigError(f"{name!r} is already a device id; a gateway needs a name of its own")
+    if pki.device_dir(name).exists() or name in pki.announcer_names():
+        raise ConfigError(f"{name!r} is already a device id or announcer; a gateway needs a name of its own")
     directory = pki.gateway_dir(name)
     _refuse_overwrite([directory / "cert.pem", directory / "key.pem"], force)
     _issue_client(pki, directory, name)
@@ -181,8 +205,10 @@ def issue_device(root: str | Path, device_id: str, *, force: bool = False, rotat
     pki = _existing(root)
     _check_name(device_id, "device id")
     wire.Header(wire.MessageType.INFER_REQUEST, device_id, 0)  # the wire's own id rule
-    if device_id in pki.gateway_names():
-        raise ConfigError(f"{device_id!r} is a gateway's name; a device id must differ from it")
+    if device_id in (*pki.gateway_names(), *pki.announcer_names()):
+        raise ConfigError(
+            f"{device_id!r} is a gateway's name (or an announcer's); a device id must differ from it"
+        )
     directory = pki.device_dir(device_id)
     generations = device_generations(directory)
     if rotate:

@@ -1,4 +1,4 @@
-"""``edgecascade certs init|device|gateway`` and ``edgecascade bench crypto``.
+"""``edgecascade certs init|device|gateway|announcer`` and ``edgecascade bench crypto``.
 
 Thin argparse front ends of :mod:`tools.certs` and :mod:`tools.bench_crypto`; the file
 layout they write is described in :mod:`tools.certs`.
@@ -35,6 +35,12 @@ def _device(args: argparse.Namespace) -> int:
 def _gateway(args: argparse.Namespace) -> int:
     directory = certs.issue_gateway(Path(args.dir), args.name, force=args.force)
     print(f"gateway {args.name}: client certificate in {directory} (add it to the broker ACL)")
+    return 0
+
+
+def _announcer(args: argparse.Namespace) -> int:
+    directory = certs.issue_announcer(Path(args.dir), args.name, force=args.force)
+    print(f"announcer {args.name}: client certificate in {directory} (the cloud's [mqtt] identity)")
     return 0
 
 
@@ -78,6 +84,11 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("name", help="the gateway's name (its CN and MQTT username)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_gateway)
+    p = certs_sub.add_parser("announcer", help="the cloud's certificate for model announcements")
+    p.add_argument("dir")
+    p.add_argument("name", nargs="?", default=certs.DEFAULT_ANNOUNCER, help="its CN (%(default)s)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_announcer)
 
     p = bench.add_parser("crypto", help="bytes and µs end-to-end encryption adds per message")
     p.add_argument("--n", type=int, default=5000, help="messages per measurement (default %(default)s)")

@@ -72,6 +72,12 @@ def test_init_writes_the_documented_layout(pki: Pki) -> None:
     assert isinstance(gateway_x, x25519.X25519PrivateKey)
     assert serialization.load_pem_public_key(pki.gateway_x25519_pub.read_bytes()) == gateway_x.public_key()
     assert pki.gateway_names() == ["gateway"]
+    announcer = _cert(pki.announcer_dir() / "cert.pem")
+    assert _cn(announcer) == "cloud" and _signed_by(announcer, ca)
+    assert (
+        pki.announcer_names() == ["cloud"]
+        and pki.client_files("cloud")[0] == pki.announcer_dir() / "cert.pem"
+    )
 
 
 def test_device_files_and_permissions(pki: Pki) -> None:
@@ -121,6 +127,8 @@ def test_rotation_and_refusals(tmp_path: Path) -> None:
     assert sorted(p.name for p in pki.device_keys.iterdir()) == ["cam-01.k1.pub", "cam-01.k2.pub"]
     with pytest.raises(ConfigError, match="gateway's name"):
         issue_device(root, "gateway")  # would get the gateway's ACL rights
+    with pytest.raises(ConfigError, match="announcer's"):
+        issue_device(root, "cloud")  # would get the right to announce models
     with pytest.raises(ConfigError, match="already a device id"):
         issue_gateway(root, "cam-01")
     with pytest.raises(ConfigError, match="device id"):
@@ -165,3 +173,8 @@ def test_broker_config_and_acl(pki: Pki, tmp_path: Path) -> None:
         "topic read $share/gateways/ec/v1/dev/+/hx",  # hard-example uploads, relayed
     ]
     assert acl[acl.index("user auditor") + 1] == "topic read #"
+    assert "pattern read ec/v1/models/#" in acl  # everyone reads the model announcements
+    assert acl[acl.index("user cloud") + 1] == "topic write ec/v1/models/#"  # only announcers write them
+    assert not any(
+        line.endswith("ec/v1/models/#") and "write" in line for line in acl[: acl.index("user cloud")]
+    )

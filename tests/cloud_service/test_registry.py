@@ -1,0 +1,172 @@
+"""The model registry and its routes: atomic promotion, signed rollbacks, scoped downloads.
+
+Bundles hold random bytes in place of LiteRT partitions (:mod:`tests.fake_bundle`) and the
+cloud's inference is a stand-in that records swaps: what is tested is the registry's
+bookkeeping, signatures and HTTP contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_service.announce import InMemoryAnnouncer
+from cloud_service.app import create_app
+from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
+from cloud_service.registry import POINTER, ModelRegistry
+from device_sdk.announcement import Announcement
+from device_sdk.bundle import MANIFEST, Bundle, load_bundle
+from device_sdk.errors import RegistryError, RollbackError, SignatureError
+from device_sdk.signing import SIGNATURE, generate_signing_key, load_verified_update, sign_bundle
+from tests.cloud_service.conftest import EchoInference, bearer
+from tests.fake_bundle import make_bundle
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_signing_key(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def registry(tmp_path: Path, keys: tuple[Path, Path]) -> ModelRegistry:
+    registry = ModelRegistry(tmp_path / "models", keys[1], keys[0])
+    for version in (1, 2, 3):
+        registry.register(make_bundle(tmp_path / f"src-{version}", version=version, seed=version))
+    return registry
+
+
+def test_register_signs_copies_and_refuses_duplicates_and_foreign_bundles(
+    registry: ModelRegistry, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    assert registry.versions() == [1, 2, 3] and registry.current() is None
+    assert not (tmp_path / "src-1" / SIGNATURE).exists()  # the source is left alone
+    load_bundle(registry.bundle_dir(1), public_key=keys[1])  # the copy is signed by the cloud
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register(tmp_path / "src-1")
+    other = generate_signing_key(tmp_path / "other")
+    foreign = make_bundle(tmp_path / "foreign", version=4)
+    sign_bundle(foreign, other[0])
+    with pytest.raises(SignatureError, match="signed with key"):
+        registry.register(foreign)
+    assert registry.versions() == [1, 2, 3]  # nothing half-registered
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".register")]
+    registry.register(make_bundle(tmp_path / "src-5", version=5), metrics={"accuracy": 0.91})
+    entry = {e["version"]: e for e in registry.listing()}[5]
+    assert entry["metrics"] == {"accuracy": 0.91} and entry["signed"] and not entry["current"]
+
+
+def test_promote_and_rollback_move_one_atomic_pointer(
+    registry: ModelRegistry, keys: tuple[Path, Path]
+) -> None:
+    with pytest.raises(RegistryError) as missing:
+        registry.promote(9)
+    assert missing.value.status == 404
+    registry.promote(1)
+    second = registry.promote(2)
+    assert (second.version, second.rollback_of, second.history) == (2, None, (1, 2))
+    pointer = json.loads((registry.root / POINTER).read_text())
+    assert pointer["version"] == 2 and pointer["manifest_sha256"] == _sha(registry.bundle_dir(2) / MANIFEST)
+    assert registry.promote(2) == second  # promoting the current version changes nothing
+    back = registry.rollback()
+    assert (back.version, back.rollback_of, back.history, back.highest) == (1, 2, (1,), 2)
+    rollback_dir = registry.release_dir(1, 2)
+    # the rollback release is signed and passes where the plain v1 is refused
+    assert load_verified_update(rollback_dir, keys[1], 2).manifest.rollback_of == 2
+    with pytest.raises(RollbackError):
+        load_verified_update(registry.bundle_dir(1), keys[1], 2)
+    assert back.manifest_sha256 == _sha(rollback_dir / MANIFEST)
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+    registry.promote(3)
+    again = registry.promote(2)  # an older version, promoted: a rollback from the highest ever
+    assert (again.version, again.rollback_of, again.history) == (2, 3, (1, 3, 2))
+    assert registry.rollback().version == 3 and registry.current().rollback_of is None  # type: ignore[union-attr]
+    assert not [p.name for p in registry.root.iterdir() if p.name.startswith(".current")]
+
+
+def test_a_candidate_that_does_not_verify_is_never_promoted(registry: ModelRegistry) -> None:
+    registry.promote(1)
+    tflite = registry.bundle_dir(2) / "gateway.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:-1] + b"\0")
+    with pytest.raises(RegistryError, match="does not verify"):
+        registry.promote(2)
+    assert registry.current().version == 1  # type: ignore[union-attr]
+
+
+class SwappingEcho(EchoInference):
+    """The stand-in inference, recording swaps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refresh = None
+        self.swapped: list[int] = []
+
+    def swap(self, bundle: Bundle) -> None:
+        self.swapped.append(bundle.manifest.version)
+        self.bundle = bundle  # type: ignore[assignment]
+
+
+def _app(registry: ModelRegistry, tmp_path: Path, keys: tuple[Path, Path]) -> tuple[Any, Any, Any]:
+    config = CloudConfig(
+        CloudSettings(bundle=tmp_path / "unused", token_store=tmp_path / "tokens.db", verify_key=keys[1]),
+        RegistrySettings(models_dir=registry.root, signing_key=keys[0], public_url="https://cloud.example"),
+    )
+    announcer, inference = InMemoryAnnouncer(), SwappingEcho()
+    app = create_app(config, inference=inference, announcer=announcer)  # type: ignore[arg-type]
+    return app, announcer, inference
+
+
+def test_routes_scope_downloads_and_announce_promotions(
+    registry: ModelRegistry, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    registry.promote(1)
+    app, announcer, inference = _app(registry, tmp_path, keys)
+    store = app.extensions["edgecascade.tokens"]
+    device, gateway, admin, enroll = (
+        store.create(s, "cam-01")[0] for s in ("device", "gateway", "admin", "enroll")
+    )
+    http = app.test_client()
+
+    listing = http.get("/v1/models", headers=bearer(device)).get_json()
+    assert [m["version"] for m in listing["models"]] == [1, 2, 3] and listing["current"]["version"] == 1
+    assert [m["current"] for m in listing["models"]] == [True, False, False]
+    assert http.get("/v1/models", headers=bearer(enroll)).status_code == 403
+    assert http.get("/v1/models").status_code == 401
+
+    manifest = http.get("/v1/models/2/manifest.json", headers=bearer(device))
+    assert manifest.status_code == 200 and manifest.data == (registry.bundle_dir(2) / MANIFEST).read_bytes()
+    assert http.get("/v1/models/2/device.tflite", headers=bearer(device)).status_code == 200
+    assert http.get("/v1/models/2/gateway.tflite", headers=bearer(device)).status_code == 403
+    assert http.get("/v1/models/2/gateway.tflite", headers=bearer(gateway)).status_code == 200
+    assert http.get("/v1/models/2/cloud.tflite", headers=bearer(gateway)).status_code == 403
+    assert http.get("/v1/models/2/metrics.json", headers=bearer(admin)).status_code == 404
+    assert http.get("/v1/models/7/manifest.json", headers=bearer(device)).status_code == 404
+
+    assert http.post("/v1/models/2/promote", headers=bearer(gateway)).status_code == 403
+    promoted = http.post("/v1/models/2/promote", headers=bearer(admin))
+    assert promoted.status_code == 200 and promoted.get_json()["announced"] is True
+    assert inference.swapped == [2]  # the cloud swapped before announcing
+    (announcement,) = announcer.published
+    announcement.verify(keys[1])
+    assert announcement.url == "https://cloud.example/v1/models/2"
+    assert announcement.manifest_sha256 == hashlib.sha256(manifest.data).hexdigest()
+
+    rolled = http.post("/v1/models/rollback", headers=bearer(admin)).get_json()
+    assert rolled["current"]["rollback_of"] == 2 and inference.swapped == [2, 1]
+    latest = announcer.published[-1]
+    assert (latest.version, latest.rollback_of) == (1, 2)
+    files = http.get("/v1/models/1/rollback-of/2/manifest.json", headers=bearer(gateway))
+    assert json.loads(files.data)["rollback_of"] == 2
+    assert hashlib.sha256(files.data).hexdigest() == latest.manifest_sha256
+    current = http.get("/v1/models/current", headers=bearer(device)).get_json()
+    assert Announcement(**current["announcement"]).release == "v1-rollback-of-2"
+    conflict = http.post("/v1/models/rollback", headers=bearer(admin))
+    assert conflict.status_code == 409 and "nothing to roll back" in conflict.get_json()["message"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
