@@ -1,7 +1,7 @@
 """Flask app factory for the cloud service.
 
 ``create_app(config)`` loads and verifies the bundle, opens the token store, registers the
-API and enrolment blueprints and answers every error as JSON:
+API, enrolment and learning-loop blueprints and answers every error as JSON:
 ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
 ``WWW-Authenticate: Bearer`` for a bad credential, 403 for one outside its scope).
 """
@@ -14,10 +14,11 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cloud_service import auth, enroll
+from cloud_service import auth, enroll, learning
 from cloud_service.auth import require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.inference import CloudInference
+from cloud_service.scheduler import Launcher, spawn_job_process
 from cloud_service.tokens import TokenStore
 from device_sdk import serving, wire
 from device_sdk.bundle import load_bundle
@@ -32,8 +33,12 @@ def create_app(
     *,
     inference: CloudInference | None = None,
     tokens: TokenStore | None = None,
+    launcher: Launcher = spawn_job_process,
 ) -> Flask:
-    """Build the app; ``inference`` and ``tokens`` may be injected, else they come from the config."""
+    """Build the app; ``inference`` and ``tokens`` may be injected, else they come from the config.
+
+    ``launcher`` starts retraining job processes (tests inject one that starts nothing).
+    """
     config = config or CloudConfig()
     app = Flask("cloud_service")
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
@@ -43,6 +48,7 @@ def create_app(
     app.extensions["edgecascade"] = inference
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
+    learning.init_app(app, config, inference, launcher)
     app.register_blueprint(api)
     app.register_error_handler(AuthError, _auth_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -75,6 +75,7 @@ ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
 ROUTE_METRICS = "/v1/metrics"
 ROUTE_ENROLL = "/v1/devices/enroll"
+ROUTE_HARD_EXAMPLES = "/v1/hard-examples"
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 
