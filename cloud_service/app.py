@@ -1,8 +1,8 @@
 """Flask app factory for the cloud service.
 
 ``create_app(config)`` loads and verifies the bundle (with ``[registry]``: the registry's
-current release), opens the token store, registers the API, enrolment and model-registry
-blueprints and answers every error as JSON:
+current release), opens the token store, registers the API, enrolment, learning-loop and
+model-registry blueprints and answers every error as JSON:
 ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
 ``WWW-Authenticate: Bearer`` for a bad credential, 403 for one outside its scope).
 """
@@ -15,12 +15,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cloud_service import auth, enroll, models_api
+from cloud_service import auth, enroll, learning, models_api
 from cloud_service.announce import Announcer, MqttAnnouncer
 from cloud_service.auth import require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.inference import CloudInference
 from cloud_service.registry import ModelRegistry
+from cloud_service.scheduler import Launcher, spawn_job_process
 from cloud_service.tokens import TokenStore
 from device_sdk import serving, wire
 from device_sdk.bundle import load_bundle
@@ -37,8 +38,12 @@ def create_app(
     inference: CloudInference | None = None,
     tokens: TokenStore | None = None,
     announcer: Announcer | None = None,
+    launcher: Launcher = spawn_job_process,
 ) -> Flask:
-    """Build the app; ``inference``, ``tokens`` and ``announcer`` may be injected, else the config says."""
+    """Build the app; ``inference``, ``tokens`` and ``announcer`` may be injected, else the config says.
+
+    ``launcher`` starts retraining job processes (tests inject one that starts nothing).
+    """
     config = config or CloudConfig()
     app = Flask("cloud_service")
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
@@ -53,6 +58,7 @@ def create_app(
     app.extensions["edgecascade"] = inference
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
+    learning.init_app(app, config, inference, launcher)
     if registry is not None:
         if announcer is None and config.registry.announce:
             announcer = MqttAnnouncer(config.mqtt, config.registry.announce_timeout)

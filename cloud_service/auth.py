@@ -8,7 +8,9 @@ used or revoked token raises :class:`~device_sdk.errors.AuthError` (HTTP 401); a
 token outside the route's scopes raises :class:`~device_sdk.errors.ScopeError` (HTTP 403).
 
 Routes and scopes: ``POST /v1/infer`` gateway or device; ``GET /v1/metrics`` admin;
-``POST /v1/devices/enroll`` a one-time enrolment token; ``GET /healthz`` open; the model
+``POST /v1/devices/enroll`` a one-time enrolment token; ``POST /v1/hard-examples``
+device (its own examples only) or gateway; listing and labelling hard examples, ``POST
+/v1/retrain`` and ``GET /v1/jobs[/<id>]`` admin; ``GET /healthz`` open; the model
 registry's routes are listed in :mod:`cloud_service.models_api`.
 """
 

@@ -4,6 +4,9 @@ Authentication is always on: the token store is created empty when missing, so a
 cloud answers every route but ``/healthz`` with 401 until an operator creates tokens.
 ``[registry]`` turns on the model registry (:mod:`cloud_service.registry`); ``[mqtt]`` is
 the cloud's own broker identity, used only to publish model announcements.
+
+The ``[retrain]`` section configures the learning loop: when retraining jobs start, what
+they train on, and the evaluation gate a candidate must pass (see :mod:`cloud_service.jobs`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ class CloudSettings:
     device_keyring: Path = Path("state/device-keys")  # X25519 keys of enrolled devices
     gateway_public_key: Path | None = None  # X25519 key handed to enrolling devices; unset: no enrolment
     gateway_name: str = "gateway"  # bound into the payload keys; what the gateways' crypto.gateway_name says
+    database_url: str = "sqlite:///state/cloud.db"  # hard examples and jobs (SQLAlchemy URL; PostgreSQL too)
+    blob_dir: Path = Path("state/blobs")  # hard-example tensors, one file per example id
+    max_upload_bytes: int = 8 * 1024 * 1024  # largest POST /v1/hard-examples body
 
     def __post_init__(self) -> None:
         problems = []
@@ -33,6 +39,71 @@ class CloudSettings:
             problems.append(f"cloud.port must be in 0..65535, got {self.port}")
         if self.max_body_bytes < 1024:
             problems.append("cloud.max_body_bytes must be >= 1024")
+        if self.max_upload_bytes < 1024:
+            problems.append("cloud.max_upload_bytes must be >= 1024")
+        if "://" not in self.database_url:
+            problems.append(
+                f"cloud.database_url must be a URL (sqlite:///state/cloud.db), got {self.database_url!r}"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """When retraining jobs start, what they fine-tune on, and the gate a candidate must pass.
+
+    Triggers: ``count_threshold`` new hard examples since the last job, every
+    ``interval_seconds`` (when there is at least one new example), or ``POST /v1/retrain``;
+    0 turns the count or schedule trigger off. Accuracy figures (``min_gain``,
+    ``tolerance``) are in percentage points.
+    """
+
+    checkpoint: Path = Path("artifacts/checkpoint")  # Keras checkpoint of the served version (fallback)
+    models_dir: Path = Path("state/models")  # candidates: v<version>/{bundle,checkpoint,metrics.json}
+    jobs_dir: Path = Path("state/jobs")  # one directory per job: spec.json and job.log
+    count_threshold: int = 1000  # new examples since the last job that start one (0: off)
+    interval_seconds: float = 0.0  # start a job this often when there are new examples (0: off)
+    data: Path | None = None  # .npz of the original data; unset: Debian's Fashion-MNIST
+    replay_size: int = 5000  # original training images mixed into every fine-tune
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    hard_weight: float = 2.0  # loss weight of a hard example relative to a replay image
+    train_device: bool = True  # fine-tune the device stage too when every example carries its raw input
+    holdout_fraction: float = 0.2  # share of hard examples (by id hash) kept out of training for the gate
+    min_holdout: int = 20  # fewer held-out examples than this: the gate cannot judge, the job is rejected
+    min_gain: float = 0.5  # points the candidate must gain on the held-out hard examples (and always > 0)
+    tolerance: float = 0.5  # points any exit may lose on the original test data
+    test_size: int = 10000  # original test images the gate compares on
+    val_size: int = 6000  # original validation images the temperatures and thresholds are fitted on
+    signing_key: Path | None = None  # cloud-signing.key: candidates are signed when set
+    stale_seconds: float = 600.0  # a running job without a heartbeat for this long is marked failed
+    max_examples: int = 50000  # most recent labelled hard examples a job uses
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("count_threshold", "replay_size", "min_holdout"):
+            if getattr(self, name) < 0:
+                problems.append(f"retrain.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "test_size", "val_size", "max_examples"):
+            if getattr(self, name) < 1:
+                problems.append(f"retrain.{name} must be >= 1, got {getattr(self, name)}")
+        if self.interval_seconds < 0:
+            problems.append(f"retrain.interval_seconds must be >= 0, got {self.interval_seconds}")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"retrain.learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not self.hard_weight > 0:
+            problems.append(f"retrain.hard_weight must be > 0, got {self.hard_weight}")
+        if not 0 < self.holdout_fraction < 1:
+            problems.append(f"retrain.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0 <= self.tolerance <= 100:
+            problems.append(f"retrain.tolerance must be in [0, 100] points, got {self.tolerance}")
+        if not 0 <= self.min_gain <= 100:
+            problems.append(f"retrain.min_gain must be in [0, 100] points, got {self.min_gain}")
+        if not self.stale_seconds > 0:
+            problems.append(f"retrain.stale_seconds must be > 0, got {self.stale_seconds}")
         if problems:
             raise ConfigError(problems)
 
@@ -77,6 +148,7 @@ class CloudConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,5 +166,5 @@ class CloudConfig:
 
 
 def load_cloud_config(path: str | Path | None = None, **kwargs: object) -> CloudConfig:
-    """Load ``cloud.toml`` (optional) with ``EC_CLOUD__*`` overrides."""
+    """Load ``cloud.toml`` (optional) with ``EC_CLOUD__*`` and ``EC_RETRAIN__*`` overrides."""
     return load_config(CloudConfig, path, **kwargs)  # type: ignore[arg-type]

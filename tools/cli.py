@@ -20,7 +20,7 @@ from device_sdk.bundle import Manifest, load_bundle
 from device_sdk.errors import EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
 from device_sdk.similarity import embed
-from tools import certs_cli, security_cli
+from tools import certs_cli, retrain_cli, security_cli
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_command(sub, DEFAULT_CHECKPOINT)
 
     security_cli.register(sub)
+    retrain_cli.register(sub)
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),
         ("cloud", _cloud, "run the cloud service (see --help after the subcommand)"),

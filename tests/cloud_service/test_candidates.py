@@ -1,0 +1,69 @@
+"""Publishing a candidate version: complete or absent, never overwriting, found by the next job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloud_service import candidates
+from cloud_service.candidates import checkpoint_for, next_version, publish_candidate, published_versions
+from device_sdk.bundle import load_bundle
+from device_sdk.errors import ModelError
+from tests.fake_bundle import make_bundle
+from tests.learning_kit import tree_digest
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return make_bundle(tmp_path / "built", version=3)
+
+
+def test_a_candidate_is_published_with_its_numbers_and_checkpoint(tmp_path: Path, bundle: Path) -> None:
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "trained.json").write_text("{}")
+    models = tmp_path / "models"
+    target = publish_candidate(
+        bundle,
+        3,
+        {"gate": {"promote": True}},
+        models_dir=models,
+        checkpoint_dir=checkpoint,
+        extra={"job_id": 7},
+    )
+    assert target == models / "v3"
+    assert load_bundle(target / "bundle").manifest == load_bundle(bundle).manifest
+    record = json.loads((target / "metrics.json").read_text())
+    assert (record["version"], record["status"], record["job_id"]) == (3, "candidate", 7)
+    assert record["metrics"] == {"gate": {"promote": True}}
+    assert (target / "checkpoint" / "trained.json").is_file()
+    assert published_versions(models) == [3] and next_version(models, current=1) == 4
+    assert checkpoint_for(models, 3, Path("fallback")) == target / "checkpoint"
+    assert checkpoint_for(models, 2, Path("fallback")) == Path("fallback")
+
+
+def test_publishing_never_overwrites_and_refuses_a_wrong_version(tmp_path: Path, bundle: Path) -> None:
+    models = tmp_path / "models"
+    first = publish_candidate(bundle, 3, {"n": 1}, models_dir=models)
+    before = tree_digest(first)
+    with pytest.raises(ModelError, match="already exists"):
+        publish_candidate(bundle, 3, {"n": 2}, models_dir=models)
+    with pytest.raises(ModelError, match="holds version 3"):
+        publish_candidate(bundle, 4, {}, models_dir=models)
+    assert tree_digest(first) == before
+    assert sorted(p.name for p in models.iterdir()) == ["v3"]
+
+
+def test_a_failure_while_publishing_leaves_nothing_behind(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(candidates, "atomic_write", disk_full)  # after the bundle was copied
+    models = tmp_path / "models"
+    with pytest.raises(OSError, match="disk full"):
+        publish_candidate(bundle, 3, {}, models_dir=models)
+    assert list(models.iterdir()) == []  # no v3, no hidden staging directory

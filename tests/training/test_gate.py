@@ -1,0 +1,63 @@
+"""The evaluation gate's rule and the stable held-out split (numpy only)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from training.gate import GateRule, Scores, decide, in_holdout, pooled_accuracy
+
+RULE = GateRule(min_gain=0.5, tolerance=0.5, min_holdout=20)
+CURRENT = Scores(original=(0.80, 0.85, 0.90), new=0.60, n_original=1000, n_new=50)
+
+
+def candidate(original: tuple[float, ...] = (0.80, 0.85, 0.90), new: float = 0.60, n_new: int = 50) -> Scores:
+    return Scores(original, new, 1000, n_new)
+
+
+@pytest.mark.parametrize(
+    "scores, promote, words",
+    [
+        (candidate(new=0.62), True, "gain +2.00"),
+        (
+            candidate(original=(0.797, 0.85, 0.90), new=0.62),
+            True,
+            "worst original drop 0.30",
+        ),  # within tolerance
+        (candidate(original=(0.80, 0.84, 0.91), new=0.70), False, "exit 2 drops 1.00"),
+        (candidate(new=0.603), False, "gain +0.30"),  # below min_gain
+        (candidate(new=0.60), False, "gain +0.00"),
+        (candidate(new=0.55), False, "gain -5.00"),
+        (candidate(new=0.90, n_new=19), False, "only 19 held-out"),
+    ],
+)
+def test_the_gate_promotes_only_a_real_gain_without_forgetting(
+    scores: Scores, promote: bool, words: str
+) -> None:
+    decision = decide(CURRENT, scores, RULE)
+    assert decision.promote is promote
+    assert words in decision.reason
+    numbers = decision.to_json()
+    assert numbers["gain_points"] == pytest.approx(100 * (scores.new - CURRENT.new), abs=1e-3)
+    assert len(numbers["original_drop_points"]) == 3 and numbers["current"]["n_new"] == 50
+
+
+def test_a_zero_min_gain_still_needs_some_gain() -> None:
+    rule = GateRule(min_gain=0.0, tolerance=0.5, min_holdout=1)
+    assert not decide(CURRENT, candidate(new=0.60), rule).promote
+    assert decide(CURRENT, candidate(new=0.61), rule).promote
+
+
+def test_held_out_examples_are_a_stable_share_chosen_by_id() -> None:
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+    held = [i for i in ids if in_holdout(i, 0.2)]
+    assert 0.18 < len(held) / len(ids) < 0.22
+    assert held == [i for i in ids if in_holdout(i, 0.2)]  # the same ids every time
+    assert set(held) <= {i for i in ids if in_holdout(i, 0.5)}  # a larger share keeps the old slice
+
+
+def test_pooled_accuracy_counts_every_exit_evaluation() -> None:
+    assert pooled_accuracy([np.array([True, False]), np.array([True, True, True])]) == pytest.approx(0.8)
+    assert pooled_accuracy([]) == 0.0

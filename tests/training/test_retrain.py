@@ -1,0 +1,177 @@
+"""Retraining end to end on the tiny model: a job process, its gate, its failures.
+
+Hard examples are training images the tiny model gets wrong, uploaded as a device sends
+them (cut-1 features) and labelled by a human with their true class. The jobs fine-tune for
+one epoch with a small replay sample, so each takes seconds plus TensorFlow's start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_service.intake import Checked, VersionSpec
+from cloud_service.jobs import JobStore
+from cloud_service.store import open_example_store
+from device_sdk import codec
+from device_sdk.bundle import load_bundle
+from device_sdk.runtime import run_partitions
+from tests.learning_kit import device_examples, make_learning_cloud, tree_digest, wait_for_job
+from tools import cli
+from training.data import Dataset
+
+FAST: dict[str, Any] = {
+    "replay_size": 256,
+    "epochs": 1,
+    "batch_size": 32,
+    "test_size": 500,
+    "val_size": 300,
+    "min_holdout": 1,
+    "min_gain": 0.0,
+    "tolerance": 5.0,
+}
+
+
+@pytest.fixture(scope="module")
+def hard(tiny_bundle: Path, fmnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """40 training images whose final-exit answer is wrong, with their true labels."""
+    x, y = fmnist.x_train[50000:51500], fmnist.y_train[50000:51500]
+    wrong = run_partitions(load_bundle(tiny_bundle), x).probs[2].argmax(1) != y
+    assert wrong.sum() >= 40
+    return x[wrong][:40], y[wrong][:40]
+
+
+def test_a_job_runs_in_its_own_process_and_reports_through_the_api(
+    tmp_path: Path, tiny_model_dir: Path, hard: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = hard
+    lc = make_learning_cloud(
+        tmp_path, tiny_model_dir / "bundle", checkpoint=tiny_model_dir / "trained", **FAST
+    )
+    served, checkpoint = tree_digest(lc.served), tree_digest(tiny_model_dir / "trained")
+    examples = device_examples(lc.served, x)
+    response = lc.client.post(
+        "/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=lc.auth("gateway")
+    )
+    assert len(response.json["accepted"]) == 40
+    admin = lc.auth("admin")
+    for example, label in zip(examples, y, strict=True):
+        url = f"/v1/hard-examples/{example.example_id}/label"
+        assert lc.client.put(url, json={"label": int(label)}, headers=admin).status_code == 200
+
+    start = time.monotonic()
+    job = lc.client.post("/v1/retrain", headers=admin).json
+    seen = {job["state"]}
+    status = wait_for_job(lc.client, admin, job["id"], timeout=300)
+    seen.add(status["state"])
+    seconds = time.monotonic() - start
+    print(f"\n[retrain] tiny model, 1 epoch, 256 replay: {status['state']} in {seconds:.1f} s")
+
+    assert status["state"] in ("succeeded", "rejected"), status
+    assert status["progress"] == 1.0 and status["error"] is None
+    metrics = status["metrics"]
+    assert metrics["examples"]["train"] + metrics["examples"]["holdout"] == 40
+    assert metrics["examples"]["holdout"] > 0 and metrics["finetune"]["stages"] == "gateway+cloud"
+    decision = metrics["gate"]
+    assert decision["current"]["n_new"] == metrics["examples"]["holdout"]
+    assert len(decision["current"]["original"]) == len(decision["candidate"]["original"]) == 3
+    assert decision["current"]["n_original"] == 500
+    assert decision["promote"] is (status["state"] == "succeeded")
+    assert any("fine-tuning: epoch 1/1" in line for line in status["log"])
+    candidate = lc.config.retrain.models_dir / "v2"
+    if status["state"] == "succeeded":
+        assert status["candidate_version"] == 2
+        bundle = load_bundle(candidate / "bundle")
+        assert bundle.manifest.version == 2 and bundle.manifest.name == load_bundle(lc.served).manifest.name
+        assert (candidate / "bundle" / "device.tflite").read_bytes() == (
+            lc.served / "device.tflite"
+        ).read_bytes()
+        assert (candidate / "checkpoint" / "trained.json").is_file()
+        record = json.loads((candidate / "metrics.json").read_text())
+        assert record["status"] == "candidate" and record["metrics"]["gate"]["promote"] is True
+    else:
+        assert not candidate.exists() and status["candidate_version"] is None
+    assert tree_digest(lc.served) == served and tree_digest(tiny_model_dir / "trained") == checkpoint
+    assert not (lc.config.retrain.jobs_dir / f"job-{job['id']}" / "candidate").exists()
+
+
+def test_a_killed_job_is_failed_and_the_served_version_stays(
+    tmp_path: Path, tiny_model_dir: Path, hard: tuple[np.ndarray, np.ndarray]
+) -> None:
+    lc = make_learning_cloud(
+        tmp_path, tiny_model_dir / "bundle", checkpoint=tiny_model_dir / "trained", **FAST
+    )
+    served = tree_digest(lc.served)
+    examples = device_examples(lc.served, hard[0][:10])
+    lc.client.post(
+        "/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=lc.auth("gateway")
+    )
+    admin = lc.auth("admin")
+    job_id = lc.client.post("/v1/retrain", headers=admin).json["id"]
+    deadline = time.monotonic() + 60
+    while lc.client.get(f"/v1/jobs/{job_id}", headers=admin).json["state"] == "queued":
+        assert time.monotonic() < deadline, "the job process never reported itself running"
+        time.sleep(0.1)
+    process = lc.learning.scheduler.processes[job_id]  # started by this test, through the API
+    os.kill(process.pid, signal.SIGKILL)
+    status = wait_for_job(lc.client, admin, job_id, timeout=30)
+    assert status["state"] == "failed" and status["error"] == "the job process ended with signal SIGKILL"
+    assert tree_digest(lc.served) == served
+    assert not (lc.config.retrain.models_dir / "v2").exists()
+    assert lc.learning.scheduler.jobs.active() is None  # a new job may start
+
+
+def test_edgecascade_retrain_that_crashes_fails_the_job_and_leaves_no_trace(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    hard: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    for file in (tiny_model_dir / "bundle").iterdir():
+        (served_dir / file.name).write_bytes(file.read_bytes())
+    database = f"sqlite:///{tmp_path / 'state' / 'cloud.db'}"
+    config = tmp_path / "cloud.toml"
+    retrain = FAST | {
+        "checkpoint": str(tiny_model_dir / "trained"),
+        "models_dir": str(tmp_path / "models"),
+        "jobs_dir": str(tmp_path / "jobs"),
+    }
+    config.write_text(
+        f'[cloud]\nbundle = "{served_dir}"\ndatabase_url = "{database}"\nblob_dir = "{tmp_path / "blobs"}"\n'
+        f'token_store = "{tmp_path / "state" / "tokens.db"}"\n[retrain]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in retrain.items())
+    )
+    store = open_example_store(database, tmp_path / "blobs")
+    manifest = load_bundle(served_dir).manifest
+    store.record_version(VersionSpec.from_manifest(manifest))
+    examples = device_examples(served_dir, hard[0])
+    checked = [Checked(e, codec.decode_features(e.features, e.encoding)) for e in examples]
+    store.add(checked, [int(label) for label in hard[1]])
+    served = tree_digest(served_dir)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise MemoryError("injected: out of memory while fine-tuning")
+
+    monkeypatch.setattr("training.finetune.finetune", crash)
+    assert cli.main(["retrain", "--config", str(config)]) == 1
+
+    job = JobStore(store.engine).get(1)
+    assert job is not None and job.state == "failed"
+    assert job.error == "MemoryError: injected: out of memory while fine-tuning"
+    assert job.candidate_version is None and job.finished_at is not None
+    assert "job 1 failed" in capsys.readouterr().out
+    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
+    assert not (tmp_path / "jobs" / "job-1" / "candidate").exists()
+    assert tree_digest(served_dir) == served
+    log = (tmp_path / "jobs" / "job-1" / "job.log").read_text()
+    assert "[ 15%] fine-tuning" in log and "injected: out of memory" in log

@@ -1,0 +1,247 @@
+"""Incremental fine-tuning on hard examples plus a replay sample of the original data.
+
+Hard examples arrive as features at a cut (by default) or with their raw input (when the
+app opted in). What can change depends on that:
+
+- **features only** (the default): the device stage is frozen, only the stages after the
+  cut learn. Cut-1 features train the gateway and cloud stages (exits 2 and 3), cut-2
+  features the cloud stage (exit 3). Replay images go through the frozen device stage once,
+  to cut-1 features in their wire encoding, exactly as a device would send them. Devices
+  keep their partition, and the features they send stay valid for the new version.
+- **raw inputs for every example** (and ``train_device``): all three stages learn, on raw
+  replay images and raw hard examples.
+
+The replay sample (original training images with their true labels) keeps the model from
+forgetting what it knew; hard examples are weighted by ``hard_weight``. Batch-norm layers
+stay frozen (inference mode): a few hundred hard examples next to a replay sample are a
+skewed mix whose batch statistics should not replace those of the original training, and
+mixing cut-1 and cut-2 rows in one batch (the other input zero-filled and weighted 0) is
+only harmless when zero rows cannot move the statistics.
+
+:func:`finetune` changes the stages of the :class:`~training.train.TrainedModel` it is
+given; load a fresh copy of the checkpoint for it. :func:`gate_scores` measures a model the
+way the evaluation gate (:mod:`training.gate`) compares them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from device_sdk.codec import through_wire
+from training.gate import Scores, pooled_accuracy
+from training.train import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, int, float], None]
+"""Called after each epoch with (epoch, epochs, loss)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of one fine-tuning run."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    hard_weight: float = 2.0
+    train_device: bool = True  # allowed only when every hard example carries its raw input
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HardSet:
+    """Labelled hard examples by what they carry: raw inputs, cut-1 or cut-2 features."""
+
+    raw: np.ndarray  # uint8 (n, H, W, C)
+    raw_y: np.ndarray
+    cut1: np.ndarray  # float32, as decoded from the wire
+    cut1_y: np.ndarray
+    cut2: np.ndarray
+    cut2_y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.raw_y) + len(self.cut1_y) + len(self.cut2_y)
+
+    @classmethod
+    def build(
+        cls,
+        items: list[tuple[str, np.ndarray, np.ndarray | None, int]],
+        shapes: dict[str, tuple[int, ...]],
+    ) -> HardSet:
+        """From ``(cut, features, raw or None, label)`` items; ``shapes`` of ``raw``, ``cut1``, ``cut2``.
+
+        An item with a raw input is used as raw (its features are recomputed by the model).
+        """
+        groups: dict[str, tuple[list[np.ndarray], list[int]]] = {k: ([], []) for k in ("raw", "cut1", "cut2")}
+        for cut, features, raw, label in items:
+            key, x = ("raw", raw) if raw is not None else (cut, features)
+            groups[key][0].append(x)
+            groups[key][1].append(label)
+        arrays = {}
+        for key, (xs, ys) in groups.items():
+            dtype = np.uint8 if key == "raw" else np.float32
+            arrays[key] = np.stack(xs).astype(dtype) if xs else np.zeros((0, *shapes[key]), dtype)
+            arrays[f"{key}_y"] = np.asarray(ys, dtype=np.int64)
+        return cls(**arrays)
+
+
+def trains_device(hard: HardSet, config: FinetuneConfig) -> bool:
+    """Whether the device stage may learn: only from raw inputs, and only if every example has one."""
+    return config.train_device and len(hard.raw_y) > 0 and len(hard.raw_y) == len(hard)
+
+
+def _freeze_batch_norm(models: list[keras.Model], frozen: bool) -> None:
+    for model in models:
+        for layer in model.layers:  # stage models are flat: no nested models
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = not frozen
+
+
+def _run(stage: keras.Model, x: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
+    """A stage's outputs for ``x``, called directly in batches.
+
+    ``Model.predict`` traces a new graph function for every new input shape, which costs
+    more than the whole computation on the few thousand inputs fine-tuning evaluates.
+    """
+    chunks = [stage(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+    if isinstance(chunks[0], list | tuple):
+        return [np.concatenate([np.asarray(c[k]) for c in chunks]) for k in range(len(chunks[0]))]
+    return [np.concatenate([np.asarray(c) for c in chunks])]
+
+
+def _cut1(trained: TrainedModel, raw: np.ndarray) -> np.ndarray:
+    """Cut-1 features of raw images from the device stage, through their wire encoding."""
+    if not len(raw):
+        return np.zeros((0, *trained.device.outputs[1].shape[1:]), np.float32)
+    _, features = _run(trained.device, trained.input_spec.normalise(raw))
+    return through_wire(features, trained.config.model.cut1_encoding)
+
+
+def _after_cut1(trained: TrainedModel, cut1: np.ndarray) -> list[np.ndarray]:
+    """Exit-2 and exit-3 logits for cut-1 features, cut 2 through its wire encoding."""
+    logits2, cut2 = _run(trained.gateway, cut1)
+    (logits3,) = _run(trained.cloud, through_wire(cut2, trained.config.model.cut2_encoding))
+    return [logits2, logits3]
+
+
+def exit_logits(trained: TrainedModel, raw: np.ndarray) -> list[np.ndarray]:
+    """Logits of the three exits for raw images, as deployed (what ``TrainedModel.exit_logits`` gives)."""
+    logits1, _ = _run(trained.device, trained.input_spec.normalise(raw))
+    return [logits1, *_after_cut1(trained, _cut1(trained, raw))]
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    def __init__(self, epochs: int, report: EpochCallback | None) -> None:
+        super().__init__()
+        self._epochs, self._report = epochs, report
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._report is not None:
+            self._report(epoch + 1, self._epochs, float((logs or {}).get("loss", float("nan"))))
+
+
+def finetune(
+    trained: TrainedModel,
+    hard: HardSet,
+    replay: tuple[np.ndarray, np.ndarray],
+    config: FinetuneConfig,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``trained`` in place on ``hard`` plus ``replay`` (raw images, labels); returns a summary."""
+    keras.utils.set_random_seed(config.seed)
+    x_replay, y_replay = replay
+    stages = [trained.device, trained.gateway, trained.cloud]
+    device_learns = trains_device(hard, config)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    trained.device.trainable = device_learns  # before freezing BN: this sets every layer of the stage
+    _freeze_batch_norm(stages, True)
+    try:
+        if device_learns:
+            x = trained.input_spec.normalise(np.concatenate([x_replay, hard.raw]))
+            y = np.concatenate([y_replay, hard.raw_y])
+            w = np.concatenate([np.ones(len(y_replay)), np.full(len(hard.raw_y), config.hard_weight)])
+            model: keras.Model = trained.joint
+            inputs: Any = x
+            targets, weights = [y, y, y], [w, w, w]
+        else:
+            model, inputs, targets, weights = _after_cut_problem(trained, hard, x_replay, y_replay, config)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=[loss] * len(targets))
+        history = model.fit(
+            inputs,
+            targets,
+            sample_weight=weights,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[_EpochEnd(config.epochs, on_epoch)],
+        )
+    finally:
+        trained.device.trainable = True
+        _freeze_batch_norm(stages, False)
+    trained._joint = None  # rebuilt on next use, over the updated stages
+    return {
+        "stages": "device+gateway+cloud" if device_learns else "gateway+cloud",
+        "replay": len(y_replay),
+        "hard_raw": len(hard.raw_y),
+        "hard_cut1": len(hard.cut1_y),
+        "hard_cut2": len(hard.cut2_y),
+        "loss": [float(v) for v in history.history.get("loss", [])],
+    }
+
+
+def _after_cut_problem(
+    trained: TrainedModel, hard: HardSet, x_replay: np.ndarray, y_replay: np.ndarray, config: FinetuneConfig
+) -> tuple[keras.Model, Any, list[np.ndarray], list[np.ndarray]]:
+    """The model, inputs, targets and weights to train the gateway and cloud stages only."""
+    x1 = np.concatenate([_cut1(trained, x_replay), _cut1(trained, hard.raw), hard.cut1])
+    y1 = np.concatenate([y_replay, hard.raw_y, hard.cut1_y])
+    w1 = np.concatenate(
+        [np.ones(len(y_replay)), np.full(len(hard.raw_y) + len(hard.cut1_y), config.hard_weight)]
+    )
+    cut1_in = keras.Input(shape=x1.shape[1:], name="cut1")
+    logits2, cut2 = trained.gateway(cut1_in)
+    logits3 = trained.cloud(cut2)
+    if not len(hard.cut2_y):
+        model = keras.Model(cut1_in, [logits2, logits3], name="after_cut1")
+        return model, x1, [y1, y1], [w1, w1]
+    # cut-2 examples reach only the cloud stage: a second input, rows of the other kind zero and weight 0
+    n1, n2 = len(y1), len(hard.cut2_y)
+    cut2_in = keras.Input(shape=hard.cut2.shape[1:], name="cut2")
+    model = keras.Model([cut1_in, cut2_in], [logits2, logits3, trained.cloud(cut2_in)], name="after_cuts")
+    inputs = [
+        np.concatenate([x1, np.zeros((n2, *x1.shape[1:]), np.float32)]),
+        np.concatenate([np.zeros((n1, *hard.cut2.shape[1:]), np.float32), hard.cut2]),
+    ]
+    y = np.concatenate([y1, hard.cut2_y])
+    w_cut1 = np.concatenate([w1, np.zeros(n2)])
+    w_cut2 = np.concatenate([np.zeros(n1), np.full(n2, config.hard_weight)])
+    return model, inputs, [y, y, y], [w_cut1, w_cut1, w_cut2]
+
+
+def hard_correct(trained: TrainedModel, hard: HardSet) -> list[np.ndarray]:
+    """Right/wrong of every exit each held-out example reaches (its input's cut and later)."""
+    correct: list[np.ndarray] = []
+    if len(hard.raw_y):
+        correct += [z.argmax(1) == hard.raw_y for z in exit_logits(trained, hard.raw)]
+    if len(hard.cut1_y):
+        correct += [z.argmax(1) == hard.cut1_y for z in _after_cut1(trained, hard.cut1)]
+    if len(hard.cut2_y):
+        (logits3,) = _run(trained.cloud, hard.cut2)
+        correct.append(logits3.argmax(1) == hard.cut2_y)
+    return correct
+
+
+def gate_scores(trained: TrainedModel, test: tuple[np.ndarray, np.ndarray], holdout: HardSet) -> Scores:
+    """Per-exit accuracy on the original test images and pooled accuracy on held-out hard examples."""
+    x_test, y_test = test
+    original = tuple(float((z.argmax(1) == y_test).mean()) for z in exit_logits(trained, x_test))
+    return Scores(original, pooled_accuracy(hard_correct(trained, holdout)), len(y_test), len(holdout))

@@ -1,0 +1,108 @@
+"""The evaluation gate: does a retrained candidate replace the current version?
+
+Both models are measured on the same two held-out sets:
+
+- the **original test split**: accuracy of every exit;
+- a **held-out slice of the hard examples** (chosen by id hash, so the same examples stay out
+  of training job after job): pooled accuracy over every exit an example's input reaches
+  (cut-1 features reach exits 2 and 3, cut-2 features exit 3, a raw input all three),
+  against its label (human, else teacher).
+
+The rule: promote only if the candidate gains at least ``min_gain`` points (and more than
+zero) on the new slice, the slice holds at least ``min_holdout`` examples, and no exit loses
+more than ``tolerance`` points on the original test split. Pooling every reachable exit
+matters because teacher labels are the current model's own final-exit answers: on those,
+the current final exit is right by construction, and what retraining can improve is the
+early exits learning from the teacher (fewer inputs sent upstream); human labels can
+improve the final exit too.
+
+Pure numpy, no I/O: the numbers in, a decision with every number out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+def in_holdout(example_id: str, fraction: float) -> bool:
+    """Whether a hard example belongs to the gate's held-out slice (stable: a function of its id).
+
+    Ids are sha256 hex, so their last 8 hex digits are uniform on [0, 2**32).
+    """
+    return int(example_id[-8:], 16) < fraction * 2**32
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model measured for the gate: accuracies as fractions in [0, 1]."""
+
+    original: tuple[float, ...]  # per exit, on the original test split
+    new: float  # pooled over reachable exits, on the held-out hard examples
+    n_original: int
+    n_new: int  # held-out examples (not exit evaluations)
+
+
+def pooled_accuracy(correct: list[np.ndarray]) -> float:
+    """Share of right answers over every (example, exit) evaluation; 0 when there are none."""
+    total = sum(len(c) for c in correct)
+    return float(sum(int(np.sum(c)) for c in correct) / total) if total else 0.0
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """Thresholds of the gate, in percentage points."""
+
+    min_gain: float = 0.5
+    tolerance: float = 0.5
+    min_holdout: int = 20
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict with the numbers it was taken on (points are accuracy x 100)."""
+
+    promote: bool
+    reason: str
+    gain: float  # candidate minus current on the new slice, points
+    drops: tuple[float, ...]  # current minus candidate per exit on the original test split, points
+    current: Scores
+    candidate: Scores
+    rule: GateRule
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "promote": self.promote,
+            "reason": self.reason,
+            "gain_points": round(self.gain, 4),
+            "original_drop_points": [round(d, 4) for d in self.drops],
+            "current": asdict(self.current),
+            "candidate": asdict(self.candidate),
+            "rule": asdict(self.rule),
+        }
+
+
+def decide(current: Scores, candidate: Scores, rule: GateRule) -> GateDecision:
+    """Apply the gate's rule (see the module docstring)."""
+    gain = 100.0 * (candidate.new - current.new)
+    drops = tuple(100.0 * (c - n) for c, n in zip(current.original, candidate.original, strict=True))
+    worst = max(drops, default=0.0)
+    if candidate.n_new < rule.min_holdout:
+        promote, reason = (
+            False,
+            f"only {candidate.n_new} held-out hard examples; the gate needs {rule.min_holdout}",
+        )
+    elif gain <= 0 or gain < rule.min_gain:
+        promote, reason = False, f"gain {gain:+.2f} points on new data; needs >= {rule.min_gain} and > 0"
+    elif worst > rule.tolerance:
+        exit_no = drops.index(worst) + 1
+        promote = False
+        reason = (
+            f"exit {exit_no} drops {worst:.2f} points on the original test data; tolerance {rule.tolerance}"
+        )
+    else:
+        promote = True
+        reason = f"gain {gain:+.2f} points on new data; worst original drop {worst:.2f} <= {rule.tolerance}"
+    return GateDecision(promote, reason, gain, drops, current, candidate, rule)
