@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import ssl
 import sys
+from pathlib import Path
 
-from device_sdk.errors import EXIT_ERROR, EXIT_OK, EdgeCascadeError, exit_code
+from device_sdk.errors import EXIT_ERROR, EXIT_OK, ConfigError, EdgeCascadeError, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +30,34 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_cloud_config(args.config)
-        server = make_server(config.cloud.host, config.cloud.port, create_app(config), threaded=True)
+        tls = tls_context(config.cloud.tls_cert, config.cloud.tls_key)
+        app = create_app(config)
+        server = make_server(config.cloud.host, config.cloud.port, app, threaded=True, ssl_context=tls)
     except EdgeCascadeError as exc:
         logging.error("%s", exc)
         return exit_code(exc)
     except OSError as exc:  # e.g. the port is taken
         logging.error("%s", exc)
         return EXIT_ERROR
-    logging.info("cloud service listening on http://%s:%d", config.cloud.host, server.server_port)
+    scheme = "https" if tls is not None else "http"
+    logging.info("cloud service listening on %s://%s:%d", scheme, config.cloud.host, server.server_port)
     _stop_on_sigterm(server)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return EXIT_OK
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The server's TLS context (TLS 1.2 or later), or None to serve plain HTTP (behind a TLS proxy)."""
+    if cert is None or key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the cloud's TLS certificate {cert}: {exc}") from None
+    return context
 
 
 def _stop_on_sigterm(server: object) -> None:

@@ -32,9 +32,17 @@ class CloudSettings:
     database_url: str = "sqlite:///state/cloud.db"  # hard examples and jobs (SQLAlchemy URL; PostgreSQL too)
     blob_dir: Path = Path("state/blobs")  # hard-example tensors, one file per example id
     max_upload_bytes: int = 8 * 1024 * 1024  # largest POST /v1/hard-examples body
+    tls_cert: Path | None = None  # server certificate (PEM): the API is served over HTTPS (TLS >= 1.2)
+    tls_key: Path | None = None  # its private key
 
     def __post_init__(self) -> None:
         problems = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("cloud.tls_cert and cloud.tls_key go together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"cloud.{name}: no such file {path}")
         if not 0 <= self.port < 65536:
             problems.append(f"cloud.port must be in 0..65535, got {self.port}")
         if self.max_body_bytes < 1024:

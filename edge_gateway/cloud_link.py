@@ -13,6 +13,7 @@ import abc
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from device_sdk import wire
@@ -47,7 +48,9 @@ class HttpCloudLink(CloudLink, UploadLink):
     requests without one, which surface as :class:`RemoteError` and degraded answers.
     """
 
-    def __init__(self, base_url: str, timeout: float = 5.0, token: str = "") -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 5.0, token: str = "", ca_file: str | Path | None = None
+    ) -> None:
         try:
             import requests
         except ImportError as exc:
@@ -61,6 +64,7 @@ class HttpCloudLink(CloudLink, UploadLink):
             self._headers["Authorization"] = f"Bearer {token}"
         else:
             logger.warning("no cloud token configured (gateway.cloud_token): the cloud will refuse requests")
+        self._verify: str | bool = str(ca_file) if ca_file is not None else True  # HTTPS: check the cloud
         self._local = threading.local()
 
     def _session(self) -> Any:
@@ -85,7 +89,10 @@ class HttpCloudLink(CloudLink, UploadLink):
 
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
         try:
-            return self._session().post(url, data=body, headers=headers, timeout=self.timeout)
+            # verify per request: a session-wide setting loses to REQUESTS_CA_BUNDLE in the environment
+            return self._session().post(
+                url, data=body, headers=headers, timeout=self.timeout, verify=self._verify
+            )
         except self._requests.Timeout as exc:
             raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from exc
         except self._requests.RequestException as exc:

@@ -19,6 +19,7 @@ class GatewaySettings:
     gateway_id: str = "gateway-1"
     cloud_url: str = "http://127.0.0.1:8080"
     cloud_timeout: float = 5.0
+    cloud_ca: Path | None = None  # CA that signed the cloud's HTTPS certificate (default: system trust store)
     max_batch: int = 32
     forward_workers: int = 4
     queue_size: int = 1024

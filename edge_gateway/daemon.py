@@ -129,7 +129,9 @@ class GatewayDaemon:
             cache = open_cache(
                 bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
             )
-        link = cloud or HttpCloudLink(settings.cloud_url, settings.cloud_timeout, settings.cloud_token)
+        link = cloud or HttpCloudLink(
+            settings.cloud_url, settings.cloud_timeout, settings.cloud_token, settings.cloud_ca
+        )
         return GatewayService(
             bundle,
             link,

@@ -4,7 +4,8 @@ Each runs as its own process, started exactly as an operator would start it
 (``python -m cloud_service``, ``python -m edge_gateway``) with settings passed through
 ``EC_…`` environment variables, and stopped with SIGTERM so their shutdown paths run.
 The stack makes its own site PKI (:mod:`tools.certs`) in ``workdir/pki``: the broker only
-has a TLS listener with client certificates, the gateway requires encrypted payloads, and
+has a TLS listener with client certificates, the cloud API is HTTPS (with the broker's
+server certificate, which names 127.0.0.1), the gateway requires encrypted payloads, and
 :meth:`LocalStack.device` gives a device its TLS settings and payload keys (issuing them on
 first use; the gateway picks new devices up at once).
 """
@@ -39,7 +40,7 @@ class LocalStack:
         self.pki = init_pki(self.workdir / "pki")
         self.broker = Mosquitto(self.workdir / "broker", self.pki)
         self.cloud_port = free_port()
-        self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
+        self.cloud_url = f"https://127.0.0.1:{self.cloud_port}"  # the broker's certificate names 127.0.0.1
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
@@ -66,6 +67,8 @@ class LocalStack:
                     "EC_CLOUD__TOKEN_STORE": str(tokens.path),
                     "EC_CLOUD__DEVICE_KEYRING": str(self.pki.device_keys),  # enrolled keys reach the gateway
                     "EC_CLOUD__GATEWAY_PUBLIC_KEY": str(self.pki.gateway_x25519_pub),
+                    "EC_CLOUD__TLS_CERT": str(self.pki.broker_cert),
+                    "EC_CLOUD__TLS_KEY": str(self.pki.broker_key),
                 },
             )
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
@@ -75,6 +78,7 @@ class LocalStack:
                 {
                     "EC_GATEWAY__BUNDLE": str(self.bundle),
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,
+                    "EC_GATEWAY__CLOUD_CA": str(self.pki.ca_cert),
                     "EC_MQTT__HOST": self.broker.host,
                     "EC_MQTT__PORT": str(self.broker.port),
                     "EC_MQTT__CA_FILE": str(self.pki.ca_cert),

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from cloud_service.__main__ import tls_context
 from cloud_service.app import create_app
 from cloud_service.config import CloudConfig, CloudSettings
 from cloud_service.inference import CloudInference
@@ -72,6 +73,7 @@ class CloudServer:
     gateway_token: str = ""  # bearer tokens from the cloud's token store (auth is always on)
     admin_token: str = ""
     tokens: TokenStore | None = None
+    ca: str | bool = True  # what verifies the cloud's HTTPS certificate (requests' ``verify``)
 
 
 #: cloud URL -> its gateway token, so gateway_config() gives a gateway of that cloud its token
@@ -92,13 +94,16 @@ def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki)
     config = CloudConfig(settings)
     app = create_app(config)
     tokens = TokenStore(config.cloud.token_store)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    tls = tls_context(pki.broker_cert, pki.broker_key)  # HTTPS, as in production
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_port}"
+    url = f"https://127.0.0.1:{server.server_port}"
     _GATEWAY_TOKENS[url] = tokens.create("gateway", "gateway")[0]
     admin = tokens.create("admin", "tests")[0]
-    yield CloudServer(url, app.extensions["edgecascade"], server, _GATEWAY_TOKENS[url], admin, tokens)
+    yield CloudServer(
+        url, app.extensions["edgecascade"], server, _GATEWAY_TOKENS[url], admin, tokens, str(pki.ca_cert)
+    )
     server.shutdown()
 
 
@@ -108,6 +113,8 @@ def gateway_config(
     """A gateway config for tests (TLS to ``broker``, payload keys of its PKI); cache off by default."""
     pki = broker.pki
     settings.setdefault("cloud_token", _GATEWAY_TOKENS.get(cloud_url, ""))
+    if cloud_url.startswith("https://"):
+        settings.setdefault("cloud_ca", pki.ca_cert)
     return GatewayConfig(
         GatewaySettings(bundle=bundle, cloud_url=cloud_url, cloud_timeout=2.0, **settings),  # type: ignore[arg-type]
         broker.mqtt_config("gateway"),

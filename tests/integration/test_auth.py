@@ -14,7 +14,7 @@ from device_sdk import codec, wire
 from device_sdk.bundle import load_bundle
 from device_sdk.client import DeviceClient
 from device_sdk.crypto import DeviceCrypto, device_pair_keys
-from device_sdk.errors import RemoteError
+from device_sdk.errors import RemoteError, TransportError
 from device_sdk.policy import NeverExit
 from device_sdk.transport import MqttTransport
 from edge_gateway.cloud_link import HttpCloudLink
@@ -40,20 +40,27 @@ def _cloud_request(bundle_dir: Path) -> bytes:
     return wire.envelope_to_bytes(wire.Envelope(header, body))
 
 
-def test_the_api_needs_tokens_over_http(cloud: CloudServer, tiny_bundle: Path) -> None:
-    assert requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).status_code == 200
-    refused = requests.post(cloud.url + wire.ROUTE_INFER, data=_cloud_request(tiny_bundle), timeout=5)
+def test_the_api_needs_tokens_over_https(cloud: CloudServer, tiny_bundle: Path) -> None:
+    assert requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5, verify=cloud.ca).status_code == 200
+    refused = requests.post(
+        cloud.url + wire.ROUTE_INFER, data=_cloud_request(tiny_bundle), timeout=5, verify=cloud.ca
+    )
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
     as_gateway = {"Authorization": f"Bearer {cloud.gateway_token}"}
     as_admin = {"Authorization": f"Bearer {cloud.admin_token}"}
-    assert requests.get(cloud.url + wire.ROUTE_METRICS, headers=as_gateway, timeout=5).status_code == 403
-    metrics = requests.get(cloud.url + wire.ROUTE_METRICS, headers=as_admin, timeout=5)
+    assert (
+        requests.get(
+            cloud.url + wire.ROUTE_METRICS, headers=as_gateway, timeout=5, verify=cloud.ca
+        ).status_code
+        == 403
+    )
+    metrics = requests.get(cloud.url + wire.ROUTE_METRICS, headers=as_admin, timeout=5, verify=cloud.ca)
     assert metrics.status_code == 200 and metrics.json()["http_401"] >= 1
 
 
 def test_the_gateway_link_sends_its_token(cloud: CloudServer, tiny_bundle: Path) -> None:
     request = _cloud_request(tiny_bundle)
-    link = HttpCloudLink(cloud.url, timeout=5, token=cloud.gateway_token)
+    link = HttpCloudLink(cloud.url, timeout=5, token=cloud.gateway_token, ca_file=cloud.ca)
     try:
         reply = wire.envelope_from_bytes(link.infer(request))
     finally:
@@ -62,7 +69,7 @@ def test_the_gateway_link_sends_its_token(cloud: CloudServer, tiny_bundle: Path)
     token_id = cloud.gateway_token.split(".")[0]
     for token in ("", f"{token_id}.{'A' * 43}"):
         with pytest.raises(RemoteError) as info:
-            HttpCloudLink(cloud.url, timeout=5, token=token).infer(request)
+            HttpCloudLink(cloud.url, timeout=5, token=token, ca_file=cloud.ca).infer(request)
         assert info.value.code == 401
 
 
@@ -79,7 +86,11 @@ def test_an_enrolled_device_is_served_end_to_end(
         "public_key": base64.b64encode(private.public_key().public_bytes_raw()).decode(),
     }
     response = requests.post(
-        cloud.url + wire.ROUTE_ENROLL, json={**body, "key_id": 2}, headers=_bearer(token), timeout=5
+        cloud.url + wire.ROUTE_ENROLL,
+        json={**body, "key_id": 2},
+        headers=_bearer(token),
+        timeout=5,
+        verify=cloud.ca,
     )
     assert response.status_code == 201, response.text
     reply = response.json()
@@ -96,7 +107,9 @@ def test_an_enrolled_device_is_served_end_to_end(
     assert not prediction.degraded, prediction.error
     assert prediction.tier in ("gateway", "cloud")
 
-    again = requests.post(cloud.url + wire.ROUTE_ENROLL, json=body, headers=_bearer(token), timeout=5)
+    again = requests.post(
+        cloud.url + wire.ROUTE_ENROLL, json=body, headers=_bearer(token), timeout=5, verify=cloud.ca
+    )
     assert again.status_code == 401 and "used" in again.json()["message"]
     envelope = wire.Envelope(
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version), b""
@@ -106,5 +119,19 @@ def test_an_enrolled_device_is_served_end_to_end(
         data=wire.envelope_to_bytes(envelope),
         headers=_bearer(reply["token"]),
         timeout=5,
+        verify=cloud.ca,
     )
     assert as_device.status_code == 400  # authenticated as the device; the empty body is what is wrong
+
+
+def test_the_cloud_speaks_only_https_with_the_site_certificate(cloud: CloudServer, tiny_bundle: Path) -> None:
+    assert cloud.url.startswith("https://")
+    request = _cloud_request(tiny_bundle)
+    untrusting = HttpCloudLink(cloud.url, timeout=5, token=cloud.gateway_token)  # system CAs only
+    with pytest.raises(TransportError, match="unreachable"):
+        untrusting.infer(request)
+    plain = cloud.url.replace("https://", "http://")
+    with pytest.raises(requests.RequestException):
+        requests.get(plain + wire.ROUTE_HEALTH, timeout=5)
+    trusting = HttpCloudLink(cloud.url, timeout=5, token=cloud.gateway_token, ca_file=cloud.ca)
+    assert wire.envelope_from_bytes(trusting.infer(request)).header.msg_type is wire.MessageType.RESULT

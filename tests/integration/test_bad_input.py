@@ -133,7 +133,7 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
     no_scale = int8[:head] + int8[head + 5 :]
     nan_scale = int8[:head] + struct.pack("<f", np.nan) + int8[head + 4 :]
 
-    ok = requests.post(url, data=good, headers=auth, timeout=5)
+    ok = requests.post(url, data=good, headers=auth, timeout=5, verify=cloud.ca)
     assert ok.status_code == 200
     assert wire.decode_result(wire.envelope_from_bytes(ok.content).body).tier is wire.Tier.CLOUD
 
@@ -144,13 +144,17 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
         413: b"\0" * (65 * 1024),
     }
     for status, body in cases.items():
-        response = requests.post(url, data=body, headers=auth, timeout=5)
+        response = requests.post(url, data=body, headers=auth, timeout=5, verify=cloud.ca)
         assert response.status_code == status, (status, response.text)
         assert response.json()["message"]
     for status, tensor in ((400, no_scale), (422, nan_scale)):  # int8 without its scale; NaN scale
-        response = requests.post(url, data=_request(tiny_bundle, tensor), headers=auth, timeout=5)
+        response = requests.post(
+            url, data=_request(tiny_bundle, tensor), headers=auth, timeout=5, verify=cloud.ca
+        )
         assert response.status_code == status, (status, response.text)
-    assert requests.get(cloud.url + "/v1/nowhere", timeout=5).json()["error"] == "not_found"
-    health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5).json()
+    assert requests.get(cloud.url + "/v1/nowhere", timeout=5, verify=cloud.ca).json()["error"] == "not_found"
+    health = requests.get(cloud.url + wire.ROUTE_HEALTH, timeout=5, verify=cloud.ca).json()
     assert health["status"] == "ok" and health["version"] == load_bundle(tiny_bundle).manifest.version
-    assert requests.post(url, data=good, headers=auth, timeout=5).status_code == 200  # still serving
+    assert (
+        requests.post(url, data=good, headers=auth, timeout=5, verify=cloud.ca).status_code == 200
+    )  # still serving
