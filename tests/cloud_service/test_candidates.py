@@ -34,7 +34,7 @@ def test_a_candidate_is_published_with_its_numbers_and_checkpoint(tmp_path: Path
         extra={"job_id": 7},
     )
     assert target == models / "v3"
-    assert load_bundle(target / "bundle").manifest == load_bundle(bundle).manifest
+    assert load_bundle(target).manifest == load_bundle(bundle).manifest  # the registry's layout
     record = json.loads((target / "metrics.json").read_text())
     assert (record["version"], record["status"], record["job_id"]) == (3, "candidate", 7)
     assert record["metrics"] == {"gate": {"promote": True}}
