@@ -33,7 +33,13 @@ logger = logging.getLogger(__name__)
 class LocalStack:
     """Broker + cloud + gateway for one bundle, logs in ``workdir``; a context manager."""
 
-    def __init__(self, bundle: Path, workdir: Path, gateway_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        workdir: Path,
+        gateway_env: dict[str, str] | None = None,
+        cloud_env: dict[str, str] | None = None,
+    ) -> None:
         self.bundle = Path(bundle).resolve()
         self.workdir = Path(workdir)
         self.pki = init_pki(self.workdir / "pki")
@@ -43,6 +49,12 @@ class LocalStack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
+        self.cloud_env = cloud_env or {}  # e.g. the registry and retraining (tools.bench_drift)
+
+    @property
+    def tokens(self) -> TokenStore:
+        """The cloud's token store (shared SQLite file): make device and admin tokens here."""
+        return TokenStore(self.workdir / "cloud-state" / "tokens.db")
 
     def device(self, device_id: str) -> tuple[MqttConfig, DeviceCrypto]:
         """TLS settings and payload keys for ``device_id``, issued on first use."""
@@ -55,7 +67,7 @@ class LocalStack:
     def start(self, timeout: float = 60.0) -> LocalStack:
         self.broker.start()
         try:
-            tokens = TokenStore(self.workdir / "cloud-state" / "tokens.db")  # the cloud's auth is always on
+            tokens = self.tokens  # the cloud's auth is always on
             gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
@@ -66,6 +78,7 @@ class LocalStack:
                     "EC_CLOUD__TOKEN_STORE": str(tokens.path),
                     "EC_CLOUD__DEVICE_KEYRING": str(self.pki.device_keys),  # enrolled keys reach the gateway
                     "EC_CLOUD__GATEWAY_PUBLIC_KEY": str(self.pki.gateway_x25519_pub),
+                    **self.cloud_env,
                 },
             )
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
