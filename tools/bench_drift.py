@@ -48,6 +48,7 @@ import numpy as np
 from device_sdk.bundle import Bundle, load_bundle
 from device_sdk.client import DeviceClient, Prediction
 from device_sdk.outbox import Outbox
+from device_sdk.policy import NeverExit
 from device_sdk.runtime import run_partitions
 from device_sdk.signing import sign_bundle
 from device_sdk.transport import MqttTransport
@@ -167,6 +168,15 @@ def _wait(condition: Any, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def _wait_until_served(client: DeviceClient, x: np.ndarray, timeout: float = 30.0) -> None:
+    """Probe until the gateway answers; then each manifest's own exit rule again (through swaps)."""
+    client.policy = NeverExit()
+    try:
+        _wait(lambda: not client.predict(x).degraded, timeout, "the gateway answering")
+    finally:
+        client.policy = None  # not the v1 rule as an override: it would outlive the swap
+
+
 def _env(stack: LocalStack, checkpoint: Path, options: DriftOptions) -> dict[str, str]:
     """The cloud's registry, announcement and retraining settings."""
     work, pki = stack.workdir, stack.pki
@@ -273,8 +283,6 @@ def _run(
     b: slice,
     options: DriftOptions,
 ) -> dict[str, Any]:
-    from tools.demo import _wait_until_served
-
     tokens = stack.tokens
     admin = _Admin(stack.cloud_url, tokens.create("admin", "drift-bench")[0])
     mqtt, crypto = stack.device(DEVICE_ID)
