@@ -2,7 +2,9 @@
 
 ``create_app(config)`` loads and verifies the bundle (with ``[registry]``: the registry's
 current release), opens the token store, registers the API, enrolment, learning-loop and
-model-registry blueprints and answers every error as JSON:
+model-registry blueprints (with ``retrain.auto_promote``, a succeeded retraining job's
+candidate is promoted and announced by the process that started the job) and answers
+every error as JSON:
 ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
 ``WWW-Authenticate: Bearer`` for a bad credential, 403 for one outside its scope).
 """
@@ -20,6 +22,7 @@ from cloud_service.announce import Announcer, MqttAnnouncer
 from cloud_service.auth import require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.inference import CloudInference
+from cloud_service.jobs import JobRow
 from cloud_service.registry import ModelRegistry
 from cloud_service.scheduler import Launcher, spawn_job_process
 from cloud_service.tokens import TokenStore
@@ -58,17 +61,23 @@ def create_app(
     app.extensions["edgecascade"] = inference
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
-    learning.init_app(app, config, inference, launcher)
+    learning_loop = learning.init_app(app, config, inference, launcher)
     if registry is not None:
         if announcer is None and config.registry.announce:
             announcer = MqttAnnouncer(config.mqtt, config.registry.announce_timeout)
         follower = models_api.RegistryFollower(registry, inference, config.registry.check_interval)
-        models_api.init_app(
-            app,
-            models_api.Rollout(
-                registry, follower, announcer, config.registry.signing_key, config.registry.public_url
-            ),
+        rollout = models_api.Rollout(
+            registry, follower, announcer, config.registry.signing_key, config.registry.public_url
         )
+        models_api.init_app(app, rollout)
+        if config.retrain.auto_promote:
+            base_url = f"http://{config.cloud.host}:{config.cloud.port}"  # announced unless public_url is set
+
+            def promote(job: JobRow) -> None:
+                if job.candidate_version is not None:
+                    rollout.promote_candidate(job.candidate_version, base_url)
+
+            learning_loop.on_job_succeeded = promote
     app.register_blueprint(api)
     app.register_error_handler(AuthError, _auth_error)
     app.register_error_handler(HTTPException, _http_error)

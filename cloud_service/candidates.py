@@ -1,17 +1,18 @@
-"""Candidate versions: what a successful retraining job hands over for promotion.
+"""Candidate versions: what a successful retraining job hands over to the model registry.
 
-:func:`publish_candidate` is the hook between retraining and the model registry. For now it
-only puts the candidate where a registry can find it::
+Retraining and the registry share one directory (``registry.models_dir``; without a
+registry, ``retrain.models_dir``) and one layout, the registry's
+(:mod:`cloud_service.registry`)::
 
-    <models_dir>/v<version>/bundle/        the signed bundle (manifest.json, *.tflite, manifest.sig)
-    <models_dir>/v<version>/checkpoint/    its Keras checkpoint (the next fine-tune starts here)
+    <models_dir>/v<version>/manifest.json, manifest.sig, *.tflite   the signed bundle
     <models_dir>/v<version>/metrics.json   {"version", "status": "candidate", "metrics", ...}
+    <models_dir>/v<version>/checkpoint/    its Keras checkpoint (the next fine-tune starts here)
 
-It neither serves nor announces the version: promotion (atomic switch of the served
-bundle), rollout to gateways and devices, and rollback belong to the registry, which reads
-``metrics.json`` (``status`` ``candidate``) and may rewrite its status. Once the cloud
-serves version ``v``, retraining starts from ``<models_dir>/v<v>/checkpoint`` when it
-exists (:func:`checkpoint_for`), so no further hand-over is needed.
+So a published candidate *is* a registered version: ``GET /v1/models`` lists it at once,
+and ``POST /v1/models/<version>/promote`` (or ``retrain.auto_promote``) serves and
+announces it. Publishing never serves anything itself. Once the cloud serves version
+``v``, retraining starts from ``<models_dir>/v<v>/checkpoint`` when it exists
+(:func:`checkpoint_for`).
 
 Publishing is atomic: everything is assembled in a hidden temporary directory beside the
 target and renamed into place, so ``v<version>/`` is either absent or complete, and an
@@ -36,6 +37,7 @@ from device_sdk.errors import ModelError
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+CHECKPOINT = "checkpoint"
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
 
@@ -59,7 +61,7 @@ def next_version(models_dir: str | Path, current: int) -> int:
 
 def checkpoint_for(models_dir: str | Path, version: int, fallback: Path) -> Path:
     """The Keras checkpoint of ``version``: its published one if there is one, else ``fallback``."""
-    published = version_dir(models_dir, version) / "checkpoint"
+    published = version_dir(models_dir, version) / CHECKPOINT
     return published if published.is_dir() else fallback
 
 
@@ -72,7 +74,7 @@ def publish_candidate(
     checkpoint_dir: str | Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Copy a verified bundle (and its checkpoint) to ``<models_dir>/v<version>/`` as a candidate.
+    """Copy a verified bundle (and its checkpoint) into ``<models_dir>/v<version>/`` as a candidate.
 
     ``metrics`` (the evaluation gate's numbers) and ``extra`` (e.g. the job id and base
     version) go into ``metrics.json``. Raises :class:`~device_sdk.errors.ModelError` when
@@ -88,9 +90,9 @@ def publish_candidate(
         raise ModelError(f"{target} already exists; refusing to overwrite a published version")
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".v{version}-"))
     try:
-        shutil.copytree(bundle_dir, staging / "bundle")
+        shutil.copytree(bundle_dir, staging, dirs_exist_ok=True)
         if checkpoint_dir is not None:
-            shutil.copytree(checkpoint_dir, staging / "checkpoint")
+            shutil.copytree(checkpoint_dir, staging / CHECKPOINT)
         record = {
             "version": version,
             "name": manifest.name,

@@ -17,6 +17,8 @@ from pathlib import Path
 from device_sdk.config import MqttConfig, load_config
 from device_sdk.errors import ConfigError
 
+DEFAULT_MODELS_DIR = Path("state/models")
+
 
 @dataclass(frozen=True)
 class CloudSettings:
@@ -68,7 +70,10 @@ class RetrainSettings:
     """
 
     checkpoint: Path = Path("artifacts/checkpoint")  # Keras checkpoint of the served version (fallback)
-    models_dir: Path = Path("state/models")  # candidates: v<version>/{bundle,checkpoint,metrics.json}
+    models_dir: Path | None = (
+        None  # unset: registry.models_dir, else state/models (see CloudConfig.models_dir)
+    )
+    auto_promote: bool = False  # promote and announce a candidate that passed the gate (needs [registry])
     jobs_dir: Path = Path("state/jobs")  # one directory per job: spec.json and job.log
     count_threshold: int = 1000  # new examples since the last job that start one (0: off)
     interval_seconds: float = 0.0  # start a job this often when there are new examples (0: off)
@@ -167,10 +172,36 @@ class CloudConfig:
             )
         if registry.announce and registry.signing_key is None:
             problems.append("registry.announce needs registry.signing_key: announcements are signed")
+        if (
+            self.retrain.models_dir is not None
+            and registry.models_dir is not None
+            and Path(self.retrain.models_dir).resolve() != Path(registry.models_dir).resolve()
+        ):
+            problems.append(
+                "retrain.models_dir and registry.models_dir must be the same directory "
+                "(leave retrain.models_dir unset: candidates go to the registry)"
+            )
+        if self.retrain.auto_promote and registry.models_dir is None:
+            problems.append("retrain.auto_promote needs the model registry (registry.models_dir)")
+        if self.retrain.auto_promote and self.candidate_signing_key is None:
+            problems.append(
+                "retrain.auto_promote needs retrain.signing_key or registry.signing_key: "
+                "the registry promotes signed bundles only"
+            )
         if registry.announce and not self.mqtt.tls:
             problems.append("registry.announce needs the [mqtt] settings of the cloud's broker identity")
         if problems:
             raise ConfigError(problems)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where versions live: candidates are published here and the registry serves them from here."""
+        return self.registry.models_dir or self.retrain.models_dir or DEFAULT_MODELS_DIR
+
+    @property
+    def candidate_signing_key(self) -> Path | None:
+        """The key retraining signs candidates with: its own, else the registry's."""
+        return self.retrain.signing_key or self.registry.signing_key
 
 
 def load_cloud_config(path: str | Path | None = None, **kwargs: object) -> CloudConfig:

@@ -32,8 +32,8 @@ from cloud_service import validation
 from cloud_service.auth import current_token, require_scope
 from cloud_service.config import CloudConfig
 from cloud_service.intake import VersionSpec, check_batch, claimed_ids
-from cloud_service.jobs import JobStore, read_log_tail
-from cloud_service.scheduler import Launcher, RetrainScheduler, spawn_job_process
+from cloud_service.jobs import JobRow, JobStore, read_log_tail
+from cloud_service.scheduler import JobHook, Launcher, RetrainScheduler, spawn_job_process
 from cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, open_example_store
 from cloud_service.teacher import Teacher
 from device_sdk.bundle import load_bundle
@@ -73,6 +73,7 @@ class Learning:
         self._store: ExampleStore | None = None
         self._scheduler: RetrainScheduler | None = None
         self._teacher: Teacher | None = None
+        self.on_job_succeeded: JobHook | None = None  # e.g. promote the candidate (retrain.auto_promote)
 
     @property
     def store(self) -> ExampleStore:
@@ -87,9 +88,18 @@ class Learning:
         with self._lock:
             if self._scheduler is None:
                 self._scheduler = RetrainScheduler(
-                    JobStore(store.engine), store, self.config, self.served_bundle, self.launcher
+                    JobStore(store.engine),
+                    store,
+                    self.config,
+                    self.served_bundle,
+                    self.launcher,
+                    on_succeeded=self._job_succeeded,
                 )
             return self._scheduler
+
+    def _job_succeeded(self, job: JobRow) -> None:
+        if self.on_job_succeeded is not None:
+            self.on_job_succeeded(job)
 
     def served_bundle(self) -> Path:
         return Path(self.inference.bundle.path)

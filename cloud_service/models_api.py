@@ -116,6 +116,41 @@ class Rollout:
         )
         return announcement.sign(self.signing_key) if self.signing_key is not None else announcement
 
+    def release(self, release: Release, base_url: str) -> dict[str, Any]:
+        """Swap this process to ``release``, then announce it; says whether the announcement went out.
+
+        Raises :class:`RegistryError` (500) when this process cannot serve the release: nodes
+        would then run what the cloud cannot, so nothing is announced.
+        """
+        self.follower.sync(force=True)
+        if self.follower.serving != release.manifest_sha256:
+            raise RegistryError(
+                f"{release.release} is current in the registry but this cloud cannot serve it (see its log); "
+                "not announced: promote a version that loads",
+                status=500,
+            )
+        announcement = self.announcement(release, base_url)
+        announced, error = False, None
+        if self.announcer is not None:
+            try:
+                self.announcer.publish(announcement)
+                announced = True
+            except EdgeCascadeError as exc:  # the promotion stands; promoting again re-announces
+                error = str(exc)
+                logger.error("promoted %s but could not announce it: %s", release.release, exc)
+        return {
+            "current": release.to_dict(),
+            "announcement": _as_dict(announcement),
+            "announced": announced,
+            "error": error,
+        }
+
+    def promote_candidate(self, version: int, base_url: str) -> dict[str, Any]:
+        """Promote ``version``, swap to it and announce it (``retrain.auto_promote``, outside a request)."""
+        result = self.release(self.registry.promote(version), base_url)
+        logger.info("auto-promoted v%d (announced: %s)", version, result["announced"])
+        return result
+
 
 def init_app(app: Flask, rollout: Rollout) -> None:
     """Register the registry routes; every request first checks for a promotion elsewhere."""
@@ -199,25 +234,12 @@ def rollback() -> Any:
 
 def _released(release: Release) -> Any:
     """Swap this process to ``release``, then announce it; the answer says whether that worked."""
-    rollout = _rollout()
-    rollout.follower.sync(force=True)
-    if rollout.follower.serving != release.manifest_sha256:  # nodes would run what the cloud cannot
-        raise InternalServerError(
-            f"{release.release} is current in the registry but this cloud cannot serve it (see its log); "
-            "not announced: promote a version that loads"
-        )
-    announcement = rollout.announcement(release, request.host_url)
-    announced, error = False, None
-    if rollout.announcer is not None:
-        try:
-            rollout.announcer.publish(announcement)
-            announced = True
-        except EdgeCascadeError as exc:  # the promotion stands; promoting again re-announces
-            error = str(exc)
-            logger.error("promoted %s but could not announce it: %s", release.release, exc)
-    return jsonify(
-        current=release.to_dict(), announcement=_as_dict(announcement), announced=announced, error=error
-    )
+    try:
+        return jsonify(_rollout().release(release, request.host_url))
+    except RegistryError as exc:
+        if exc.status != 500:
+            raise
+        raise InternalServerError(str(exc)) from None
 
 
 def _as_dict(announcement: Announcement) -> dict[str, Any]:

@@ -11,7 +11,9 @@ session so that it outlives a restarted web worker and never shares TensorFlow w
 (the cloud API does not import TensorFlow at all). A watcher thread waits for the process
 and marks the job ``failed`` if it ended without reporting an outcome (a crash, a kill,
 an out-of-memory); a job whose process is gone with its watcher (the worker restarted)
-is failed once its heartbeat is older than ``stale_seconds``.
+is failed once its heartbeat is older than ``stale_seconds``. When a job's process ends
+with the job ``succeeded``, the watcher hands the job to ``on_succeeded`` (the app wires
+the registry's promotion there when ``retrain.auto_promote`` is set).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cloud_service.config import CloudConfig
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 JOB_MODULE = "training.retrain_job"
 Launcher = Callable[[Path, Path], "subprocess.Popen[bytes] | None"]
 """Starts the job process for a spec file, its output appended to a log file."""
+JobHook = Callable[[JobRow], None]
 
 
 def spawn_job_process(spec_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -80,6 +84,7 @@ class RetrainScheduler:
         config: CloudConfig,
         current_bundle: Callable[[], Path],
         launcher: Launcher = spawn_job_process,
+        on_succeeded: JobHook | None = None,
     ) -> None:
         """``current_bundle`` says which bundle the cloud serves now (the version to beat)."""
         self.jobs = jobs
@@ -88,6 +93,7 @@ class RetrainScheduler:
         self.settings = config.retrain
         self.current_bundle = current_bundle
         self.launcher = launcher
+        self.on_succeeded = on_succeeded
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -127,7 +133,11 @@ class RetrainScheduler:
             verify_key=self.config.cloud.verify_key,
             log_path=directory / "job.log",
             examples_until=job.examples_until,
-            retrain=self.settings,
+            retrain=replace(  # one directory with the registry; candidates signed for it
+                self.settings,
+                models_dir=self.config.models_dir,
+                signing_key=self.config.candidate_signing_key,
+            ),
         )
         spec.write(directory / "spec.json")
         self.jobs.set_log_path(job.id, spec.log_path)
@@ -185,5 +195,11 @@ class RetrainScheduler:
             self.processes.pop(job_id, None)
         if self.jobs.finish(job_id, "failed", error=f"the job process ended with {describe_exit(code)}"):
             logger.error("retraining job %d died (%s)", job_id, describe_exit(code))
-        else:
-            logger.info("retraining job %d process exited (%s)", job_id, describe_exit(code))
+            return
+        logger.info("retraining job %d process exited (%s)", job_id, describe_exit(code))
+        job = self.jobs.get(job_id)
+        if job is not None and job.state == "succeeded" and self.on_succeeded is not None:
+            try:
+                self.on_succeeded(job)
+            except Exception:  # the candidate stays registered; an operator may promote it
+                logger.exception("handling succeeded retraining job %d failed", job_id)

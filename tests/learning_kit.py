@@ -18,8 +18,9 @@ import numpy as np
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cloud_service.announce import Announcer
 from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, RetrainSettings
+from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings, RetrainSettings
 from cloud_service.learning import Learning
 from cloud_service.scheduler import Launcher, spawn_job_process
 from cloud_service.tokens import TokenStore
@@ -64,9 +65,19 @@ class LearningCloud:
 
 
 def make_learning_cloud(
-    tmp_path: Path, bundle: Path, launcher: Launcher | None = None, **retrain: Any
+    tmp_path: Path,
+    bundle: Path,
+    launcher: Launcher | None = None,
+    *,
+    registry: RegistrySettings | None = None,
+    announcer: Announcer | None = None,
+    **retrain: Any,
 ) -> LearningCloud:
-    """The real app serving a copy of ``bundle``, all state under ``tmp_path``."""
+    """The real app serving a copy of ``bundle``, all state under ``tmp_path``.
+
+    With ``registry`` the cloud serves from the model registry (which registers and
+    promotes the copy as its first version) and retraining publishes into it.
+    """
     served = tmp_path / "served"
     shutil.copytree(bundle, served)
     settings = CloudSettings(
@@ -78,12 +89,16 @@ def make_learning_cloud(
         max_upload_bytes=256 * 1024,
     )
     defaults: dict[str, Any] = {
-        "models_dir": tmp_path / "models",
+        "models_dir": None if registry is not None else tmp_path / "models",
         "jobs_dir": tmp_path / "jobs",
         "count_threshold": 0,
     }
-    config = CloudConfig(settings, retrain=RetrainSettings(**(defaults | retrain)))
-    app = create_app(config, launcher=spawn_job_process if launcher is None else launcher)
+    config = CloudConfig(
+        settings, registry=registry or RegistrySettings(), retrain=RetrainSettings(**(defaults | retrain))
+    )
+    app = create_app(
+        config, launcher=spawn_job_process if launcher is None else launcher, announcer=announcer
+    )
     return LearningCloud(app, app.test_client(), config, app.extensions["edgecascade.tokens"], served)
 
 

@@ -146,6 +146,34 @@ def _bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_drift(args: argparse.Namespace) -> int:
+    from tools.bench_drift import DriftOptions, bench_drift, format_drift_report
+    from tools.report import write_json
+    from training.data import load_fashion_mnist
+
+    options = DriftOptions(
+        before=args.before,
+        after=args.after,
+        original=args.original,
+        epochs=args.epochs,
+        replay_size=args.replay_size,
+        test_size=args.test_size,
+        val_size=args.val_size,
+        min_holdout=args.min_holdout,
+        min_gain=args.min_gain,
+        tolerance=args.tolerance,
+        progress=not args.no_progress,
+    )
+    data = load_fashion_mnist()
+    workdir = Path(args.workdir) if args.workdir else None
+    report = bench_drift(Path(args.model), Path(args.checkpoint), data.x_test, data.y_test, options, workdir)
+    print(format_drift_report(report))
+    if args.report:
+        write_json(Path(args.report), report)
+        print(f"report written to {args.report}")
+    return 0 if report["job"]["state"] == "succeeded" else 1
+
+
 def _bench_cache(args: argparse.Namespace) -> int:
     import json
 
@@ -251,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="where to save the threshold sweep plot (PNG)")
     p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
     p.set_defaults(func=_bench_accuracy)
+    p = bench.add_parser(
+        "drift", help="a shifted stream through the live stack: before, retrain on it, roll out, after"
+    )
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="its Keras checkpoint (%(default)s)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--workdir", help="keep the stack's state and logs here (default: a temporary directory)")
+    p.add_argument("--before", type=int, default=2000, help="shifted images before retraining (%(default)s)")
+    p.add_argument("--after", type=int, default=2000, help="fresh shifted images after it (%(default)s)")
+    p.add_argument("--original", type=int, default=10000, help="original test images, offline (%(default)s)")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (%(default)s)")
+    p.add_argument("--replay-size", type=int, default=3000, help="original images replayed (%(default)s)")
+    p.add_argument(
+        "--test-size", type=int, default=5000, help="original test images of the gate (%(default)s)"
+    )
+    p.add_argument(
+        "--val-size", type=int, default=3000, help="validation images for calibration (%(default)s)"
+    )
+    p.add_argument("--min-holdout", type=int, default=20, help="the gate's minimum held-out examples")
+    p.add_argument("--min-gain", type=float, default=0.5, help="the gate's minimum gain in points")
+    p.add_argument("--tolerance", type=float, default=1.0, help="points an exit may lose on original data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_bench_drift)
     certs_cli.register(sub, bench)
 
     from tools.planner import add_plan_command

@@ -48,8 +48,10 @@ def retrain(args: argparse.Namespace) -> int:
     if gate:
         print(f"  gate: {gate.get('reason')}")
     if done.candidate_version is not None:
-        where = config.retrain.models_dir / f"v{done.candidate_version}"
-        print(f"  candidate v{done.candidate_version} published in {where}")
+        where = config.models_dir / f"v{done.candidate_version}"
+        print(f"  candidate v{done.candidate_version} registered in {where}")
+        if config.registry.models_dir is not None:
+            print(f"  promote it with POST /v1/models/{done.candidate_version}/promote")
     if done.error:
         print(f"  error: {done.error}")
     return 0 if state in ("succeeded", "rejected") else 1

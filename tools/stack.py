@@ -34,7 +34,13 @@ logger = logging.getLogger(__name__)
 class LocalStack:
     """Broker + cloud + gateway for one bundle, logs in ``workdir``; a context manager."""
 
-    def __init__(self, bundle: Path, workdir: Path, gateway_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        workdir: Path,
+        gateway_env: dict[str, str] | None = None,
+        cloud_env: dict[str, str] | None = None,
+    ) -> None:
         self.bundle = Path(bundle).resolve()
         self.workdir = Path(workdir)
         self.pki = init_pki(self.workdir / "pki")
@@ -44,6 +50,12 @@ class LocalStack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
+        self.cloud_env = cloud_env or {}  # e.g. the registry and retraining (tools.bench_drift)
+
+    @property
+    def tokens(self) -> TokenStore:
+        """The cloud's token store (shared SQLite file): make device and admin tokens here."""
+        return TokenStore(self.workdir / "cloud-state" / "tokens.db")
 
     def device(self, device_id: str) -> tuple[MqttConfig, DeviceCrypto]:
         """TLS settings and payload keys for ``device_id``, issued on first use."""
@@ -56,7 +68,7 @@ class LocalStack:
     def start(self, timeout: float = 60.0) -> LocalStack:
         self.broker.start()
         try:
-            tokens = TokenStore(self.workdir / "cloud-state" / "tokens.db")  # the cloud's auth is always on
+            tokens = self.tokens  # the cloud's auth is always on
             gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
@@ -69,6 +81,7 @@ class LocalStack:
                     "EC_CLOUD__GATEWAY_PUBLIC_KEY": str(self.pki.gateway_x25519_pub),
                     "EC_CLOUD__TLS_CERT": str(self.pki.broker_cert),
                     "EC_CLOUD__TLS_KEY": str(self.pki.broker_key),
+                    **self.cloud_env,
                 },
             )
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
@@ -79,6 +92,7 @@ class LocalStack:
                     "EC_GATEWAY__BUNDLE": str(self.bundle),
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,
                     "EC_GATEWAY__CLOUD_CA": str(self.pki.ca_cert),
+                    "EC_UPDATE__CA_FILE": str(self.pki.ca_cert),  # model downloads come from the cloud too
                     "EC_MQTT__HOST": self.broker.host,
                     "EC_MQTT__PORT": str(self.broker.port),
                     "EC_MQTT__CA_FILE": str(self.pki.ca_cert),

@@ -12,8 +12,9 @@ Steps (each one reported as the job's stage and progress):
    ``rejected`` with the numbers;
 5. export the candidate as version ``current + 1`` (or above any published version), the
    served device partition reused byte for byte when the device stage was frozen, signed
-   when a signing key is configured, and publish it for promotion
-   (:func:`cloud_service.candidates.publish_candidate`).
+   when a signing key is configured, and publish it into the registry's directory, where
+   it is a registered candidate (:func:`cloud_service.candidates.publish_candidate`);
+   promoting it is the registry's business (``retrain.auto_promote`` or an operator).
 
 Everything is built in the job's own directory; the served bundle and its checkpoint are
 only read. Any exception ends the job ``failed`` with the error, SIGTERM included; a hard
@@ -41,6 +42,7 @@ import numpy as np
 
 from cloud_service.blobs import BlobStore
 from cloud_service.candidates import checkpoint_for, next_version, publish_candidate
+from cloud_service.config import DEFAULT_MODELS_DIR
 from cloud_service.intake import VersionSpec
 from cloud_service.jobs import JobSpec, JobStore
 from cloud_service.store import ExampleStore, open_engine
@@ -150,6 +152,7 @@ class _Retrain:
     def __init__(self, spec: JobSpec, examples: ExampleStore, report: Progress, workdir: Path) -> None:
         self.spec = spec
         self.settings = spec.retrain
+        self.models_dir = spec.retrain.models_dir or DEFAULT_MODELS_DIR  # the registry's directory
         self.examples = examples
         self.report = report
         self.workdir = workdir
@@ -166,7 +169,7 @@ class _Retrain:
         self.report(0.02, "loading the served model")
         bundle = load_bundle(self.spec.bundle, public_key=self.spec.verify_key)
         manifest = bundle.manifest
-        checkpoint = checkpoint_for(self.settings.models_dir, manifest.version, self.settings.checkpoint)
+        checkpoint = checkpoint_for(self.models_dir, manifest.version, self.settings.checkpoint)
         logger.info("served %s v%d; fine-tuning from %s", manifest.name, manifest.version, checkpoint)
         current, candidate = load_trained(checkpoint), load_trained(checkpoint)
         if len(current.classes) != len(manifest.classes):
@@ -221,7 +224,7 @@ class _Retrain:
         if not decision.promote:
             return self._done(outcome, start)
 
-        version = next_version(self.settings.models_dir, manifest.version)
+        version = next_version(self.models_dir, manifest.version)
         self.report(0.82, f"exporting candidate v{version}")
         tic = time.monotonic()
         out = self.workdir / "bundle"
@@ -254,7 +257,7 @@ class _Retrain:
             out,
             version,
             metrics,
-            models_dir=self.settings.models_dir,
+            models_dir=self.models_dir,
             checkpoint_dir=self.workdir / "checkpoint",
             extra={"job_id": self.spec.job_id, "base_version": manifest.version},
         )

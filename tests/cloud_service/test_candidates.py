@@ -34,7 +34,7 @@ def test_a_candidate_is_published_with_its_numbers_and_checkpoint(tmp_path: Path
         extra={"job_id": 7},
     )
     assert target == models / "v3"
-    assert load_bundle(target / "bundle").manifest == load_bundle(bundle).manifest
+    assert load_bundle(target).manifest == load_bundle(bundle).manifest  # the registry's layout
     record = json.loads((target / "metrics.json").read_text())
     assert (record["version"], record["status"], record["job_id"]) == (3, "candidate", 7)
     assert record["metrics"] == {"gate": {"promote": True}}
@@ -67,3 +67,21 @@ def test_a_failure_while_publishing_leaves_nothing_behind(
     with pytest.raises(OSError, match="disk full"):
         publish_candidate(bundle, 3, {}, models_dir=models)
     assert list(models.iterdir()) == []  # no v3, no hidden staging directory
+
+
+def test_retraining_and_the_registry_share_one_directory(tmp_path: Path) -> None:
+    from cloud_service.config import CloudConfig, RegistrySettings, RetrainSettings
+    from device_sdk.errors import ConfigError
+    from device_sdk.signing import generate_signing_key
+
+    key, _ = generate_signing_key(tmp_path / "keys")
+    registry = RegistrySettings(models_dir=tmp_path / "models", signing_key=key)
+    assert CloudConfig(registry=registry).models_dir == tmp_path / "models"
+    assert CloudConfig(registry=registry).candidate_signing_key == key  # retrain has none: the registry's
+    alone = RetrainSettings(models_dir=tmp_path / "alone")
+    assert CloudConfig(retrain=alone).models_dir == tmp_path / "alone"
+    with pytest.raises(ConfigError, match="must be the same directory"):
+        CloudConfig(registry=registry, retrain=RetrainSettings(models_dir=tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="auto_promote needs the model registry"):
+        CloudConfig(retrain=RetrainSettings(auto_promote=True))
+    CloudConfig(registry=registry, retrain=RetrainSettings(auto_promote=True))  # consistent: accepted

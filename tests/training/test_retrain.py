@@ -48,6 +48,15 @@ def hard(tiny_bundle: Path, fmnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return x[wrong][:40], y[wrong][:40]
 
 
+@pytest.fixture(scope="module")
+def wrong_many(tiny_bundle: Path, fmnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """150 training images whose final-exit answer is wrong: enough for a candidate to learn them."""
+    x, y = fmnist.x_train[50000:53000], fmnist.y_train[50000:53000]
+    wrong = run_partitions(load_bundle(tiny_bundle), x).probs[2].argmax(1) != y
+    assert wrong.sum() >= 150
+    return x[wrong][:150], y[wrong][:150]
+
+
 def test_a_job_runs_in_its_own_process_and_reports_through_the_api(
     tmp_path: Path, tiny_model_dir: Path, hard: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -85,14 +94,12 @@ def test_a_job_runs_in_its_own_process_and_reports_through_the_api(
     assert decision["current"]["n_original"] == 500
     assert decision["promote"] is (status["state"] == "succeeded")
     assert any("fine-tuning: epoch 1/1" in line for line in status["log"])
-    candidate = lc.config.retrain.models_dir / "v2"
+    candidate = lc.config.models_dir / "v2"
     if status["state"] == "succeeded":
         assert status["candidate_version"] == 2
-        bundle = load_bundle(candidate / "bundle")
+        bundle = load_bundle(candidate)
         assert bundle.manifest.version == 2 and bundle.manifest.name == load_bundle(lc.served).manifest.name
-        assert (candidate / "bundle" / "device.tflite").read_bytes() == (
-            lc.served / "device.tflite"
-        ).read_bytes()
+        assert (candidate / "device.tflite").read_bytes() == (lc.served / "device.tflite").read_bytes()
         assert (candidate / "checkpoint" / "trained.json").is_file()
         record = json.loads((candidate / "metrics.json").read_text())
         assert record["status"] == "candidate" and record["metrics"]["gate"]["promote"] is True
@@ -124,7 +131,7 @@ def test_a_killed_job_is_failed_and_the_served_version_stays(
     status = wait_for_job(lc.client, admin, job_id, timeout=30)
     assert status["state"] == "failed" and status["error"] == "the job process ended with signal SIGKILL"
     assert tree_digest(lc.served) == served
-    assert not (lc.config.retrain.models_dir / "v2").exists()
+    assert not (lc.config.models_dir / "v2").exists()
     assert lc.learning.scheduler.jobs.active() is None  # a new job may start
 
 
@@ -175,3 +182,59 @@ def test_edgecascade_retrain_that_crashes_fails_the_job_and_leaves_no_trace(
     assert tree_digest(served_dir) == served
     log = (tmp_path / "jobs" / "job-1" / "job.log").read_text()
     assert "[ 15%] fine-tuning" in log and "injected: out of memory" in log
+
+
+@pytest.mark.parametrize("auto_promote", [False, True], ids=["registered", "auto-promoted"])
+def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    wrong_many: tuple[np.ndarray, np.ndarray],
+    auto_promote: bool,
+) -> None:
+    from cloud_service.announce import InMemoryAnnouncer
+    from cloud_service.config import RegistrySettings
+    from device_sdk.signing import generate_signing_key
+
+    signing_key, _ = generate_signing_key(tmp_path / "keys")
+    announcer = InMemoryAnnouncer()
+    lc = make_learning_cloud(
+        tmp_path,
+        tiny_model_dir / "bundle",
+        checkpoint=tiny_model_dir / "trained",
+        registry=RegistrySettings(models_dir=tmp_path / "registry", signing_key=signing_key),
+        announcer=announcer,
+        auto_promote=auto_promote,
+        **(FAST | {"epochs": 2, "hard_weight": 4.0}),
+    )
+    x, y = wrong_many
+    examples = device_examples(lc.served, x)
+    gateway, admin = lc.auth("gateway"), lc.auth("admin")
+    lc.client.post("/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=gateway)
+    for example, label in zip(examples, y, strict=True):
+        lc.client.put(
+            f"/v1/hard-examples/{example.example_id}/label", json={"label": int(label)}, headers=admin
+        )
+
+    job = lc.client.post("/v1/retrain", headers=admin).json
+    status = wait_for_job(lc.client, admin, job["id"], timeout=300)
+    assert status["state"] == "succeeded", status
+    assert status["candidate_version"] == 2
+    assert (tmp_path / "registry" / "v2" / "checkpoint" / "trained.json").is_file()  # the next job's start
+    deadline = time.monotonic() + 30  # the watcher promotes once the job process has exited
+    while True:
+        listing = lc.client.get("/v1/models", headers=admin).json
+        entries = {m["version"]: m for m in listing["models"]}
+        if not auto_promote or listing["current"]["version"] == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(entries) == [1, 2] and entries[2]["signed"]
+    assert entries[2]["metrics"]["status"] == "candidate" and entries[2]["metrics"]["job_id"] == job["id"]
+    if auto_promote:
+        assert listing["current"]["version"] == 2 and entries[2]["current"]
+        assert [a.version for a in announcer.published] == [2]
+        assert lc.client.get("/healthz").json["version"] == 2  # the cloud serves it
+        assert lc.learning.served_bundle() == tmp_path / "registry" / "v2"  # the next job's base
+    else:
+        assert listing["current"]["version"] == 1 and announcer.published == []
+        promoted = lc.client.post("/v1/models/2/promote", headers=admin)
+        assert promoted.status_code == 200 and promoted.json["current"]["version"] == 2

@@ -1,0 +1,426 @@
+"""``edgecascade bench drift``: a new site's shifted images, through the whole learning loop, live.
+
+The shift: Fashion-MNIST test images seen by a washed-out camera, pixel ``p`` becoming
+``clip(0.5 * p + 60)`` (half the contrast, a brightness offset of 60 grey levels). It is
+cheap, deterministic and plausible (a cheap sensor under strong ambient light), and it
+hurts where the cascade is weakest: measured on the default model (2,000 test images) the
+cascade's accuracy falls from 92 % to 43 % and the device's share from 93 % to 74 %, with
+the device exit's mean confidence down from 0.91 to 0.74. (A 0.5 contrast alone costs only
+5 points; the offset is what moves the images off the training distribution.)
+
+One run, on the local stack (:class:`tools.stack.LocalStack`: TLS Mosquitto, the cloud with
+its model registry, retraining and ``retrain.auto_promote``, the gateway following
+announcements), with one :class:`~device_sdk.client.DeviceClient` that keeps hard examples
+(raw input included) in an outbox and uploads them through the gateway relay:
+
+1. **before**: part A of the shifted stream, one batch at a time;
+2. the hard examples are uploaded (the device outbox drained, then the cloud polled until
+   every selected id arrived; ids still missing are ``hard_examples_lost``) and labelled
+   with their true class through ``PUT /v1/hard-examples/<id>/label``, standing for an
+   operator labelling them (teacher labels from the current model could not teach its
+   final exit anything new);
+3. one retraining job (``POST /v1/retrain``); its candidate passes the gate or not;
+4. auto-promotion and rollout: ``rollout_seconds`` runs from the trigger until the cloud,
+   the gateway and the device all serve the new version;
+5. **after**: a fresh part B of the shifted stream.
+
+Accuracy and the device share on the shifted stream are measured live; on the original
+test set the cascade of the old and new bundles is run offline
+(:func:`device_sdk.runtime.run_partitions`) with each manifest's thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_sdk.bundle import Bundle, load_bundle
+from device_sdk.client import DeviceClient, Prediction
+from device_sdk.outbox import Outbox
+from device_sdk.policy import NeverExit
+from device_sdk.runtime import run_partitions
+from device_sdk.signing import sign_bundle
+from device_sdk.transport import MqttTransport
+from device_sdk.updater import UpdateSettings
+from device_sdk.upload_links import RelayUploadLink
+from device_sdk.uploader import Uploader
+from tools.stack import LocalStack
+from training.calibration import cascade_predictions
+
+DEVICE_ID = "drift-site-device-01"
+CONTRAST, OFFSET = 0.5, 60.0
+
+
+def shift(images: np.ndarray, contrast: float = CONTRAST, offset: float = OFFSET) -> np.ndarray:
+    """The new site's view of ``images`` (uint8): contrast scaled, brightness offset, clipped."""
+    return np.clip(images.astype(np.float32) * contrast + offset, 0, 255).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DriftOptions:
+    """Stream sizes, the retraining job's settings and how long to wait for each step."""
+
+    before: int = 2000  # part A of the shifted stream
+    after: int = 2000  # part B (fresh images)
+    original: int = 10000  # original test images for the offline comparison
+    epochs: int = 3
+    replay_size: int = 3000
+    test_size: int = 5000  # original test images the gate compares on
+    val_size: int = 3000
+    min_holdout: int = 20
+    min_gain: float = 0.5
+    tolerance: float = 1.0  # points any exit may lose on the original test split (the gate)
+    hard_weight: float = 2.0
+    batch: int = 16  # images per predict_batch call
+    timeout: float = 1200.0  # for the job; uploads and rollout wait at most 120 s
+    progress: bool = True
+
+
+def log(message: str) -> None:
+    print(f"[bench drift] {message}", file=sys.stderr, flush=True)
+
+
+def offline_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Cascade accuracy and device share of ``bundle`` at its manifest's thresholds, in-process."""
+    probs = run_partitions(bundle, x).probs
+    thresholds = tuple(p.exit.threshold for p in bundle.manifest.partitions)
+    score = bundle.manifest.partitions[0].exit.score
+    labels, taken = cascade_predictions(probs, thresholds, score)
+    return {"accuracy": float(np.mean(labels == y)), "device_share": float(np.mean(taken == 0))}
+
+
+def phase_summary(predictions: list[Prediction], y: np.ndarray) -> dict[str, Any]:
+    """Live numbers of one phase."""
+    labels = np.array([p.label for p in predictions])
+    tiers = [p.tier for p in predictions]
+    n = max(len(predictions), 1)
+    return {
+        "n": len(predictions),
+        "accuracy": float(np.mean(labels == y)),
+        "device_share": tiers.count("device") / n,
+        "share": {t: tiers.count(t) / n for t in ("device", "gateway", "cloud")},
+        "degraded": sum(p.degraded for p in predictions),
+        "bytes_per_input": {
+            "device_gateway": sum(p.bytes_sent for p in predictions) / n,
+            "gateway_cloud": sum(p.bytes_upstream for p in predictions) / n,
+        },
+        "model_versions": sorted({p.model_version for p in predictions}),
+        "hard_examples": sum(p.hard_example is not None for p in predictions),
+    }
+
+
+class _Admin:
+    """The cloud's admin API over HTTPS (standard library), trusting the site CA."""
+
+    def __init__(self, url: str, token: str, ca_file: Path) -> None:
+        self.url, self.token = url.rstrip("/"), token
+        self._tls = ssl.create_default_context(cafile=str(ca_file))
+
+    def call(self, method: str, route: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + route,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30, context=self._tls) as response:
+            return json.loads(response.read() or b"null")
+
+    def example_ids(self, device_id: str) -> set[str]:
+        ids: set[str] = set()
+        cursor = ""
+        while True:
+            page = self.call("GET", f"/v1/hard-examples?device_id={device_id}&limit=1000&cursor={cursor}")
+            ids.update(e["id"] for e in page["examples"])
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                return ids
+
+
+def _stream(client: DeviceClient, x: np.ndarray, batch: int, desc: str, progress: bool) -> list[Prediction]:
+    from tqdm import tqdm
+
+    out: list[Prediction] = []
+    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(x), batch):
+            out.extend(client.predict_batch(x[start : start + batch]))
+            bar.update(min(batch, len(x) - start))
+    return out
+
+
+def _wait(condition: Any, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _wait_until_served(client: DeviceClient, x: np.ndarray, timeout: float = 30.0) -> None:
+    """Probe until the gateway answers; then each manifest's own exit rule again (through swaps)."""
+    client.policy = NeverExit()
+    try:
+        _wait(lambda: not client.predict(x).degraded, timeout, "the gateway answering")
+    finally:
+        client.policy = None  # not the v1 rule as an override: it would outlive the swap
+
+
+def _env(stack: LocalStack, checkpoint: Path, options: DriftOptions) -> dict[str, str]:
+    """The cloud's registry, announcement and retraining settings."""
+    work, pki = stack.workdir, stack.pki
+    announcer = stack.broker.mqtt_config("cloud")
+    retrain = {
+        "checkpoint": checkpoint.resolve(),
+        "jobs_dir": work / "jobs",
+        "count_threshold": 0,
+        "auto_promote": "true",
+        "epochs": options.epochs,
+        "replay_size": options.replay_size,
+        "test_size": options.test_size,
+        "val_size": options.val_size,
+        "min_holdout": options.min_holdout,
+        "min_gain": options.min_gain,
+        "tolerance": options.tolerance,
+        "hard_weight": options.hard_weight,
+    }
+    return {
+        "EC_CLOUD__VERIFY_KEY": str(pki.cloud_signing_pub),
+        "EC_CLOUD__DATABASE_URL": f"sqlite:///{work / 'cloud-state' / 'cloud.db'}",
+        "EC_CLOUD__BLOB_DIR": str(work / "cloud-state" / "blobs"),
+        "EC_REGISTRY__MODELS_DIR": str(work / "models"),
+        "EC_REGISTRY__SIGNING_KEY": str(pki.cloud_signing_key),
+        "EC_REGISTRY__ANNOUNCE": "true",
+        "EC_REGISTRY__CHECK_INTERVAL": "0.2",
+        "EC_MQTT__HOST": announcer.host,
+        "EC_MQTT__PORT": str(announcer.port),
+        "EC_MQTT__CA_FILE": str(announcer.ca_file),
+        "EC_MQTT__CERT_FILE": str(announcer.cert_file),
+        "EC_MQTT__KEY_FILE": str(announcer.key_file),
+        **{f"EC_RETRAIN__{k.upper()}": str(v) for k, v in retrain.items()},
+    }
+
+
+@contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgecascade-drift-") as tmp:
+            yield Path(tmp)
+
+
+def bench_drift(
+    model: Path,
+    checkpoint: Path,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    options: DriftOptions = DriftOptions(),
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); returns the report."""
+    if options.before + options.after > len(x_test):
+        raise ValueError(f"before + after must be at most {len(x_test)} images")
+    shifted = shift(x_test)
+    a = slice(0, options.before)
+    b = slice(options.before, options.before + options.after)
+    x_orig, y_orig = x_test[: options.original], y_test[: options.original]
+    with _workdir(workdir) as work:
+        source = work / "v1"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(model, source)
+        stack = LocalStack(source, work / "stack")
+        sign_bundle(source, stack.pki.cloud_signing_key)  # the registry only serves signed bundles
+        gateway_env = {
+            "EC_GATEWAY__VERIFY_KEY": str(stack.pki.cloud_signing_pub),
+            "EC_UPDATE__ENABLED": "true",
+            "EC_UPDATE__DIR": str(work / "gateway-models"),
+            "EC_UPDATE__RETRY_INITIAL": "0.2",
+            "EC_UPDATE__RETRY_MAX": "2",
+            "EC_OUTBOX__PATH": str(work / "gateway-outbox.db"),
+            "EC_OUTBOX__UPLOAD_INTERVAL": "0.5",
+            "EC_CACHE__ENABLED": "false",
+        }
+        stack.gateway_env = gateway_env
+        stack.cloud_env = _env(stack, checkpoint, options)
+        log(f"starting the stack in {work}")
+        stack.start()
+        try:
+            report = _run(stack, source, work, shifted, y_test, a, b, options)
+        finally:
+            exit_codes = stack.stop()
+        log("offline cascade on the original test set, old and new bundles")
+        old = load_bundle(source)
+        new_dir = work / "stack" / "models" / f"v{report['after']['version']}"
+        new = load_bundle(new_dir) if new_dir.is_dir() else old
+        report["before"]["original"] = offline_cascade(old, x_orig, y_orig)
+        report["after"]["original"] = offline_cascade(new, x_orig, y_orig)
+        report["before"]["shifted"]["offline"] = offline_cascade(old, shifted[a], y_test[a])
+        report["after"]["shifted"]["offline"] = offline_cascade(new, shifted[b], y_test[b])
+        report["exit_codes"] = exit_codes
+    return report
+
+
+def _run(
+    stack: LocalStack,
+    source: Path,
+    work: Path,
+    shifted: np.ndarray,
+    y: np.ndarray,
+    a: slice,
+    b: slice,
+    options: DriftOptions,
+) -> dict[str, Any]:
+    tokens = stack.tokens
+    admin = _Admin(stack.cloud_url, tokens.create("admin", "drift-bench")[0], stack.pki.ca_cert)
+    mqtt, crypto = stack.device(DEVICE_ID)
+    transport = MqttTransport(mqtt, DEVICE_ID)
+    bundle = load_bundle(source)
+    outbox = Outbox(work / "device-outbox.db")
+    client = DeviceClient(bundle, DEVICE_ID, transport, crypto=crypto, outbox=outbox, keep_raw=True)
+    uploader: Uploader | None = None
+    try:
+        client.follow_updates(
+            UpdateSettings(
+                enabled=True,
+                dir=work / "device-models",
+                retry_initial=0.2,
+                retry_max=2.0,
+                ca_file=stack.pki.ca_cert,
+            ),
+            cloud_url=stack.cloud_url,
+            token=tokens.create("device", DEVICE_ID)[0],
+            verify_key=stack.pki.cloud_signing_pub,
+        )
+        link = RelayUploadLink(
+            transport, DEVICE_ID, bundle.manifest.version, crypto=crypto, sequence=client.next_seq
+        )
+        uploader = Uploader(outbox, link, interval=0.5, backoff_base=0.5, backoff_max=5.0).start()
+        _wait_until_served(client, shifted[a][0])
+        v1 = client.manifest.version
+
+        log(f"phase before: {options.before} shifted images on v{v1}")
+        before = _stream(client, shifted[a], options.batch, "before", options.progress)
+        selected = {
+            p.hard_example: int(label) for p, label in zip(before, y[a], strict=True) if p.hard_example
+        }
+        log(f"{len(selected)} hard examples selected; uploading through the gateway relay")
+        uploader.drain(120.0)
+        arrived: set[str] = set()
+
+        def all_arrived() -> bool:
+            arrived.update(admin.example_ids(DEVICE_ID))
+            return set(selected) <= arrived
+
+        try:
+            upload_seconds = _wait(all_arrived, 120.0, "hard examples reaching the cloud")
+        except TimeoutError as exc:
+            log(str(exc))
+            upload_seconds = None
+        lost = sorted(set(selected) - arrived)
+        log(f"{len(selected) - len(lost)} at the cloud, {len(lost)} lost; labelling them (operator stand-in)")
+        for example_id, label in selected.items():
+            if example_id in arrived:
+                admin.call("PUT", f"/v1/hard-examples/{example_id}/label", {"label": label})
+
+        trigger = time.monotonic()
+        job = admin.call("POST", "/v1/retrain")
+        log(f"retraining job {job['id']} started")
+        last = ""
+        while job["state"] in ("queued", "running"):
+            if time.monotonic() - trigger > options.timeout:
+                raise TimeoutError(f"retraining job {job['id']} did not end within {options.timeout:.0f} s")
+            time.sleep(1.0)
+            job = admin.call("GET", f"/v1/jobs/{job['id']}?log_lines=0")
+            if job["stage"] != last:
+                last = job["stage"]
+                log(f"job {job['id']}: {100 * job['progress']:3.0f}% {last}")
+        job_seconds = time.monotonic() - trigger
+        gate = (job.get("metrics") or {}).get("gate", {})
+        log(f"job {job['id']} {job['state']} in {job_seconds:.0f} s: {gate.get('reason', job.get('error'))}")
+        version = job.get("candidate_version")
+        rollout_seconds = None
+        if job["state"] == "succeeded" and version is not None:
+
+            def everyone_serves() -> bool:
+                health = admin.call("GET", "/healthz")
+                return (
+                    health["version"] == version
+                    and f"gateway now serves model v{version}" in stack.log("gateway")
+                    and client.manifest.version == version
+                )
+
+            _wait(everyone_serves, 120.0, f"cloud, gateway and device serving v{version}")
+            rollout_seconds = time.monotonic() - trigger
+            log(f"v{version} served everywhere {rollout_seconds:.1f} s after the trigger")
+        uploader.stop()
+        uploader = None
+
+        log(f"phase after: {options.after} fresh shifted images on v{client.manifest.version}")
+        after = _stream(client, shifted[b], options.batch, "after", options.progress)
+    finally:
+        if uploader is not None:
+            uploader.stop()
+        client.close()
+        outbox.close()
+    return {
+        "shift": {"contrast": CONTRAST, "offset": OFFSET},
+        "before": {"version": v1, "shifted": phase_summary(before, y[a])},
+        "after": {"version": client.manifest.version, "shifted": phase_summary(after, y[b])},
+        "hard_examples_selected": len(selected),
+        "hard_examples_uploaded": len(selected) - len(lost),
+        "hard_examples_lost": len(lost),
+        "upload_seconds": upload_seconds,
+        "job": {
+            "id": job["id"],
+            "state": job["state"],
+            "seconds": job_seconds,
+            "candidate_version": version,
+            "examples": (job.get("metrics") or {}).get("examples"),
+            "gate": gate,
+        },
+        "rollout_seconds": rollout_seconds,
+        "promotion_seconds": None if rollout_seconds is None else rollout_seconds - job_seconds,
+        "options": {k: v for k, v in vars(options).items() if k != "progress"},
+    }
+
+
+def format_drift_report(report: dict[str, Any]) -> str:
+    """A short before → after table."""
+    rows = []
+    for name, key in (
+        ("shifted accuracy", ("shifted", "accuracy")),
+        ("shifted device share", ("shifted", "device_share")),
+        ("original accuracy (offline)", ("original", "accuracy")),
+        ("original device share (offline)", ("original", "device_share")),
+    ):
+        old, new = (report[p][key[0]][key[1]] for p in ("before", "after"))
+        rows.append(f"{name:<32} {old:>8.1%} {new:>8.1%} {100 * (new - old):+7.1f} pt")
+    bytes_old, bytes_new = (
+        report[p]["shifted"]["bytes_per_input"]["device_gateway"] for p in ("before", "after")
+    )
+    rows.append(f"{'bytes/input device->gateway':<32} {bytes_old:>8.0f} {bytes_new:>8.0f}")
+    rollout = report["rollout_seconds"]
+    lines = [
+        f"drift benchmark: shift contrast x{report['shift']['contrast']} + {report['shift']['offset']:.0f}",
+        f"{'':<32} {'v' + str(report['before']['version']):>8} {'v' + str(report['after']['version']):>8}",
+        *rows,
+        f"hard examples: {report['hard_examples_uploaded']} uploaded, {report['hard_examples_lost']} lost; "
+        f"job {report['job']['state']} in {report['job']['seconds']:.0f} s; "
+        f"rollout {'-' if rollout is None else f'{rollout:.1f} s'} from the trigger",
+    ]
+    return "\n".join(lines)
