@@ -10,36 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from device_sdk import serving, wire
-from device_sdk.bundle import Bundle, PartitionSpec
-from device_sdk.hotswap import ServedModels
-from device_sdk.policy import softmax
+from device_sdk.bundle import Bundle
+from device_sdk.hotswap import ServedModels, TierModel
+from device_sdk.policy import policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CloudModel:
-    """The final partition of one model version."""
-
-    bundle: Bundle
-    runner: PartitionRunner
-
-    @property
-    def version(self) -> int:
-        return self.bundle.manifest.version
-
-    @property
-    def spec(self) -> PartitionSpec:
-        return self.bundle.manifest.partition("cloud")
-
-    @property
-    def cut_encoding(self) -> str:
-        """How this version's gateways encode cut-2 features."""
-        return self.bundle.manifest.partition("gateway").encoding
 
 
 class CloudInference:
@@ -65,8 +43,9 @@ class CloudInference:
         """Model versions answered right now, the current one first."""
         return self._models.versions()
 
-    def _load(self, bundle: Bundle) -> CloudModel:
-        return CloudModel(bundle, PartitionRunner.from_bundle(bundle, "cloud", self.num_threads))
+    def _load(self, bundle: Bundle) -> TierModel:
+        runner = PartitionRunner.from_bundle(bundle, "cloud", self.num_threads)
+        return TierModel("cloud", bundle, runner, policy_from_spec(bundle.manifest.partition("cloud").exit))
 
     def swap(self, bundle: Bundle) -> None:
         """Answer new requests with ``bundle``; requests of the replaced version during its grace."""

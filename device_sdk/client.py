@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device_sdk import codec, wire
-from device_sdk.bundle import Bundle, Manifest, PartitionSpec, load_bundle
+from device_sdk.bundle import Bundle, Manifest, load_bundle
 from device_sdk.cache import NeuralCache, open_cache
 from device_sdk.crypto import DeviceCrypto, initial_sequence
 from device_sdk.errors import (
@@ -45,7 +45,7 @@ from device_sdk.errors import (
     TensorSpecError,
 )
 from device_sdk.hard_examples import MAX_TENSOR_BYTES, HardExample
-from device_sdk.hotswap import ServedModels
+from device_sdk.hotswap import ServedModels, TierModel
 from device_sdk.offload import Sender, exchange
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
@@ -78,28 +78,6 @@ class Prediction:
     @property
     def confidence(self) -> float:
         return float(self.probabilities.max())
-
-
-@dataclass(frozen=True)
-class DeviceModel:
-    """Everything the client loaded for one model version; replaced whole by a swap."""
-
-    bundle: Bundle
-    runner: PartitionRunner
-    policy: ExitPolicy  # the manifest's exit rule (the client's override, if any, wins)
-    cache: NeuralCache | None
-
-    @property
-    def version(self) -> int:
-        return self.bundle.manifest.version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.bundle.manifest
-
-    @property
-    def spec(self) -> PartitionSpec:
-        return self.bundle.manifest.partition("device")
 
 
 @dataclass
@@ -197,9 +175,11 @@ class DeviceClient:
     def _runner(self) -> PartitionRunner:
         return self._models.current.runner
 
-    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> DeviceModel:
+    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> TierModel:
         runner = PartitionRunner.from_bundle(bundle, "device", self.num_threads)
-        return DeviceModel(bundle, runner, policy_from_spec(bundle.manifest.partition("device").exit), cache)
+        return TierModel(
+            "device", bundle, runner, policy_from_spec(bundle.manifest.partition("device").exit), cache
+        )
 
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve ``bundle`` from the next call on; calls in progress finish on the current model.
@@ -297,7 +277,7 @@ class DeviceClient:
     # ------------------------------------------------------------------------ internals
     def _predict(
         self,
-        model: DeviceModel,
+        model: TierModel,
         xs: np.ndarray | Sequence[np.ndarray],
         max_in_flight: int,
         *,
@@ -347,7 +327,7 @@ class DeviceClient:
                 results[i] = prediction
         return results
 
-    def _prepare(self, xs: np.ndarray | Sequence[np.ndarray], model: DeviceModel | None = None) -> np.ndarray:
+    def _prepare(self, xs: np.ndarray | Sequence[np.ndarray], model: TierModel | None = None) -> np.ndarray:
         batch = np.asarray(xs)
         manifest = (model or self._models.current).manifest
         shape = manifest.input.shape
@@ -361,7 +341,7 @@ class DeviceClient:
         return x
 
     def _local(
-        self, model: DeviceModel, probs: np.ndarray, latency_ms: float, *, degraded: bool, error: str | None
+        self, model: TierModel, probs: np.ndarray, latency_ms: float, *, degraded: bool, error: str | None
     ) -> Prediction:
         tier = wire.Tier.DEVICE.label
         self.counters[f"answered_{tier}{'_degraded' if degraded else ''}"] += 1
@@ -377,9 +357,7 @@ class DeviceClient:
             error=error,
         )
 
-    def _lookup(
-        self, model: DeviceModel, embeddings: np.ndarray, device_ms: float
-    ) -> list[Prediction | None]:
+    def _lookup(self, model: TierModel, embeddings: np.ndarray, device_ms: float) -> list[Prediction | None]:
         """Answers the device cache has for these embeddings (None where it has none)."""
         assert model.cache is not None
         started = time.perf_counter()
@@ -412,7 +390,7 @@ class DeviceClient:
 
     def _keep_hard_examples(
         self,
-        model: DeviceModel,
+        model: TierModel,
         raw: np.ndarray,
         features: np.ndarray,
         exit_probs: np.ndarray,
@@ -473,9 +451,7 @@ class DeviceClient:
             return None
         return body
 
-    def _offload(
-        self, model: DeviceModel, locals_: list[_Local], retry_stale: bool
-    ) -> list[Prediction | None]:
+    def _offload(self, model: TierModel, locals_: list[_Local], retry_stale: bool) -> list[Prediction | None]:
         """Send each input's cut features to the next tier; degrade on any failure.
 
         With ``retry_stale``, a request the gateway refused as an unknown model version gives

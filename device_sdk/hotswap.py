@@ -17,7 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from device_sdk.bundle import TIERS
+
+if TYPE_CHECKING:
+    from device_sdk.bundle import Bundle, Manifest, PartitionSpec
+    from device_sdk.cache import NeuralCache
+    from device_sdk.policy import ExitPolicy
+    from device_sdk.runtime import PartitionRunner
 
 
 class Versioned(Protocol):
@@ -28,6 +37,37 @@ class Versioned(Protocol):
 
 
 M = TypeVar("M", bound=Versioned)
+
+
+@dataclass(frozen=True)
+class TierModel:
+    """What one tier loaded for one model version; replaced whole by a swap."""
+
+    tier: str
+    bundle: Bundle
+    runner: PartitionRunner
+    policy: ExitPolicy  # the manifest's exit rule for this tier (an explicit override wins over it)
+    cache: NeuralCache | None = None
+
+    @property
+    def version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def spec(self) -> PartitionSpec:
+        return self.bundle.manifest.partition(self.tier)
+
+    @property
+    def cut_encoding(self) -> str:
+        """How this version's previous tier encodes the features this tier receives."""
+        index = TIERS.index(self.tier)
+        if index == 0:
+            raise ValueError(f"the {self.tier} partition receives raw inputs, not cut features")
+        return self.bundle.manifest.partition(TIERS[index - 1]).encoding
 
 
 class ServedModels(Generic[M]):

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from device_sdk import codec, serving, wire
-from device_sdk.bundle import Bundle, PartitionSpec
+from device_sdk.bundle import Bundle
 from device_sdk.cache import NeuralCache
 from device_sdk.crypto import GatewayCrypto
 from device_sdk.errors import CryptoError, EdgeCascadeError, ModelVersionError, StorageError, WireError
 from device_sdk.hard_examples import HardExample
-from device_sdk.hotswap import ServedModels
+from device_sdk.hotswap import ServedModels, TierModel
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
@@ -69,29 +69,6 @@ class Forward:
     cache: NeuralCache | None = None  # the cache of the model that answered, which learns the reply
     features: bytes = b""  # the request's cut-1 tensor body, kept if the answer ends up degraded
     encoding: str = "float32"  # how ``features`` are encoded
-
-
-@dataclass(frozen=True)
-class GatewayModel:
-    """What the gateway loaded for one model version; replaced whole by a swap."""
-
-    bundle: Bundle
-    runner: PartitionRunner
-    policy: ExitPolicy
-    cache: NeuralCache | None
-
-    @property
-    def version(self) -> int:
-        return self.bundle.manifest.version
-
-    @property
-    def spec(self) -> PartitionSpec:
-        return self.bundle.manifest.partition("gateway")
-
-    @property
-    def cut_encoding(self) -> str:
-        """How this version's devices encode cut-1 features."""
-        return self.bundle.manifest.partition("device").encoding
 
 
 #: builds the gateway cache for a new model version (None: no cache)
@@ -142,10 +119,10 @@ class GatewayService:
         """Model versions answered right now, the current one first."""
         return self._models.versions()
 
-    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> GatewayModel:
+    def _load(self, bundle: Bundle, cache: NeuralCache | None) -> TierModel:
         runner = PartitionRunner.from_bundle(bundle, "gateway")
         policy = policy_from_spec(bundle.manifest.partition("gateway").exit)
-        return GatewayModel(bundle, runner, policy, cache)
+        return TierModel("gateway", bundle, runner, policy, cache)
 
     def swap(self, bundle: Bundle) -> None:
         """Serve ``bundle`` for new requests; the replaced version stays servable for the grace period.
@@ -160,7 +137,7 @@ class GatewayService:
     def decide(self, requests: list[Request]) -> list[bytes | Forward | None]:
         """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
         out: list[bytes | Forward | None] = [None] * len(requests)
-        groups: dict[int, tuple[GatewayModel, list[tuple[int, wire.Header, np.ndarray, bytes]]]] = {}
+        groups: dict[int, tuple[TierModel, list[tuple[int, wire.Header, np.ndarray, bytes]]]] = {}
         key_ids: list[int | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             self.counters.add("requests")
@@ -208,7 +185,7 @@ class GatewayService:
             return None
 
     def _answer(
-        self, model: GatewayModel, batch: list[tuple[wire.Header, np.ndarray, bytes]]
+        self, model: TierModel, batch: list[tuple[wire.Header, np.ndarray, bytes]]
     ) -> list[bytes | Forward]:
         """Run partition 2 once for the batch; exit, then cache, then cloud for each request."""
         result = model.runner.run(np.stack([tensor for _, tensor, _ in batch]))
