@@ -195,3 +195,18 @@ def test_export_rejects_bad_threshold_override(tiny_trained: TrainedModel, tmp_p
     with pytest.raises(ValueError, match="thresholds"):
         export.export_bundle(tiny_trained, tmp_path / "b", thresholds=(0.5, -1.0, 0.0))
     assert not (tmp_path / "b").exists()
+
+
+def test_train_and_export_is_the_whole_pipeline(fmnist: Dataset, tmp_path: Path) -> None:
+    """What `edgecascade train` runs: train, save the checkpoint, measure variants, calibrate caches."""
+    from training.train import TrainConfig, load_trained
+
+    config = TrainConfig(epochs=1, batch_size=64, train_subset=1500, model=TrainConfig.tiny().model)
+    manifest = export.train_and_export(
+        config, tmp_path / "bundle", dataset=fmnist, progress=False, checkpoint_dir=tmp_path / "ckpt"
+    )
+    assert load_bundle(tmp_path / "bundle").manifest == manifest
+    assert all(manifest.partition(t).cache is not None for t in ("device", "gateway"))
+    assert {p.precision for p in manifest.partitions} <= {"float32", "int8"}
+    assert manifest.metrics["variant_device_int8_bytes"] < manifest.metrics["variant_device_float32_bytes"]
+    assert load_trained(tmp_path / "ckpt").thresholds == tuple(p.exit.threshold for p in manifest.partitions)
