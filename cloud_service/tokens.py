@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_sdk.errors import AuthError, ConfigError
+from device_sdk.outbox import immediate_transaction
 
 SCOPES = ("device", "gateway", "admin", "enroll")
 PREFIX = "ec_"
@@ -129,14 +130,8 @@ class TokenStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self._db()) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     @staticmethod
     def _info(row: sqlite3.Row) -> TokenInfo:

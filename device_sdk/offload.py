@@ -82,17 +82,27 @@ def exchange(
     return outcomes
 
 
-def read_reply(crypto: DeviceCrypto | None, request: wire.Header, reply: bytes, classes: int) -> wire.Result:
-    """The result a reply carries; RemoteError for an error reply, WireError for anything else wrong."""
+def open_reply(
+    crypto: DeviceCrypto | None, request: wire.Header, reply: bytes, expected: wire.MessageType
+) -> wire.Envelope:
+    """The reply to ``request``, decrypted, of type ``expected``.
+
+    RemoteError for an error reply, WireError for a reply to another request or of another type.
+    """
     envelope = crypto.open(reply) if crypto is not None else wire.envelope_from_bytes(reply)
     if envelope.header.request_id != request.request_id:
         raise WireError("reply does not answer this request")
     if envelope.header.msg_type == wire.MessageType.ERROR:
         code, message = wire.decode_error(envelope.body)
         raise RemoteError(int(code), message)
-    if envelope.header.msg_type != wire.MessageType.RESULT:
+    if envelope.header.msg_type != expected:
         raise WireError(f"unexpected reply type {envelope.header.msg_type.name}")
-    result = wire.decode_result(envelope.body)
+    return envelope
+
+
+def read_reply(crypto: DeviceCrypto | None, request: wire.Header, reply: bytes, classes: int) -> wire.Result:
+    """The result a reply carries; RemoteError for an error reply, WireError for anything else wrong."""
+    result = wire.decode_result(open_reply(crypto, request, reply, wire.MessageType.RESULT).body)
     if len(result.probabilities) != classes:
         raise WireError("reply has the wrong number of classes")
     return result

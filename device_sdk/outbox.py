@@ -55,6 +55,18 @@ CREATE INDEX IF NOT EXISTS hard_examples_by_state ON hard_examples (state, seq);
 """
 
 
+@contextlib.contextmanager
+def immediate_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``) on ``db``: committed on success, rolled back on error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class AddStatus(enum.StrEnum):
     """What :meth:`Outbox.add_many` did with one example."""
 
@@ -277,11 +289,5 @@ class Outbox:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._locked() as db, immediate_transaction(db):
+            yield db

@@ -26,6 +26,7 @@ from typing import Any
 from device_sdk import wire
 from device_sdk.crypto import DeviceCrypto, initial_sequence
 from device_sdk.errors import ConfigError, RemoteError, TransportError, TransportTimeout, WireError
+from device_sdk.offload import open_reply
 from device_sdk.transport import Transport
 from device_sdk.upload_batch import Receipt, encode_batch
 from device_sdk.uploader import UploadLink
@@ -77,14 +78,7 @@ class RelayUploadLink(UploadLink):
         except FutureTimeout:
             self.transport.forget(header.request_id)
             raise TransportTimeout(f"no receipt from a gateway within {self.timeout:.3g} s") from None
-        answer = self.crypto.open(reply) if self.crypto is not None else wire.envelope_from_bytes(reply)
-        if answer.header.request_id != header.request_id:
-            raise WireError("receipt does not answer this upload")
-        if answer.header.msg_type == wire.MessageType.ERROR:
-            code, message = wire.decode_error(answer.body)
-            raise RemoteError(int(code), message)
-        if answer.header.msg_type != wire.MessageType.HARD_EXAMPLES_ACK:
-            raise WireError(f"unexpected answer to an upload: {answer.header.msg_type.name}")
+        answer = open_reply(self.crypto, header, reply, wire.MessageType.HARD_EXAMPLES_ACK)
         return Receipt.from_bytes(answer.body)
 
 
