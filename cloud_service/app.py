@@ -50,11 +50,11 @@ def create_app(
     config = config or CloudConfig()
     app = Flask("cloud_service")
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
-    registry = _registry(config) if config.registry.models_dir is not None else None
+    registry = open_registry(config) if config.registry.models_dir is not None else None
     if inference is None:
         if registry is not None:
             bundle = registry.current_bundle(("cloud",))
-            assert bundle is not None  # _registry() made sure there is a current release
+            assert bundle is not None  # open_registry() made sure there is a current release
         else:
             bundle = load_bundle(config.cloud.bundle, tiers=("cloud",), public_key=config.cloud.verify_key)
         inference = CloudInference(bundle, grace=config.registry.grace)
@@ -71,7 +71,7 @@ def create_app(
         )
         models_api.init_app(app, rollout)
         if config.retrain.auto_promote:
-            base_url = f"http://{config.cloud.host}:{config.cloud.port}"  # announced unless public_url is set
+            base_url = own_url(config)
 
             def promote(job: JobRow) -> None:
                 if job.candidate_version is not None:
@@ -85,7 +85,12 @@ def create_app(
     return app
 
 
-def _registry(config: CloudConfig) -> ModelRegistry:
+def own_url(config: CloudConfig) -> str:
+    """This cloud's URL from its own settings: the announced download base unless ``registry.public_url``."""
+    return f"http://{config.cloud.host}:{config.cloud.port}"
+
+
+def open_registry(config: CloudConfig) -> ModelRegistry:
     """The model registry; on first start it registers and promotes ``cloud.bundle``."""
     settings = config.registry
     assert settings.models_dir is not None

@@ -85,6 +85,7 @@ class RetrainSettings:
     hard_weight: float = 2.0  # loss weight of a hard example relative to a replay image
     train_device: bool = True  # fine-tune the device stage too when every example carries its raw input
     holdout_fraction: float = 0.2  # share of hard examples (by id hash) kept out of training for the gate
+    calibration_fraction: float = 0.2  # share of audited examples (by id hash) kept for fitting thresholds
     min_holdout: int = 20  # fewer held-out examples than this: the gate cannot judge, the job is rejected
     min_gain: float = 0.5  # points the candidate must gain on the held-out hard examples (and always > 0)
     tolerance: float = 0.5  # points any exit may lose on the original test data
@@ -111,6 +112,11 @@ class RetrainSettings:
             problems.append(f"retrain.hard_weight must be > 0, got {self.hard_weight}")
         if not 0 < self.holdout_fraction < 1:
             problems.append(f"retrain.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        calibration = self.calibration_fraction
+        if not 0 <= calibration < 1:
+            problems.append(f"retrain.calibration_fraction must be in [0, 1), got {calibration}")
+        elif 0 < self.holdout_fraction < 1 <= self.holdout_fraction + calibration:
+            problems.append("retrain.holdout_fraction + calibration_fraction >= 1: nothing would train")
         if not 0 <= self.tolerance <= 100:
             problems.append(f"retrain.tolerance must be in [0, 100] points, got {self.tolerance}")
         if not 0 <= self.min_gain <= 100:

@@ -95,10 +95,15 @@ class RegistryFollower:
 
 @dataclass
 class Rollout:
-    """What the routes need: the registry, the follower, and how to sign and announce."""
+    """What the routes need: the registry, the follower, and how to sign and announce.
+
+    ``follower`` is None in a process that serves no model (``edgecascade retrain``): it
+    promotes and announces, and the server processes' followers notice the new ``current``
+    within ``registry.check_interval``, or at once when a request names the new version.
+    """
 
     registry: ModelRegistry
-    follower: RegistryFollower
+    follower: RegistryFollower | None
     announcer: Announcer | None = None
     signing_key: PrivateKeySource | None = None
     public_url: str = ""
@@ -122,8 +127,9 @@ class Rollout:
         Raises :class:`RegistryError` (500) when this process cannot serve the release: nodes
         would then run what the cloud cannot, so nothing is announced.
         """
-        self.follower.sync(force=True)
-        if self.follower.serving != release.manifest_sha256:
+        if self.follower is not None:
+            self.follower.sync(force=True)
+        if self.follower is not None and self.follower.serving != release.manifest_sha256:
             raise RegistryError(
                 f"{release.release} is current in the registry but this cloud cannot serve it (see its log); "
                 "not announced: promote a version that loads",
@@ -156,7 +162,9 @@ def init_app(app: Flask, rollout: Rollout) -> None:
     """Register the registry routes; every request first checks for a promotion elsewhere."""
     app.extensions[_EXTENSION] = rollout
     app.register_blueprint(models_api)
-    app.before_request(lambda: rollout.follower.sync())
+    follower = rollout.follower
+    if follower is not None:
+        app.before_request(lambda: follower.sync())
     app.register_error_handler(RegistryError, _registry_error)
 
 

@@ -22,6 +22,11 @@ rollback still runs something up to that highest version.
 the directory is fsynced), so a reader in any process sees the old or the new release,
 never a mixture, and a crash leaves one of them. Every bundle is verified with the
 cloud's public key when registered and again when promoted.
+
+A version's ``metrics.json``, when it has one, also says what the version is: ``"status"``
+is ``candidate`` until it is first released, then ``promoted`` (``promoted_at``: when it
+last was), or ``rolled_back`` (``rolled_back_at``) once a rollback replaced it while it was
+current. The listing's ``current`` flag says which version runs now.
 """
 
 from __future__ import annotations
@@ -234,10 +239,11 @@ class ModelRegistry:
             current = self.current()
             if current is None or len(current.history) < 2:
                 raise RegistryError("nothing to roll back to: no version was current before this one")
-            return self._release(current.history[-2], current.highest, current.history[:-1])
+            return self._release(current.history[-2], current.highest, current.history[:-1], undo=True)
 
     # ----------------------------------------------------------------------- internals
-    def _release(self, version: int, highest: int, history: tuple[int, ...]) -> Release:
+    def _release(self, version: int, highest: int, history: tuple[int, ...], undo: bool = False) -> Release:
+        """Make ``version`` current; ``undo``: the current one is being rolled back."""
         source = self._verified(self.bundle_dir(version))
         path, rollback_of = source.path, None
         if version < highest:
@@ -251,10 +257,29 @@ class ModelRegistry:
             history=history[-HISTORY:],
             promoted_at=time.time(),
         )
+        previous = self.current()
         atomic_write(self.root / POINTER, json.dumps(release.to_dict(), indent=2).encode())
         _fsync_dir(self.root)
         logger.info("model %s is now %s", release.name, release.release)
+        self._set_status(version, "promoted", release.promoted_at)
+        if (undo or rollback_of is not None) and previous is not None and previous.version != version:
+            self._set_status(previous.version, "rolled_back", release.promoted_at)
         return release
+
+    def _set_status(self, version: int, status: str, when: float) -> None:
+        """Record in the version's ``metrics.json`` (if any) what it now is; never fails the release."""
+        path = self.root / f"v{version}" / METRICS
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                return
+            data["status"] = status
+            data[f"{status}_at"] = when
+            atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:  # the pointer is what counts; this is bookkeeping
+            logger.warning("cannot record status %s in %s: %s", status, path, exc)
 
     def _verified(self, path: Path) -> Bundle:
         try:

@@ -43,6 +43,7 @@ from device_sdk.outbox import Outbox
 from device_sdk.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
 from device_sdk.runtime import PartitionRunner
 from device_sdk.selection import (
+    AuditSample,
     Degraded,
     ExitsDisagree,
     HardExampleFilter,
@@ -58,6 +59,7 @@ from device_sdk.uploader import Uploader, UploadLink
 
 __all__ = [
     "AlwaysExit",
+    "AuditSample",
     "AuthError",
     "BatchError",
     "Bundle",

@@ -80,7 +80,10 @@ class HardExampleSettings:
 
     ``filters`` name the selection filters (:mod:`device_sdk.selection`): ``reached_cloud``,
     ``exits_disagree``, ``low_margin`` (the final answer's ``low_score`` below
-    ``low_threshold``) and ``degraded``. Only cut-1 features are kept unless ``keep_raw``
+    ``low_threshold``) and ``degraded``. ``audit_rate`` adds a uniform random sample of every
+    input, whatever the cascade did (reason ``audit``): confidently wrong answers after a
+    drift pass every filter above, and only such a sample shows them to the cloud (0: off).
+    Only cut-1 features are kept unless ``keep_raw``
     (the application's explicit opt-in to upload raw inputs). ``outbox`` is the SQLite file
     (None: no outbox, nothing is kept); it holds at most ``capacity`` records. The uploader
     sends up to ``batch_size`` records at a time, looks for new ones every
@@ -91,6 +94,7 @@ class HardExampleSettings:
     filters: tuple[str, ...] = ("reached_cloud", "exits_disagree", "low_margin", "degraded")
     low_score: str = "margin"
     low_threshold: float = 0.1
+    audit_rate: float = 0.0
     keep_raw: bool = False
     outbox: Path | None = None
     capacity: int = 10_000
@@ -100,9 +104,11 @@ class HardExampleSettings:
     backoff_max: float = 300.0
 
     def __post_init__(self) -> None:
-        from device_sdk.hard_examples import REASONS
+        from device_sdk.selection import FILTERS
 
-        problems = [f"hard_examples.filters: unknown filter {f!r}" for f in self.filters if f not in REASONS]
+        problems = [f"hard_examples.filters: unknown filter {f!r}" for f in self.filters if f not in FILTERS]
+        if not 0.0 <= self.audit_rate <= 1.0:
+            problems.append("hard_examples.audit_rate must be in [0, 1]")
         if self.low_score not in LOW_SCORES:
             problems.append(f"hard_examples.low_score must be one of {', '.join(LOW_SCORES)}")
         if not 0.0 <= self.low_threshold <= 1.0:

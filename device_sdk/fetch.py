@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import json
 import ssl
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +31,15 @@ class Fetcher(abc.ABC):
     @abc.abstractmethod
     def fetch(self, path: str, target: Path) -> None:
         """Write the file at ``path`` to ``target`` (which must not exist yet)."""
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        """The body at ``path`` (a small answer such as the current release), at most ``max_bytes``."""
+        with tempfile.TemporaryDirectory(prefix="edgecascade-fetch-") as tmp:
+            target = Path(tmp) / "body"
+            self.fetch(path, target)
+            if target.stat().st_size > max_bytes:
+                raise BundleError(f"{path}: answer larger than {max_bytes} bytes")
+            return target.read_bytes()
 
 
 class InMemoryFetcher(Fetcher):

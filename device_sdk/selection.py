@@ -10,7 +10,11 @@ those worth sending to the cloud for retraining, under one of the record's
 - :class:`LowConfidence` (``low_margin``): even the final answer is unsure (its margin,
   normalised-entropy confidence or top probability is below a threshold);
 - :class:`Degraded` (``degraded``): a tier above could not be reached, so the answer is a
-  lower tier's best guess and the cloud never saw the input.
+  lower tier's best guess and the cloud never saw the input;
+- :class:`AuditSample` (``audit``): a uniform random share of all inputs. After a drift the
+  early exit can be confidently wrong, and such answers pass every filter above; a small
+  random sample is how they reach the cloud. Being uniform, the audited examples are also an
+  unbiased sample of what the node sees, which retraining uses to set exit thresholds.
 
 A :class:`HardExampleSelector` combines filters and gives each input the reasons it was
 selected for (none: not selected). :meth:`HardExampleSelector.from_settings` builds one
@@ -20,6 +24,7 @@ from the ``[hard_examples]`` config section.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,6 +112,31 @@ class Degraded(HardExampleFilter):
         return np.asarray(answers.degraded, dtype=bool)
 
 
+class AuditSample(HardExampleFilter):
+    """Each input with probability ``rate``, independently of what the cascade did."""
+
+    reason = "audit"
+
+    def __init__(self, rate: float, rng: np.random.Generator | None = None) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"audit rate must be in [0, 1], got {rate}")
+        self.rate = rate
+        self._rng = rng or np.random.default_rng()
+        self._lock = threading.Lock()  # a Generator is not thread-safe
+
+    def select(self, answers: Answers) -> np.ndarray:
+        with self._lock:
+            draws = self._rng.random(len(answers.tiers))
+        return np.asarray(draws < self.rate, dtype=bool)
+
+    def __repr__(self) -> str:
+        return f"AuditSample({self.rate:g})"
+
+
+FILTERS = ("reached_cloud", "exits_disagree", "low_margin", "degraded")
+"""Filters ``[hard_examples] filters`` may name (the audit sample is set by ``audit_rate``)."""
+
+
 class HardExampleSelector:
     """Several filters; an input is selected when any of them marks it."""
 
@@ -120,14 +150,17 @@ class HardExampleSelector:
 
     @classmethod
     def from_settings(cls, settings: HardExampleSettings) -> HardExampleSelector:
-        """The filters ``settings.filters`` names, in the order of the record's reasons."""
+        """The filters ``settings.filters`` names (in the order of the reasons), then the audit sample."""
         available: dict[str, HardExampleFilter] = {
             "reached_cloud": ReachedCloud(),
             "exits_disagree": ExitsDisagree(),
             "low_margin": LowConfidence(settings.low_threshold, settings.low_score),
             "degraded": Degraded(),
         }
-        return cls([f for name, f in available.items() if name in settings.filters])
+        chosen = [f for name, f in available.items() if name in settings.filters]
+        if settings.audit_rate > 0:
+            chosen.append(AuditSample(settings.audit_rate))
+        return cls(chosen)
 
     def reasons(self, answers: Answers) -> list[tuple[str, ...]]:
         """Per input, the reasons it was selected for; an empty tuple means not selected."""

@@ -18,17 +18,26 @@ not retried: it will not change. A newer announcement is tried at once.
 
 Verified releases stay in ``update.dir/<release>-<sha>/`` and ``update.dir/active`` names
 the one running, so a restarted node starts from it (:func:`installed_bundle`).
+
+**Fallback when the broker is unreachable.** Every ``poll_interval`` seconds (0: never) the
+worker also asks the cloud for the current release, ``GET /v1/models/current`` with the
+node's token, and offers the signed announcement it answers exactly like one from MQTT: the
+same signature check and the same download path, so a node whose broker is down still
+reaches the new release within ``poll_interval``. A failed check is counted
+(``poll_failed_<Error>``) and logged; the next one comes ``poll_interval`` later.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +54,8 @@ from device_sdk.signing import SIGNATURE, PublicKeySource, load_public_key, load
 logger = logging.getLogger(__name__)
 
 ACTIVE = "active"
+CURRENT_ROUTE = f"{wire.ROUTE_MODELS}/current"  # the cloud's signed announcement of its current release
+MAX_CURRENT_BYTES = 64 * 1024
 _RELEASE_DIR = re.compile(r"^v\d+(-rollback-of-\d+)?-[0-9a-f]{12}$")
 
 #: ``handler(topic, payload, response_topic, correlation_data)``, as :mod:`device_sdk.mqtt` calls it
@@ -62,6 +73,8 @@ class UpdateSettings:
     """The ``[update]`` section: whether to follow announcements, where releases go, retry pace.
 
     ``ca_file`` is the CA of an ``https`` cloud URL (default: the system's CAs).
+    ``poll_interval``: seconds between checks of the cloud's current release, the fallback
+    for announcements lost while the broker is unreachable (0: announcements only).
     """
 
     enabled: bool = False
@@ -71,11 +84,14 @@ class UpdateSettings:
     retry_max: float = 60.0
     ca_file: Path | None = None
     max_file_bytes: int = 256 * 1024 * 1024
+    poll_interval: float = 300.0
 
     def __post_init__(self) -> None:
         problems = []
         if self.timeout <= 0:
             problems.append("update.timeout must be > 0")
+        if self.poll_interval < 0:
+            problems.append("update.poll_interval must be >= 0 (0: off)")
         if not 0 < self.retry_initial <= self.retry_max:
             problems.append("update.retry_initial must be > 0 and <= update.retry_max")
         if self.max_file_bytes < 1024:
@@ -180,14 +196,23 @@ class ModelUpdater:
         return self._refused == (wanted.manifest_sha256, running.version)
 
     def _run(self) -> None:
-        delay: float | None = None
+        retry_at: float | None = None  # when a failed update is tried again
+        poll = self.settings.poll_interval
+        poll_at = time.monotonic() + poll if poll > 0 else None  # the next check of the cloud
         while True:
-            self._wake.wait(delay)
+            deadlines = [t for t in (retry_at, poll_at) if t is not None]
+            self._wake.wait(max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
             if self._stopped.is_set():
                 return
+            now = time.monotonic()
+            if poll_at is not None and now >= poll_at:
+                poll_at = now + poll
+                self.check_current()  # a valid answer wakes the worker, as an announcement does
+            if not self._wake.is_set() and (retry_at is None or now < retry_at):
+                continue
             self._wake.clear()
+            retry_at = None
             wanted = self._wanted
-            delay = None
             if wanted is None or self._satisfied(wanted):
                 continue
             try:
@@ -199,10 +224,23 @@ class ModelUpdater:
                 self._failures += 1
                 delay = min(self.settings.retry_max, self.settings.retry_initial * 2 ** (self._failures - 1))
                 delay *= random.uniform(0.8, 1.2)
+                retry_at = time.monotonic() + delay
                 self._fail(wanted, exc, retry=True, delay=delay)
             else:
                 self._failures = 0
                 self.last_error = None
+
+    def check_current(self) -> bool:
+        """Ask the cloud for its current release and offer the announcement; False if that failed."""
+        try:
+            body = json.loads(self._fetcher.read(CURRENT_ROUTE, MAX_CURRENT_BYTES))
+            payload = json.dumps(body["announcement"]).encode()
+        except (EdgeCascadeError, OSError, ValueError, TypeError, KeyError) as exc:
+            self.counters.add(f"poll_failed_{type(exc).__name__}")
+            logger.warning("cannot check the cloud's current release: %s", exc)
+            return False
+        self.counters.add("polls")
+        return self.offer(payload)
 
     def _fail(self, wanted: Announcement, exc: Exception, *, retry: bool, delay: float = 0.0) -> None:
         self.counters.add("update_failed")

@@ -11,7 +11,11 @@ the device exit's mean confidence down from 0.91 to 0.74. (A 0.5 contrast alone 
 One run, on the local stack (:class:`tools.stack.LocalStack`: TLS Mosquitto, the cloud with
 its model registry, retraining and ``retrain.auto_promote``, the gateway following
 announcements), with one :class:`~device_sdk.client.DeviceClient` that keeps hard examples
-(raw input included) in an outbox and uploads them through the gateway relay:
+(raw input included) in an outbox and uploads them through the gateway relay. Besides the
+hard-example filters the device keeps an audit sample (``audit_rate`` of all inputs, at
+random): before retraining the device exit is confidently wrong on most shifted inputs, which
+no filter selects, and the audited ones are also the unbiased sample the job fits the new
+thresholds on.
 
 1. **before**: part A of the shifted stream, one batch at a time;
 2. the hard examples are uploaded (the device outbox drained, then the cloud polled until
@@ -51,6 +55,7 @@ from device_sdk.client import DeviceClient, Prediction
 from device_sdk.outbox import Outbox
 from device_sdk.policy import NeverExit
 from device_sdk.runtime import run_partitions
+from device_sdk.selection import AuditSample, HardExampleSelector
 from device_sdk.signing import sign_bundle
 from device_sdk.transport import MqttTransport
 from device_sdk.updater import UpdateSettings
@@ -75,14 +80,15 @@ class DriftOptions:
     before: int = 2000  # part A of the shifted stream
     after: int = 2000  # part B (fresh images)
     original: int = 10000  # original test images for the offline comparison
-    epochs: int = 3
-    replay_size: int = 3000
+    epochs: int = 5
+    replay_size: int = 12000  # enough replay that learning the shift costs little on the original data
     test_size: int = 5000  # original test images the gate compares on
     val_size: int = 3000
     min_holdout: int = 20
     min_gain: float = 0.5
     tolerance: float = 1.0  # points any exit may lose on the original test split (the gate)
     hard_weight: float = 2.0
+    audit_rate: float = 0.1  # share of all inputs the device keeps at random (the audit sample)
     batch: int = 16  # images per predict_batch call
     timeout: float = 1200.0  # for the job; uploads and rollout wait at most 120 s
     progress: bool = True
@@ -291,7 +297,12 @@ def _run(
     transport = MqttTransport(mqtt, DEVICE_ID)
     bundle = load_bundle(source)
     outbox = Outbox(work / "device-outbox.db")
-    client = DeviceClient(bundle, DEVICE_ID, transport, crypto=crypto, outbox=outbox, keep_raw=True)
+    selector = HardExampleSelector(
+        [*HardExampleSelector.default().filters, AuditSample(options.audit_rate, np.random.default_rng(0))]
+    )
+    client = DeviceClient(
+        bundle, DEVICE_ID, transport, crypto=crypto, outbox=outbox, selector=selector, keep_raw=True
+    )
     uploader: Uploader | None = None
     try:
         client.follow_updates(

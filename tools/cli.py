@@ -162,6 +162,7 @@ def _bench_drift(args: argparse.Namespace) -> int:
         min_holdout=args.min_holdout,
         min_gain=args.min_gain,
         tolerance=args.tolerance,
+        audit_rate=args.audit_rate,
         progress=not args.no_progress,
     )
     data = load_fashion_mnist()
@@ -289,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", type=int, default=2000, help="shifted images before retraining (%(default)s)")
     p.add_argument("--after", type=int, default=2000, help="fresh shifted images after it (%(default)s)")
     p.add_argument("--original", type=int, default=10000, help="original test images, offline (%(default)s)")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (%(default)s)")
-    p.add_argument("--replay-size", type=int, default=3000, help="original images replayed (%(default)s)")
+    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (%(default)s)")
+    p.add_argument("--replay-size", type=int, default=12000, help="original images replayed (%(default)s)")
     p.add_argument(
         "--test-size", type=int, default=5000, help="original test images of the gate (%(default)s)"
     )
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-holdout", type=int, default=20, help="the gate's minimum held-out examples")
     p.add_argument("--min-gain", type=float, default=0.5, help="the gate's minimum gain in points")
     p.add_argument("--tolerance", type=float, default=1.0, help="points an exit may lose on original data")
+    p.add_argument(
+        "--audit-rate",
+        type=float,
+        default=0.1,
+        help="share of inputs the device keeps at random (%(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench_drift)
     certs_cli.register(sub, bench)

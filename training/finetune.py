@@ -35,6 +35,7 @@ import numpy as np
 from keras import layers
 
 from device_sdk.codec import through_wire
+from training.calibration import cascade_predictions, softmax
 from training.gate import Scores, pooled_accuracy
 from training.train import TrainedModel
 
@@ -227,21 +228,46 @@ def _after_cut_problem(
     return model, inputs, [y, y, y], [w_cut1, w_cut1, w_cut2]
 
 
+def _held_out_logits(trained: TrainedModel, hard: HardSet) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    """Per kind of held-out input: the logits of the exits it reaches (its cut and later), and labels."""
+    out: list[tuple[list[np.ndarray], np.ndarray]] = []
+    if len(hard.raw_y):
+        out.append((exit_logits(trained, hard.raw), hard.raw_y))
+    if len(hard.cut1_y):
+        out.append((_after_cut1(trained, hard.cut1), hard.cut1_y))
+    if len(hard.cut2_y):
+        out.append((_run(trained.cloud, hard.cut2), hard.cut2_y))
+    return out
+
+
 def hard_correct(trained: TrainedModel, hard: HardSet) -> list[np.ndarray]:
     """Right/wrong of every exit each held-out example reaches (its input's cut and later)."""
-    correct: list[np.ndarray] = []
-    if len(hard.raw_y):
-        correct += [z.argmax(1) == hard.raw_y for z in exit_logits(trained, hard.raw)]
-    if len(hard.cut1_y):
-        correct += [z.argmax(1) == hard.cut1_y for z in _after_cut1(trained, hard.cut1)]
-    if len(hard.cut2_y):
-        (logits3,) = _run(trained.cloud, hard.cut2)
-        correct.append(logits3.argmax(1) == hard.cut2_y)
-    return correct
+    return [z.argmax(1) == y for logits, y in _held_out_logits(trained, hard) for z in logits]
+
+
+def _cascade_correct(trained: TrainedModel, logits: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Right/wrong of the cascade's answers from the last ``len(logits)`` exits, as deployed."""
+    first = len(trained.thresholds) - len(logits)
+    probs = [softmax(z, t) for z, t in zip(logits, trained.temperatures[first:], strict=True)]
+    labels, _ = cascade_predictions(probs, trained.thresholds[first:], trained.config.exit_score)
+    return np.asarray(labels == y)
 
 
 def gate_scores(trained: TrainedModel, test: tuple[np.ndarray, np.ndarray], holdout: HardSet) -> Scores:
-    """Per-exit accuracy on the original test images and pooled accuracy on held-out hard examples."""
+    """Per-exit and cascade accuracy on the original test images, and the same on held-out hard examples.
+
+    On the hard examples the exits are pooled over every (example, exit it reaches) pair and
+    the cascade answers each example from its cut on.
+    """
     x_test, y_test = test
-    original = tuple(float((z.argmax(1) == y_test).mean()) for z in exit_logits(trained, x_test))
-    return Scores(original, pooled_accuracy(hard_correct(trained, holdout)), len(y_test), len(holdout))
+    logits = exit_logits(trained, x_test)
+    held = _held_out_logits(trained, holdout)
+    cascade_new = [_cascade_correct(trained, z, y) for z, y in held]
+    return Scores(
+        original=tuple(float((z.argmax(1) == y_test).mean()) for z in logits),
+        new=pooled_accuracy([z.argmax(1) == y for zs, y in held for z in zs]),
+        n_original=len(y_test),
+        n_new=len(holdout),
+        cascade_original=float(_cascade_correct(trained, logits, y_test).mean()),
+        cascade_new=pooled_accuracy(cascade_new),
+    )

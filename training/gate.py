@@ -8,9 +8,16 @@ Both models are measured on the same two held-out sets:
   (cut-1 features reach exits 2 and 3, cut-2 features exit 3, a raw input all three),
   against its label (human, else teacher).
 
+Each exit alone is what the model learned; what nodes deploy is the cascade, each model at
+its own temperatures and thresholds. So both sets are also answered by each model's
+**cascade** (a raw input from exit 1 on, cut-1 features from exit 2, cut-2 features at
+exit 3), and its accuracy compared.
+
 The rule: promote only if the candidate gains at least ``min_gain`` points (and more than
-zero) on the new slice, the slice holds at least ``min_holdout`` examples, and no exit loses
-more than ``tolerance`` points on the original test split. Pooling every reachable exit
+zero) on the new slice, the slice holds at least ``min_holdout`` examples, no exit loses
+more than ``tolerance`` points on the original test split, and the cascade loses no more
+than ``tolerance`` points on either set (a candidate whose thresholds give away what its
+exits gained does not ship). Pooling every reachable exit
 matters because teacher labels are the current model's own final-exit answers: on those,
 the current final exit is right by construction, and what retraining can improve is the
 early exits learning from the teacher (fewer inputs sent upstream); human labels can
@@ -21,18 +28,20 @@ Pure numpy, no I/O: the numbers in, a decision with every number out.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 
-def in_holdout(example_id: str, fraction: float) -> bool:
-    """Whether a hard example belongs to the gate's held-out slice (stable: a function of its id).
+def id_position(example_id: str) -> float:
+    """Where an example falls in [0, 1), a function of its id only (ids are sha256 hex: uniform)."""
+    return int(example_id[-8:], 16) / 2**32
 
-    Ids are sha256 hex, so their last 8 hex digits are uniform on [0, 2**32).
-    """
-    return int(example_id[-8:], 16) < fraction * 2**32
+
+def in_holdout(example_id: str, fraction: float) -> bool:
+    """Whether a hard example belongs to the gate's held-out slice (stable: a function of its id)."""
+    return id_position(example_id) < fraction
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,8 @@ class Scores:
     new: float  # pooled over reachable exits, on the held-out hard examples
     n_original: int
     n_new: int  # held-out examples (not exit evaluations)
+    cascade_original: float | None = None  # the cascade at the model's thresholds; None: not measured
+    cascade_new: float | None = None
 
 
 def pooled_accuracy(correct: list[np.ndarray]) -> float:
@@ -71,6 +82,8 @@ class GateDecision:
     current: Scores
     candidate: Scores
     rule: GateRule
+    # current minus candidate cascade accuracy, points, by set ("original", "new")
+    cascade_drops: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +91,7 @@ class GateDecision:
             "reason": self.reason,
             "gain_points": round(self.gain, 4),
             "original_drop_points": [round(d, 4) for d in self.drops],
+            "cascade_drop_points": {k: round(d, 4) for k, d in self.cascade_drops.items()},
             "current": asdict(self.current),
             "candidate": asdict(self.candidate),
             "rule": asdict(self.rule),
@@ -89,6 +103,15 @@ def decide(current: Scores, candidate: Scores, rule: GateRule) -> GateDecision:
     gain = 100.0 * (candidate.new - current.new)
     drops = tuple(100.0 * (c - n) for c, n in zip(current.original, candidate.original, strict=True))
     worst = max(drops, default=0.0)
+    cascade_drops = {
+        name: 100.0 * (old - new)
+        for name, old, new in (
+            ("original", current.cascade_original, candidate.cascade_original),
+            ("new", current.cascade_new, candidate.cascade_new),
+        )
+        if old is not None and new is not None
+    }
+    cascade_worst = max(cascade_drops.items(), key=lambda item: item[1], default=("", 0.0))
     if candidate.n_new < rule.min_holdout:
         promote, reason = (
             False,
@@ -102,7 +125,15 @@ def decide(current: Scores, candidate: Scores, rule: GateRule) -> GateDecision:
         reason = (
             f"exit {exit_no} drops {worst:.2f} points on the original test data; tolerance {rule.tolerance}"
         )
+    elif cascade_worst[1] > rule.tolerance:
+        where = "original test" if cascade_worst[0] == "original" else "held-out new"
+        promote = False
+        reason = (
+            f"the cascade drops {cascade_worst[1]:.2f} points on the {where} data; tolerance {rule.tolerance}"
+        )
     else:
         promote = True
         reason = f"gain {gain:+.2f} points on new data; worst original drop {worst:.2f} <= {rule.tolerance}"
-    return GateDecision(promote, reason, gain, drops, current, candidate, rule)
+        if cascade_drops:
+            reason += "; cascade " + ", ".join(f"{k} {-d:+.2f}" for k, d in cascade_drops.items())
+    return GateDecision(promote, reason, gain, drops, current, candidate, rule, cascade_drops)

@@ -5,9 +5,14 @@ Steps (each one reported as the job's stage and progress):
 1. load the served bundle and the Keras checkpoint it came from (twice: the current model
    and the one to fine-tune);
 2. load the labelled hard examples received up to the job's watermark, split by id hash
-   into training and the gate's held-out slice, and a replay sample of the original data;
-3. fine-tune (:mod:`training.finetune`), then fit temperatures and thresholds again on the
-   original validation split (:func:`training.train.calibrate`);
+   into training, the gate's held-out slice and a calibration slice, and a replay sample of
+   the original data;
+3. fine-tune (:mod:`training.finetune`), then fit temperatures and thresholds again
+   (:func:`training.train.calibrate`, the same accuracy rule) on the original validation
+   split plus the calibration slice: thresholds must hold on what the nodes see now, not
+   only on what they saw before. Only *audited* examples with their raw input go there: the
+   audit sample is uniform over the node's inputs, while the other hard examples are by
+   construction where the exits struggled and would bias every threshold upwards;
 4. run the evaluation gate (:mod:`training.gate`); a rejected candidate ends the job
    ``rejected`` with the numbers;
 5. export the candidate as version ``current + 1`` (or above any published version), the
@@ -49,7 +54,7 @@ from cloud_service.store import ExampleStore, open_engine
 from device_sdk import codec, wire
 from device_sdk.bundle import Bundle, Manifest, load_bundle, write_manifest
 from device_sdk.errors import ModelError, WireError
-from training.gate import GateRule, decide, in_holdout
+from training.gate import GateRule, decide, id_position
 
 if TYPE_CHECKING:  # TensorFlow is imported once the job has reported itself running
     from training.data import Dataset
@@ -179,7 +184,7 @@ class _Retrain:
             )
 
         self.report(0.06, "loading hard examples")
-        train_set, holdout, counts = self._hard_examples(manifest)
+        train_set, holdout, calibration, counts = self._hard_examples(manifest)
         metrics: dict[str, Any] = {"examples": counts}
         outcome = Outcome("rejected", metrics, base_version=manifest.version)
         if not len(train_set):
@@ -208,7 +213,10 @@ class _Retrain:
         self.seconds["finetune"] = time.monotonic() - tic
 
         self.report(0.72, "calibrating temperatures and thresholds")
-        candidate.metrics = calibrate(candidate, *validation)
+        x_val, y_val = validation
+        candidate.metrics = calibrate(
+            candidate, np.concatenate([x_val, calibration.raw]), np.concatenate([y_val, calibration.raw_y])
+        )
 
         self.report(0.78, "evaluating: current vs candidate")
         decision = decide(
@@ -268,14 +276,22 @@ class _Retrain:
         outcome.metrics["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
         return outcome
 
-    def _hard_examples(self, manifest: Manifest) -> tuple[HardSet, HardSet, dict[str, int]]:
-        """Training and held-out hard examples the served model can read, with counts."""
+    def _hard_examples(self, manifest: Manifest) -> tuple[HardSet, HardSet, HardSet, dict[str, int]]:
+        """Training, held-out and calibration examples the served model can read, with counts.
+
+        By the id's position: below ``holdout_fraction`` the gate's slice; the next
+        ``calibration_fraction`` is the calibration slice when the example was audited and
+        carries its raw input (otherwise it trains).
+        """
         from training.finetune import HardSet
 
         served = VersionSpec.from_manifest(manifest)
         versions = self.examples.versions()
         train: list[tuple[str, np.ndarray, np.ndarray | None, int]] = []
         held: list[tuple[str, np.ndarray, np.ndarray | None, int]] = []
+        calibrate: list[tuple[str, np.ndarray, np.ndarray | None, int]] = []
+        holdout_end = self.settings.holdout_fraction
+        calibration_end = holdout_end + self.settings.calibration_fraction
         skipped = 0
         for row in self.examples.for_training(self.spec.examples_until, self.settings.max_examples):
             spec = versions.get(row.model_version)
@@ -294,12 +310,24 @@ class _Retrain:
                 continue
             assert row.label is not None  # for_training returns labelled rows only
             item = (row.cut, features, raw, row.label)
-            (held if in_holdout(row.id, self.settings.holdout_fraction) else train).append(item)
+            position = id_position(row.id)
+            if position < holdout_end:
+                held.append(item)
+            elif position < calibration_end and raw is not None and "audit" in row.reasons:
+                calibrate.append(item)
+            else:
+                train.append(item)
         shapes = {"raw": served.input_shape, **{c: s.shape for c, s in served.cuts.items()}}
         train_set, holdout = HardSet.build(train, shapes), HardSet.build(held, shapes)
-        counts = {"train": len(train_set), "holdout": len(holdout), "skipped": skipped}
+        calibration = HardSet.build(calibrate, shapes)
+        counts = {
+            "train": len(train_set),
+            "holdout": len(holdout),
+            "calibration": len(calibration),
+            "skipped": skipped,
+        }
         logger.info("hard examples: %s", counts)
-        return train_set, holdout, counts
+        return train_set, holdout, calibration, counts
 
     def _original_data(
         self, data: Dataset, config: Any

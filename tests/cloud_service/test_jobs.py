@@ -172,6 +172,8 @@ def test_settings_come_from_toml_and_environment_and_are_checked(tmp_path: Path)
     with pytest.raises(ConfigError) as caught:
         RetrainSettings(epochs=0, holdout_fraction=1.5, min_gain=-1)
     assert len(caught.value.problems) == 3
+    with pytest.raises(ConfigError, match="calibration_fraction >= 1: nothing would train"):
+        RetrainSettings(holdout_fraction=0.5, calibration_fraction=0.5)
     with pytest.raises(ConfigError, match="database_url"):
         load_cloud_config(env={"EC_CLOUD__DATABASE_URL": "cloud.db"})
     spec = JobSpec(1, "sqlite:///x.db", Path("b"), Path("m"), None, Path("l"), 1.0, config.retrain)

@@ -88,6 +88,30 @@ def test_promote_and_rollback_move_one_atomic_pointer(
     assert not [p.name for p in registry.root.iterdir() if p.name.startswith(".current")]
 
 
+def test_metrics_json_says_whether_a_version_is_a_candidate_promoted_or_rolled_back(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    registry.register(
+        make_bundle(tmp_path / "src-4", version=4), metrics={"status": "candidate", "gain": 3.0}
+    )
+    registry.register(make_bundle(tmp_path / "src-5", version=5), metrics={"status": "candidate"})
+
+    def status(version: int) -> Any:
+        return registry.metrics(version).get("status")
+
+    registry.promote(4)
+    assert (status(4), status(5)) == ("promoted", "candidate")
+    assert registry.metrics(4)["gain"] == 3.0 and registry.metrics(4)["promoted_at"] > 0
+    registry.promote(5)
+    assert (status(4), status(5)) == ("promoted", "promoted")
+    registry.rollback()
+    assert (status(4), status(5)) == ("promoted", "rolled_back")
+    assert registry.metrics(5)["rolled_back_at"] >= registry.metrics(5)["promoted_at"]
+    registry.promote(5)  # back to v5 after the rollback: promoted again
+    assert status(5) == "promoted"
+    assert "status" not in registry.metrics(1)  # a version without metrics.json gets none
+
+
 def test_a_candidate_that_does_not_verify_is_never_promoted(registry: ModelRegistry) -> None:
     registry.promote(1)
     tflite = registry.bundle_dir(2) / "gateway.tflite"

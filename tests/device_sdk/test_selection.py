@@ -11,6 +11,7 @@ from device_sdk.config import HardExampleSettings, load_device_config
 from device_sdk.errors import ConfigError
 from device_sdk.selection import (
     Answers,
+    AuditSample,
     Degraded,
     ExitsDisagree,
     HardExampleSelector,
@@ -81,10 +82,37 @@ def test_config_lists_every_problem() -> None:
                 "EC_HARD_EXAMPLES__LOW_SCORE": "vibes",
                 "EC_HARD_EXAMPLES__BATCH_SIZE": "1000",
                 "EC_HARD_EXAMPLES__BACKOFF_BASE": "0",
+                "EC_HARD_EXAMPLES__AUDIT_RATE": "1.5",
             }
         )
     text = str(err.value)
-    for fragment in ("bogus", "low_score", "batch_size", "backoff_base"):
+    for fragment in ("bogus", "low_score", "batch_size", "backoff_base", "audit_rate"):
         assert fragment in text
     with pytest.raises(ConfigError):
         LowConfidence(1.5)
+    with pytest.raises(ConfigError):
+        AuditSample(-0.1)
+    with pytest.raises(ConfigError, match="unknown filter 'audit'"):  # the sample has its own setting
+        HardExampleSettings(filters=("audit",))
+
+
+def test_the_audit_sample_takes_a_uniform_share_whatever_the_cascade_did() -> None:
+    n = 20000
+    confident = np.tile(np.array([[0.98, 0.01, 0.01]], np.float32), (n, 1))
+    answers = Answers(confident, confident, ["device"] * n, np.zeros(n, bool))
+    assert HardExampleSelector.default().reasons(answers) == [()] * n  # no other filter sees them
+    audit = AuditSample(0.05, np.random.default_rng(7))
+    share = audit.select(answers).mean()
+    assert 0.045 < share < 0.055
+    assert not AuditSample(0.0).select(answers).any() and AuditSample(1.0).select(answers).all()
+    # the audit reason is added to other reasons, so the audited records stay a uniform sample
+    both = HardExampleSelector([ExitsDisagree(), AuditSample(1.0)]).reasons(_answers())
+    assert both[1] == ("exits_disagree", "audit") and both[0] == ("audit",)
+    assert [f.reason for f in HardExampleSelector.default().filters] == [
+        "reached_cloud",
+        "exits_disagree",
+        "low_margin",
+        "degraded",
+    ]  # off unless configured
+    settings = HardExampleSettings(audit_rate=0.02)
+    assert repr(HardExampleSelector.from_settings(settings).filters[-1]) == "AuditSample(0.02)"

@@ -7,16 +7,18 @@ The bundles hold random bytes in place of LiteRT partitions (:mod:`tests.fake_bu
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from device_sdk.announcement import Announcement, release_path
 from device_sdk.bundle import MANIFEST, Bundle, load_bundle, write_manifest
+from device_sdk.errors import ConfigError
 from device_sdk.fetch import InMemoryFetcher
 from device_sdk.signing import generate_signing_key, sign_bundle
 from device_sdk.updater import ModelUpdater, UpdateSettings, installed_bundle
@@ -176,3 +178,52 @@ def test_older_version_is_refused_for_good_and_a_signed_rollback_accepted(
     node.updater.offer(rollback.sign(keys[0]).to_bytes())
     assert wait_until(lambda: node.bundle.manifest.version == 1)
     assert node.bundle.manifest.rollback_of == 2
+
+
+def test_without_announcements_the_node_polls_the_current_release_and_verifies_it_the_same_way(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    other = generate_signing_key(tmp_path / "other")
+    cloud = Cloud()
+    cloud.add(make_bundle(tmp_path / "v1"), keys[0], 1)
+    v2 = cloud.add(make_bundle(tmp_path / "v2", version=2, seed=2), keys[0], 2)
+    answers: list[bytes | None] = [
+        b"not json",
+        json.dumps({"announcement": asdict(v2.sign(other[0]))}).encode(),
+    ]
+
+    def serve(route: str) -> bytes | None:
+        if route == "/v1/models/current":
+            return answers[0] if answers else json.dumps({"announcement": asdict(v2.sign(keys[0]))}).encode()
+        return cloud(route)
+
+    running = [load_bundle(tmp_path / "v1", ("device",))]
+    updater = ModelUpdater(
+        UpdateSettings(
+            enabled=True, dir=tmp_path / "state", retry_initial=0.05, retry_max=0.2, poll_interval=0.05
+        ),
+        public_key=keys[1],
+        tiers=("device",),
+        running=lambda: running[-1].manifest,
+        install=running.append,
+        fetcher=InMemoryFetcher(serve),
+    )
+    updater.start()  # no subscriber: the checks are the only way it hears of v2
+    try:
+        assert wait_until(lambda: updater.counters["poll_failed_JSONDecodeError"] == 1)
+        answers.pop(0)
+        assert wait_until(lambda: updater.counters["announcement_rejected_SignatureError"] >= 1)
+        assert running[-1].manifest.version == 1 and not any(r.endswith(".tflite") for r in cloud.fetched)
+        answers.pop(0)
+        assert wait_until(lambda: updater.counters["updates_installed"] == 1)
+        assert running[-1].manifest.version == 2 and updater.counters["polls"] >= 2
+        polls = updater.counters["polls"]
+        assert wait_until(lambda: updater.counters["polls"] > polls + 2)  # keeps checking, installs once
+        assert updater.counters["updates_installed"] == 1
+    finally:
+        updater.stop()
+
+
+def test_poll_interval_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="poll_interval"):
+        UpdateSettings(poll_interval=-1.0)

@@ -12,6 +12,8 @@ broken network or a tampering proxy: it flips a byte in, or substitutes, files i
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import threading
 import time
@@ -29,17 +31,19 @@ from cloud_service.announce import MqttAnnouncer
 from cloud_service.app import create_app
 from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
 from cloud_service.inference import CloudInference
+from cloud_service.registry import ModelRegistry
 from device_sdk import wire
 from device_sdk.announcement import Announcement
 from device_sdk.bundle import load_bundle, write_manifest
 from device_sdk.client import DeviceClient, Prediction
 from device_sdk.errors import TransportError
+from device_sdk.fetch import HttpFetcher
 from device_sdk.mqtt import MqttLink
 from device_sdk.policy import NeverExit, softmax
 from device_sdk.runtime import run_partitions
 from device_sdk.signing import generate_signing_key, sign_bundle, sign_manifest
 from device_sdk.transport import MqttTransport
-from device_sdk.updater import UpdateSettings
+from device_sdk.updater import ModelUpdater, UpdateSettings
 from edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
 from edge_gateway.daemon import GatewayDaemon
 from tools.broker import Mosquitto
@@ -104,11 +108,11 @@ class Site:
         return body
 
 
-def _variant(v1: Path, out: Path, version: int, key: Path) -> Path:
+def _variant(v1: Path, out: Path, version: int, key: Path, factor: float | None = None) -> Path:
     """The v1 bundle as ``version``, gateway and cloud exits at another temperature, re-signed."""
     shutil.copytree(v1, out)
     manifest = load_bundle(out).manifest
-    factor = TEMPERATURE_FACTOR[version]
+    factor = TEMPERATURE_FACTOR[version] if factor is None else factor
     parts = tuple(
         p if p.tier == "device" else replace(p, exit=replace(p.exit, temperature=p.exit.temperature * factor))
         for p in manifest.partitions
@@ -366,3 +370,97 @@ def test_corrupt_or_foreign_downloads_and_replayed_old_versions_are_refused(
             link.publish(wire.MODELS_TOPIC, b"{}", retain=True, wait=5)
     finally:
         link.close()
+
+
+def _current(site: Site) -> Announcement:
+    response = requests.get(
+        site.url + "/v1/models/current", headers={"Authorization": f"Bearer {site.admin}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return Announcement(**response.json()["announcement"])
+
+
+def test_a_node_that_hears_no_announcement_catches_up_by_checking_the_cloud(site: Site, pki: Pki) -> None:
+    """No broker at all: the updater's periodic HTTPS check is its only news of a release."""
+    current = _current(site)
+    running = [load_bundle(site.bundles[1], ("device",))]
+    updater = ModelUpdater(
+        UpdateSettings(enabled=True, dir=site.workdir / "polling-node", poll_interval=0.1, **RETRY),
+        public_key=pki.cloud_signing_pub,
+        tiers=("device",),
+        running=lambda: running[-1].manifest,
+        install=running.append,
+        fetcher=HttpFetcher(site.url, site.device_token("polling-node")),
+    )
+    updater.start()  # not subscribed to anything
+    try:
+        wait_until(lambda: updater.counters["updates_installed"] == 1)
+        assert (running[-1].manifest.version, running[-1].manifest.rollback_of) == (
+            current.version,
+            current.rollback_of,
+        )
+        assert updater.counters["polls"] >= 1 and updater.counters["announcements"] >= 1
+    finally:
+        updater.stop()
+
+
+def test_edgecascade_retrain_promotes_and_announces_like_the_cloud_with_auto_promote(
+    site: Site, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's job (a stand-in that publishes v5) is promoted, announced and served everywhere."""
+    from cloud_service.candidates import publish_candidate
+    from cloud_service.jobs import JobSpec, JobStore
+    from cloud_service.store import open_engine
+    from tools import cli
+
+    served_before = _current(site)
+    candidate = _variant(site.bundles[1], tmp_path / "v5", 5, pki.cloud_signing_key, factor=0.25)
+    seen: list[Path] = []
+
+    def job(spec: JobSpec, *, log_file: bool = False) -> str:
+        seen.append(spec.bundle)
+        jobs = JobStore(open_engine(spec.database_url))
+        assert jobs.start(spec.job_id, os.getpid())
+        assert spec.retrain.models_dir is not None
+        publish_candidate(candidate, 5, {"gate": {"promote": True}}, models_dir=spec.retrain.models_dir)
+        jobs.finish(
+            spec.job_id, "succeeded", metrics={}, candidate_version=5, base_version=served_before.version
+        )
+        return "succeeded"
+
+    monkeypatch.setattr("training.retrain_job.run_job", job)
+    mqtt = site.broker.mqtt_config("cloud")
+    config = tmp_path / "cloud.toml"
+    config.write_text(
+        f"""[cloud]
+bundle = "{site.bundles[1]}"
+verify_key = "{pki.cloud_signing_pub}"
+database_url = "sqlite:///{tmp_path / "cloud.db"}"
+blob_dir = "{tmp_path / "blobs"}"
+token_store = "{tmp_path / "tokens.db"}"
+[registry]
+models_dir = "{site.workdir / "models"}"
+signing_key = "{pki.cloud_signing_key}"
+announce = true
+[mqtt]
+host = "{mqtt.host}"
+port = {mqtt.port}
+ca_file = "{mqtt.ca_file}"
+cert_file = "{mqtt.cert_file}"
+key_file = "{mqtt.key_file}"
+[retrain]
+auto_promote = true
+jobs_dir = "{tmp_path / "jobs"}"
+"""
+    )
+    assert cli.main(["retrain", "--config", str(config)]) == 0
+    assert "promoted v5 and announced it" in capsys.readouterr().out
+    # the job fine-tuned what the registry served, not the configured first bundle
+    registry = ModelRegistry(site.workdir / "models", pki.cloud_signing_pub)
+    assert seen == [registry.release_dir(served_before.version, served_before.rollback_of)]
+    assert served_before.version != 1
+    metrics = json.loads((site.workdir / "models" / "v5" / "metrics.json").read_text())
+    assert metrics["status"] == "promoted" and metrics["promoted_at"] > 0
+    wait_until(lambda: requests.get(site.url + "/healthz", timeout=5).json()["version"] == 5)
+    wait_until(lambda: site.gateway.service.version == 5)  # heard the CLI's announcement
+    assert _current(site).version == 5

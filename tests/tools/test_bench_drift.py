@@ -67,12 +67,16 @@ def test_the_drift_bench_runs_the_loop_live_and_its_report_adds_up(
     assert report["hard_examples_uploaded"] == report["hard_examples_selected"] == selected
     assert report["hard_examples_uploaded"] > 0
     examples = report["job"]["examples"]
-    assert examples["train"] + examples["holdout"] >= report["hard_examples_uploaded"]
+    assert (
+        examples["train"] + examples["holdout"] + examples["calibration"] >= report["hard_examples_uploaded"]
+    )
+    assert examples["calibration"] > 0  # audited examples with raw inputs set the new thresholds
     assert report["rollout_seconds"] > 0 and report["promotion_seconds"] < report["rollout_seconds"]
     assert report["job"]["seconds"] <= report["rollout_seconds"]
     registered = tmp_path / "stack" / "models" / f"v{after['version']}"
     assert (registered / "manifest.sig").is_file() and (registered / "checkpoint").is_dir()
-    assert json.loads((registered / "metrics.json").read_text())["status"] == "candidate"
+    assert json.loads((registered / "metrics.json").read_text())["status"] == "promoted"  # auto-promoted
+    assert "cascade" in report["job"]["gate"]["reason"]
 
 
 def test_the_cli_refuses_more_images_than_the_test_set_has(capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,3 +61,23 @@ def test_held_out_examples_are_a_stable_share_chosen_by_id() -> None:
 def test_pooled_accuracy_counts_every_exit_evaluation() -> None:
     assert pooled_accuracy([np.array([True, False]), np.array([True, True, True])]) == pytest.approx(0.8)
     assert pooled_accuracy([]) == 0.0
+
+
+def test_the_cascade_as_deployed_may_not_give_away_what_the_exits_gained() -> None:
+    current = Scores((0.80, 0.85, 0.90), 0.60, 1000, 50, cascade_original=0.90, cascade_new=0.55)
+
+    def with_cascade(original: float, new: float) -> Scores:
+        return Scores((0.80, 0.85, 0.90), 0.70, 1000, 50, cascade_original=original, cascade_new=new)
+
+    passed = decide(current, with_cascade(0.897, 0.70), RULE)
+    assert passed.promote and "cascade original -0.30, new +15.00" in passed.reason
+    assert passed.to_json()["cascade_drop_points"] == {
+        "original": pytest.approx(0.3),
+        "new": pytest.approx(-15.0),
+    }
+    on_original = decide(current, with_cascade(0.89, 0.70), RULE)  # exits fine, thresholds too low
+    assert not on_original.promote and "cascade drops 1.00 points on the original test" in on_original.reason
+    on_new = decide(current, with_cascade(0.90, 0.54), RULE)
+    assert not on_new.promote and "cascade drops 1.00 points on the held-out new" in on_new.reason
+    unmeasured = decide(CURRENT, candidate(new=0.62), RULE)  # scores without cascade numbers: exits only
+    assert unmeasured.promote and unmeasured.cascade_drops == {}

@@ -92,6 +92,11 @@ def test_a_job_runs_in_its_own_process_and_reports_through_the_api(
     assert decision["current"]["n_new"] == metrics["examples"]["holdout"]
     assert len(decision["current"]["original"]) == len(decision["candidate"]["original"]) == 3
     assert decision["current"]["n_original"] == 500
+    for model in ("current", "candidate"):  # the deployed cascade is measured on both sets too
+        assert (
+            0.0 <= decision[model]["cascade_original"] <= 1.0 and 0.0 <= decision[model]["cascade_new"] <= 1.0
+        )
+    assert set(decision["cascade_drop_points"]) == {"original", "new"}
     assert decision["promote"] is (status["state"] == "succeeded")
     assert any("fine-tuning: epoch 1/1" in line for line in status["log"])
     candidate = lc.config.models_dir / "v2"
@@ -228,7 +233,8 @@ def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
             break
         time.sleep(0.2)
     assert sorted(entries) == [1, 2] and entries[2]["signed"]
-    assert entries[2]["metrics"]["status"] == "candidate" and entries[2]["metrics"]["job_id"] == job["id"]
+    status = "promoted" if auto_promote else "candidate"
+    assert entries[2]["metrics"]["status"] == status and entries[2]["metrics"]["job_id"] == job["id"]
     if auto_promote:
         assert listing["current"]["version"] == 2 and entries[2]["current"]
         assert [a.version for a in announcer.published] == [2]
@@ -238,3 +244,5 @@ def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
         assert listing["current"]["version"] == 1 and announcer.published == []
         promoted = lc.client.post("/v1/models/2/promote", headers=admin)
         assert promoted.status_code == 200 and promoted.json["current"]["version"] == 2
+        entries = {m["version"]: m for m in lc.client.get("/v1/models", headers=admin).json["models"]}
+        assert entries[2]["metrics"]["status"] == "promoted"
