@@ -216,7 +216,7 @@ def _send(version: int, rollback_of: int | None, file: str) -> Any:
     root = _rollout().registry.release_dir(version, rollback_of)
     if file not in (MANIFEST, SIGNATURE):
         manifest = load_bundle(root, tiers=()).manifest
-        tier = next((p.tier for p in manifest.partitions if p.file == file), None)
+        tier = next((p.tier for p in manifest.partitions if file in (name for name, _ in p.files)), None)
         if tier is None:
             raise RegistryError(f"release has no file {file!r}", status=404)
         scope = current_token().scope

@@ -203,7 +203,11 @@ class ModelRegistry:
                 raise RegistryError(f"version {version} is already registered")
             staging = Path(tempfile.mkdtemp(prefix=".register-", dir=self.root))
             try:
-                names = [MANIFEST, SIGNATURE, *(p.file for p in bundle.manifest.partitions)]
+                names = [
+                    MANIFEST,
+                    SIGNATURE,
+                    *(name for p in bundle.manifest.partitions for name, _ in p.files),
+                ]
                 for name in names:
                     if (source / name).is_file():
                         shutil.copyfile(source / name, staging / name)
@@ -298,11 +302,11 @@ class ModelRegistry:
         rollbacks.mkdir(exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".rollback-", dir=rollbacks))
         try:
-            for part in source.manifest.partitions:
+            for name in (name for part in source.manifest.partitions for name, _ in part.files):
                 try:
-                    os.link(source.path / part.file, staging / part.file)  # same bytes, no copy
+                    os.link(source.path / name, staging / name)  # same bytes, no copy
                 except OSError:
-                    shutil.copyfile(source.path / part.file, staging / part.file)
+                    shutil.copyfile(source.path / name, staging / name)
             write_manifest(staging, replace(source.manifest, rollback_of=highest))
             sign_bundle(staging, self.signing_key)
             staging.chmod(0o755)

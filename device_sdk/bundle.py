@@ -56,13 +56,24 @@ class ExitSpec:
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """Calibrated hit rule of a tier's neural cache (cosine distance ``tau``, k-NN vote)."""
+    """Calibrated settings of a tier's neural cache: its keys, hit rule and what it keeps.
+
+    ``embedding`` names the file in the bundle holding the key projection
+    (:class:`device_sdk.similarity.Embedder`), hashed like the partition files; without it
+    the cache keys are 2x2-pooled features. Besides the answers of the tiers above, the
+    cache keeps the tier's own exit answers with a confidence below ``keep_exits_below``:
+    a near-duplicate of such an input may fall under the exit threshold, and then the
+    confident answer given to its original is at hand (0 keeps none).
+    """
 
     tau: float
     k: int = 3
     min_votes: int = 2
     accuracy_ratio: float = 0.0  # on validation hits: cache accuracy / accuracy of the tiers' answers
     hit_rate: float = 0.0  # share of validation queries answered by the cache at this tau
+    embedding: str | None = None  # key projection file in the bundle, or None: pooled features
+    embedding_sha256: str = ""
+    keep_exits_below: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,13 @@ class PartitionSpec:
     cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
     encoding: str = "float32"  # how ``features`` travel to the next tier (device_sdk.codec.Encoding)
     precision: str = "float32"  # weights and arithmetic of the .tflite: float32, float16 or int8
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """The bundle files this tier needs, with their sha256: the partition, the cache's key projection."""
+        if self.cache is not None and self.cache.embedding is not None:
+            return ((self.file, self.sha256), (self.cache.embedding, self.cache.embedding_sha256))
+        return ((self.file, self.sha256),)
 
 
 @dataclass(frozen=True)
@@ -169,8 +187,9 @@ class Manifest:
                 problems.append(f"{p.tier} features do not match the {nxt.tier} partition's input")
             if not (math.isfinite(p.exit.threshold) and p.exit.threshold >= 0 and p.exit.temperature > 0):
                 problems.append(f"{p.tier} exit needs a finite threshold >= 0 and a temperature > 0")
-            if p.file in ("", ".", "..", MANIFEST) or "/" in p.file or "\\" in p.file:
-                problems.append(f"{p.tier} file {p.file!r} must be a plain file name inside the bundle")
+            for name, _ in p.files:
+                if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+                    problems.append(f"{p.tier} file {name!r} must be a plain file name inside the bundle")
         if problems:
             raise BundleError("invalid manifest: " + "; ".join(problems))
         return manifest
@@ -258,12 +277,11 @@ def load_bundle(
             f"{min_version}, and its manifest is not a rollback from version {min_version} or newer"
         )
     for tier in tiers:
-        spec = manifest.partition(tier)
-        file = root / spec.file
-        if not file.is_file():
-            raise BundleError(f"bundle {root} is missing {spec.file}")
-        if sha256_file(file) != spec.sha256:
-            raise BundleError(f"{spec.file} does not match its sha256 in the manifest")
+        for name, sha256 in manifest.partition(tier).files:
+            if not (root / name).is_file():
+                raise BundleError(f"bundle {root} is missing {name}")
+            if sha256_file(root / name) != sha256:
+                raise BundleError(f"{name} does not match its sha256 in the manifest")
     return Bundle(root, manifest)
 
 

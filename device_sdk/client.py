@@ -51,7 +51,6 @@ from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 from device_sdk.selection import Answers, HardExampleSelector
-from device_sdk.similarity import embed
 from device_sdk.transport import Transport
 
 if TYPE_CHECKING:
@@ -191,7 +190,7 @@ class DeviceClient:
         old = self._models.current
         cache = None
         if old.cache is not None:
-            cache = open_cache(bundle.manifest, "device", old.cache.config.capacity)
+            cache = open_cache(bundle, "device", old.cache.config.capacity)
         self._models.swap(self._load(bundle, cache))
         self.counters["model_swaps"] += 1
         logger.info("device %s now runs model v%d", self.device_id, bundle.manifest.version)
@@ -296,7 +295,9 @@ class DeviceClient:
         results: list[Prediction | None] = [None] * len(batch)
         undecided = [i for i in range(len(batch)) if not exits[i]]
         cache = model.cache
-        embeddings = embed(out.features[undecided]) if cache is not None and undecided else None
+        embeddings = cache.embed(out.features[undecided]) if cache is not None and undecided else None
+        if cache is not None:
+            cache.keep_exits(out.features, probs, exits, wire.Tier.DEVICE.label)
         hits = (
             self._lookup(model, embeddings, device_ms) if embeddings is not None else [None] * len(undecided)
         )

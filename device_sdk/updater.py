@@ -286,8 +286,8 @@ class ModelUpdater:
         if (head.manifest.version, head.manifest.rollback_of) != (wanted.version, wanted.rollback_of):
             raise BundleError(f"the manifest served for {wanted.release} is another release")
         for tier in self.tiers:
-            file = head.manifest.partition(tier).file
-            self._fetcher.fetch(f"{route}/{file}", staging / file)
+            for file, _ in head.manifest.partition(tier).files:
+                self._fetcher.fetch(f"{route}/{file}", staging / file)
         return load_verified_update(staging, self._key, running, self.tiers)
 
     def _prune(self, keep: str) -> None:

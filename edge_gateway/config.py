@@ -49,8 +49,8 @@ class GatewaySettings:
 class CacheSettings:
     """The gateway's neural cache; the hit rule comes from the manifest unless set here.
 
-    Off by default: on Fashion-MNIST the calibrated caches still answer less accurately than
-    the tiers they replace (see ``edgecascade bench cache``).
+    Off by default: with the default Fashion-MNIST model the gateway's exit answers every
+    input that reaches it, so its cache is never consulted (see ``edgecascade bench cache``).
     """
 
     enabled: bool = False

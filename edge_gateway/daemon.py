@@ -127,7 +127,7 @@ class GatewayDaemon:
         cache = None
         if config.cache.enabled:
             cache = open_cache(
-                bundle.manifest, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
+                bundle, "gateway", config.cache.capacity, config.cache.path, tau=config.cache.tau
             )
         link = cloud or HttpCloudLink(
             settings.cloud_url, settings.cloud_timeout, settings.cloud_token, settings.cloud_ca
@@ -158,7 +158,7 @@ class GatewayDaemon:
     def _new_cache(self, bundle: Bundle) -> NeuralCache:
         """An empty gateway cache for a new model version (another model's embeddings do not compare)."""
         cache = self.config.cache
-        return open_cache(bundle.manifest, "gateway", cache.capacity, None, tau=cache.tau)
+        return open_cache(bundle, "gateway", cache.capacity, None, tau=cache.tau)
 
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the broker and start serving."""

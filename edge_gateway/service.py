@@ -42,7 +42,6 @@ from device_sdk.hotswap import ServedModels, TierModel
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
-from device_sdk.similarity import embed
 from edge_gateway.cloud_link import CloudLink
 
 logger = logging.getLogger(__name__)
@@ -194,8 +193,10 @@ class GatewayService:
         assert result.features is not None
         cache = model.cache
         undecided = [k for k in range(len(batch)) if not exits[k]]
-        embeddings = embed(result.features[undecided]) if cache is not None and undecided else None
+        embeddings = cache.embed(result.features[undecided]) if cache is not None and undecided else None
         hits = cache.lookup_batch(embeddings) if cache is not None and embeddings is not None else []
+        if cache is not None:
+            cache.keep_exits(result.features, probs, exits, wire.Tier.GATEWAY.label)
         cached = dict(zip(undecided, hits, strict=False))
         decisions: list[bytes | Forward] = []
         degraded_answers: list[tuple[wire.Header, bytes, wire.Result]] = []

@@ -55,7 +55,7 @@ def _run(bundle_dir: Path, stream: np.ndarray, caches: bool, capacity: int) -> l
     bundle = load_bundle(bundle_dir)
     env = {"EC_CACHE__ENABLED": "true" if caches else "false", "EC_CACHE__CAPACITY": str(capacity)}
     device_id = "bench-cache-on" if caches else "bench-cache-off"
-    cache = open_cache(bundle.manifest, "device", capacity) if caches else None
+    cache = open_cache(bundle, "device", capacity) if caches else None
     with (
         tempfile.TemporaryDirectory(prefix="edgecascade-bench-") as workdir,
         LocalStack(bundle.path, Path(workdir), gateway_env=env) as stack,

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device_sdk.bundle import Manifest, load_bundle
+from device_sdk.cache import load_embedder
 from device_sdk.errors import EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
-from device_sdk.similarity import embed
 from tools import certs_cli, retrain_cli, security_cli
 
 if TYPE_CHECKING:
@@ -104,24 +104,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report["n"] else 1
 
 
-def _validation_split() -> tuple[np.ndarray, np.ndarray]:
-    """The validation split of Fashion-MNIST's training set, as the default training run makes it."""
+def _calibration_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training images, validation images and labels of the default training run's split."""
     from training.data import load_fashion_mnist
     from training.train import TrainConfig, training_split
 
-    _, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
-    return x_val, y_val
+    x_train, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
+    return x_train, x_val, y_val
 
 
 def _calibrate_cache(args: argparse.Namespace) -> int:
     from training.cache_calibration import calibrate_cache
 
-    manifest = calibrate_cache(Path(args.model), *_validation_split(), target_ratio=args.target)
+    x_train, x_val, y_val = _calibration_data()
+    manifest = calibrate_cache(Path(args.model), x_val, y_val, fit_images=x_train, target_ratio=args.target)
     for part in manifest.partitions:
         if part.cache is not None:
             print(
                 f"{part.tier:<8} cache: tau {part.cache.tau:.4f}, hit rate {part.cache.hit_rate:.2%}, "
-                f"accuracy vs the tiers' answers {part.cache.accuracy_ratio:.4f}"
+                f"accuracy vs the tiers' answers {part.cache.accuracy_ratio:.4f}, "
+                f"keeps own exits below {part.cache.keep_exits_below:.2f}"
             )
     return 0
 
@@ -193,7 +195,7 @@ def _bench_cache(args: argparse.Namespace) -> int:
     features = run_partitions(bundle, data.x_train).features[0]  # the device cache's keys
     sizes = tuple(int(s) for s in args.sizes.split(","))
     report = {
-        "index": bench_index(embed(features), sizes=sizes),
+        "index": bench_index(load_embedder(bundle, "device")(features), sizes=sizes),
         "stream": bench_cache_stream(
             model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
         ),

@@ -93,7 +93,7 @@ def run_demo(
         try:
             mqtt, crypto = stack.device(DEVICE_ID)
             transport = MqttTransport(mqtt, DEVICE_ID)
-            cache = open_cache(bundle.manifest, "device") if caches else None
+            cache = open_cache(bundle, "device") if caches else None
             with DeviceClient(bundle, DEVICE_ID, transport, cache=cache, crypto=crypto) as client:
                 _wait_until_served(client, x[0])
                 started = time.perf_counter()

@@ -304,4 +304,4 @@ def train_and_export(
         representative=x_train,
         holdout=(x_val, y_val),
     )
-    return calibrate_cache(out_dir, x_val, y_val)
+    return calibrate_cache(out_dir, x_val, y_val, fit_images=x_train)

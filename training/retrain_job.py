@@ -250,7 +250,7 @@ class _Retrain:
         if any(p.cache is not None for p in manifest.partitions):
             from training.cache_calibration import calibrate_cache
 
-            calibrate_cache(out, *validation)
+            calibrate_cache(out, *validation, fit_images=replay[0])
         if self.settings.signing_key is not None:
             from device_sdk.signing import sign_bundle
 

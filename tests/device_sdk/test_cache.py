@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import CacheSpec, ExitSpec, InputSpec, Manifest, PartitionSpec, TensorSpec
+from device_sdk.bundle import Bundle, CacheSpec, ExitSpec, InputSpec, Manifest, PartitionSpec, TensorSpec
 from device_sdk.cache import CacheConfig, NeuralCache, open_cache
 from device_sdk.errors import ConfigError, TensorSpecError
-from device_sdk.similarity import embed, embedding_dim, hit_rule
+from device_sdk.similarity import Embedder, hit_rule
 
 DIM = 16
 CLASSES = 4
@@ -87,37 +87,6 @@ def test_config_validation_lists_every_problem() -> None:
     with pytest.raises(ConfigError) as info:
         CacheConfig(capacity=0, tau=float("nan"), k=2, min_votes=3)
     assert len(info.value.problems) == 3
-
-
-# ------------------------------------------------------------------------------ embeddings
-@pytest.mark.parametrize(("shape", "dim"), [((7, 7, 8), 128), ((4, 4, 16), 64)])
-def test_embed_is_compact_and_normalised(shape: tuple[int, int, int], dim: int) -> None:
-    f = np.random.default_rng(0).random((5, *shape), dtype=np.float32)
-    e = embed(f)
-    assert e.shape == (5, dim) == (5, embedding_dim(shape))
-    assert e.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
-
-
-def test_embed_zero_features_give_zeros_not_nan() -> None:
-    e = embed(np.zeros((2, 7, 7, 8), np.float32))
-    assert not np.isnan(e).any() and not e.any()
-
-
-def test_embed_rejects_wrong_rank() -> None:
-    with pytest.raises(TensorSpecError):
-        embed(np.zeros((7, 7, 8), np.float32))
-
-
-def test_embed_tolerates_a_one_pixel_shift() -> None:
-    rng = np.random.default_rng(1)
-    # smooth-ish non-negative maps, like ReLU features of natural images
-    base = rng.random((1, 9, 9, 8)).astype(np.float32)
-    smooth = (base[:, :-2, :-2] + base[:, 1:-1, 1:-1] + base[:, 2:, 2:]) / 3
-    shifted = np.roll(smooth, 1, axis=2)
-    unrelated = rng.random((1, 7, 7, 8)).astype(np.float32) ** 3
-    e, s, u = embed(smooth)[0], embed(shifted)[0], embed(unrelated)[0]
-    assert 1 - e @ s < 1 - e @ u
 
 
 # ------------------------------------------------------------------------------ cache basics
@@ -370,12 +339,43 @@ def _manifest(cache: CacheSpec | None) -> Manifest:
 
 
 def test_open_cache_takes_dimension_version_and_calibration_from_the_manifest(tmp_path: Path) -> None:
-    manifest = _manifest(CacheSpec(tau=0.031, k=5, min_votes=3))
-    device = open_cache(manifest, "device", 50)
-    assert (device.dim, device.model_version, device.config.capacity) == (128, 7, 50)
+    bundle = Bundle(tmp_path, _manifest(CacheSpec(tau=0.031, k=5, min_votes=3, keep_exits_below=0.8)))
+    device = open_cache(bundle, "device", 50)
+    assert (device.dim, device.model_version, device.config.capacity) == (128, 7, 50)  # pooled keys
     assert (device.config.tau, device.config.k, device.config.min_votes) == (0.031, 5, 3)
-    gateway = open_cache(manifest, "gateway", 50, tmp_path / "missing", tau=0.01)
+    assert device.keep_exits_below == 0.8
+    gateway = open_cache(bundle, "gateway", 50, tmp_path / "missing", tau=0.01)
     assert (gateway.dim, gateway.config.tau, gateway.load_error) == (64, 0.01, "missing")
-    assert open_cache(_manifest(None), "device").config.tau == CacheConfig().tau
+    assert open_cache(Bundle(tmp_path, _manifest(None)), "device").config.tau == CacheConfig().tau
     with pytest.raises(ConfigError):
-        open_cache(manifest, "cloud")
+        open_cache(bundle, "cloud")
+
+
+def test_open_cache_uses_the_bundles_key_projection(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    embedder = Embedder(
+        rng.random(392, dtype=np.float32), rng.normal(size=(392, 12)).astype(np.float32), (7, 7, 8)
+    )
+    (tmp_path / "device.cache.npz").write_bytes(embedder.to_bytes())
+    spec = CacheSpec(tau=0.05, embedding="device.cache.npz", embedding_sha256="0" * 64)
+    cache = open_cache(Bundle(tmp_path, _manifest(spec)), "device", 10)
+    assert cache.dim == 12
+    features = rng.random((3, 7, 7, 8), dtype=np.float32)
+    np.testing.assert_array_equal(cache.embed(features), embedder(features))
+    (tmp_path / "device.cache.npz").write_bytes(b"garbage")
+    with pytest.raises(ConfigError):
+        open_cache(Bundle(tmp_path, _manifest(spec)), "device", 10)
+
+
+def test_keep_exits_inserts_only_confident_enough_exits_below_the_bound() -> None:
+    embedder = Embedder.pooled((2, 2, DIM))
+    cache = NeuralCache(DIM, FILLED, embedder=embedder, keep_exits_below=0.9)
+    features = np.random.default_rng(4).random((4, 2, 2, DIM), dtype=np.float32)
+    probs = np.array(
+        [[0.85, 0.15, 0, 0], [0.95, 0.05, 0, 0], [0.2, 0.7, 0.1, 0], [0.5, 0.5, 0, 0]], np.float32
+    )
+    exits = np.array([True, True, False, False])
+    assert cache.keep_exits(features, probs, exits, "device") == 1  # only row 0: exited and below 0.9
+    hit = cache.lookup(embedder(features[:1])[0])
+    assert hit is not None and (hit.label, hit.source_tier) == (0, "device")
+    assert NeuralCache(DIM, FILLED, embedder=embedder).keep_exits(features, probs, exits, "device") == 0

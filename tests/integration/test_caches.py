@@ -40,17 +40,17 @@ def test_repeats_are_answered_by_each_cache_tier(
     make_client: Callable[..., DeviceClient],
 ) -> None:
     images = _cloud_bound(tiny_bundle, fmnist.x_test[:500], 5)
-    manifest = load_bundle(tiny_bundle).manifest
+    bundle = load_bundle(tiny_bundle)
     cache_file = tmp_path / "gateway.cache"
     with Mosquitto(tmp_path / "broker", broker.pki) as own:
         settings = CacheSettings(enabled=True, path=cache_file)
         daemon = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
         daemon.start()
         try:
-            first = make_client("cache-a", via=own, cache=open_cache(manifest, "device", 100))
+            first = make_client("cache-a", via=own, cache=open_cache(bundle, "device", 100))
             cold = [first.predict(x) for x in images]
             again = [first.predict(x) for x in images]
-            other = make_client("cache-b", via=own, cache=open_cache(manifest, "device", 100))
+            other = make_client("cache-b", via=own, cache=open_cache(bundle, "device", 100))
             from_gateway = [other.predict(x) for x in images]
         finally:
             daemon.stop()

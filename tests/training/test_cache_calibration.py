@@ -4,10 +4,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from device_sdk.bundle import load_bundle
+from device_sdk.cache import load_embedder
+from device_sdk.errors import BundleError
 from training.augment import near_duplicates
-from training.cache_calibration import CurvePoint, accuracy_curve, calibrate_cache, choose_tau
+from training.cache_calibration import (
+    CurvePoint,
+    TierView,
+    accuracy_curve,
+    calibrate_cache,
+    choose_tau,
+    keep_bound,
+)
 
 
 def test_choose_tau_takes_the_largest_accurate_enough_tau() -> None:
@@ -61,11 +71,40 @@ def test_calibration_writes_cache_settings_into_a_valid_manifest(
 ) -> None:
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, out)
-    manifest = calibrate_cache(out, fmnist.x_train[-1500:], fmnist.y_train[-1500:])
-    reloaded = load_bundle(out).manifest
-    assert reloaded == manifest
+    manifest = calibrate_cache(
+        out, fmnist.x_train[-1500:], fmnist.y_train[-1500:], fit_images=fmnist.x_train[:2000], dim=8
+    )
+    reloaded = load_bundle(out)
+    assert reloaded.manifest == manifest
+    calibrated = 0
     for tier in ("device", "gateway"):
-        spec = reloaded.partition(tier).cache
+        spec = reloaded.manifest.partition(tier).cache
         assert spec is not None and 0.0 <= spec.tau <= 0.2 and spec.k == 3
         assert spec.accuracy_ratio >= 0.99 or spec.tau == 0.0
-    assert reloaded.partition("cloud").cache is None
+        assert 0.0 <= spec.keep_exits_below <= 1.0
+        if spec.embedding is not None:  # a tier that enough inputs reach gets its own projection
+            calibrated += 1
+            assert load_embedder(reloaded, tier).dim == 8
+    assert calibrated >= 1
+    assert reloaded.manifest.partition("cloud").cache is None
+    # the projection is signed with the bundle: a changed file is refused
+    name = next(p.cache.embedding for p in manifest.partitions if p.cache and p.cache.embedding)
+    (out / name).write_bytes((out / name).read_bytes()[:-1] + b"x")
+    with pytest.raises(BundleError):
+        load_bundle(out)
+
+
+def test_keep_bound_covers_the_exits_whose_near_duplicates_do_not_exit() -> None:
+    n = 200
+    conf = np.linspace(0.5, 1.0, n, endpoint=False)
+    exits = conf >= 0.6
+    dup_exits = conf >= 0.75  # near-duplicates of inputs under 0.75 fall under the threshold
+
+    def view(exits: np.ndarray, confidence: np.ndarray) -> TierView:
+        zeros = np.zeros(n, int)
+        return TierView(np.zeros((n, 1, 1, 1)), np.ones(n, bool), exits, zeros, confidence, zeros)
+
+    bound = keep_bound(view(exits, conf), view(dup_exits, conf))
+    needed = exits & ~dup_exits
+    assert 0.74 <= bound <= 0.76 and (conf[needed] < bound).mean() >= 0.99
+    assert keep_bound(view(exits, conf), view(exits, conf)) == 0.0  # no near-duplicate needs one
