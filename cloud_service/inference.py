@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 from device_sdk import serving, wire
 from device_sdk.bundle import Bundle
-from device_sdk.hotswap import ServedModels, TierModel
+from device_sdk.hotswap import ServedModels, ServesModels, TierModel
 from device_sdk.policy import policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
 
 logger = logging.getLogger(__name__)
 
 
-class CloudInference:
+class CloudInference(ServesModels):
     """Runs partition 3 on INFER_REQUEST envelopes; raises typed errors on bad input."""
 
     def __init__(self, bundle: Bundle, num_threads: int = 1, grace: float = 600.0) -> None:
@@ -30,18 +30,6 @@ class CloudInference:
         #: called once when a request names a version this process does not serve, in case
         #: another server process promoted it (the registry wires this up)
         self.refresh: Callable[[], None] | None = None
-
-    @property
-    def bundle(self) -> Bundle:
-        return self._models.current.bundle
-
-    @property
-    def version(self) -> int:
-        return self._models.current.version
-
-    def versions(self) -> tuple[int, ...]:
-        """Model versions answered right now, the current one first."""
-        return self._models.versions()
 
     def _load(self, bundle: Bundle) -> TierModel:
         runner = PartitionRunner.from_bundle(bundle, "cloud", self.num_threads)

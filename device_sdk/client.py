@@ -45,7 +45,7 @@ from device_sdk.errors import (
     TensorSpecError,
 )
 from device_sdk.hard_examples import MAX_TENSOR_BYTES, HardExample
-from device_sdk.hotswap import ServedModels, TierModel
+from device_sdk.hotswap import ServedModels, ServesModels, TierModel
 from device_sdk.offload import Sender, exchange
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
@@ -89,7 +89,7 @@ class _Local:
     embedding: np.ndarray | None = None  # cache key, when the client has a cache
 
 
-class DeviceClient:
+class DeviceClient(ServesModels):
     """Cascaded inference from a device: local exit first, then gateway and cloud."""
 
     def __init__(
@@ -145,10 +145,6 @@ class DeviceClient:
         return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------- the model it serves
-    @property
-    def bundle(self) -> Bundle:
-        return self._models.current.bundle
-
     @property
     def manifest(self) -> Manifest:
         return self._models.current.manifest

@@ -132,3 +132,27 @@ class ServedModels(Generic[M]):
         now = self._clock()
         for version in [v for v, (_, until) in self._retired.items() if until <= now]:
             del self._retired[version]
+
+
+class ServesModels:
+    """What every tier shows of the models it serves, read from its ``_models``.
+
+    Mixed into the device client, the gateway service and the cloud's inference, which
+    each set ``self._models`` to their :class:`ServedModels` of :class:`TierModel`.
+    """
+
+    _models: ServedModels[TierModel]
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle of the current model version."""
+        return self._models.current.bundle
+
+    @property
+    def version(self) -> int:
+        """The current model version."""
+        return self._models.current.version
+
+    def versions(self) -> tuple[int, ...]:
+        """Model versions answered right now, the current one first."""
+        return self._models.versions()

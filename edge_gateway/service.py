@@ -38,7 +38,7 @@ from device_sdk.cache import NeuralCache
 from device_sdk.crypto import GatewayCrypto
 from device_sdk.errors import CryptoError, EdgeCascadeError, ModelVersionError, StorageError, WireError
 from device_sdk.hard_examples import HardExample
-from device_sdk.hotswap import ServedModels, TierModel
+from device_sdk.hotswap import ServedModels, ServesModels, TierModel
 from device_sdk.outbox import AddStatus, Outbox
 from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
 from device_sdk.runtime import PartitionRunner
@@ -74,7 +74,7 @@ class Forward:
 CacheFactory = Callable[[Bundle], NeuralCache | None]
 
 
-class GatewayService:
+class GatewayService(ServesModels):
     """Middle tier of the cascade; thread-safe (the runner serialises interpreter calls)."""
 
     def __init__(
@@ -99,24 +99,12 @@ class GatewayService:
 
     # --------------------------------------------------------------- the model it serves
     @property
-    def bundle(self) -> Bundle:
-        return self._models.current.bundle
-
-    @property
-    def version(self) -> int:
-        return self._models.current.version
-
-    @property
     def cache(self) -> NeuralCache | None:
         return self._models.current.cache
 
     @property
     def policy(self) -> ExitPolicy:
         return self._policy or self._models.current.policy
-
-    def versions(self) -> tuple[int, ...]:
-        """Model versions answered right now, the current one first."""
-        return self._models.versions()
 
     def _load(self, bundle: Bundle, cache: NeuralCache | None) -> TierModel:
         runner = PartitionRunner.from_bundle(bundle, "gateway")
