@@ -384,6 +384,8 @@ class NeuralCache:
         A near-duplicate of such an input may fall under the exit threshold and reach the
         cache, which then has the answer given to the original.
         """
+        if self.keep_exits_below <= 0.0:  # keeps none: nothing to compute on the request path
+            return 0
         probs = np.asarray(probabilities, dtype=np.float32)
         confidence = probs.max(axis=1) if probs.ndim == 2 and probs.size else np.zeros(0, np.float32)
         keep = np.flatnonzero(np.asarray(exits, bool) & (confidence < self.keep_exits_below))
