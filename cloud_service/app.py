@@ -87,7 +87,8 @@ def create_app(
 
 def own_url(config: CloudConfig) -> str:
     """This cloud's URL from its own settings: the announced download base unless ``registry.public_url``."""
-    return f"http://{config.cloud.host}:{config.cloud.port}"
+    scheme = "https" if config.cloud.tls_cert is not None else "http"
+    return f"{scheme}://{config.cloud.host}:{config.cloud.port}"
 
 
 def open_registry(config: CloudConfig) -> ModelRegistry:

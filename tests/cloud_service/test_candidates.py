@@ -85,3 +85,17 @@ def test_retraining_and_the_registry_share_one_directory(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="auto_promote needs the model registry"):
         CloudConfig(retrain=RetrainSettings(auto_promote=True))
     CloudConfig(registry=registry, retrain=RetrainSettings(auto_promote=True))  # consistent: accepted
+
+
+def test_the_announced_url_uses_https_when_the_cloud_serves_tls(tmp_path: Path) -> None:
+    from cloud_service.app import own_url
+    from cloud_service.config import CloudConfig, CloudSettings
+
+    for name in ("c.pem", "k.pem"):  # the settings check that the files exist, not what they hold
+        (tmp_path / name).write_text("-")
+    plain = CloudConfig(CloudSettings(host="10.0.0.5", port=8443))
+    tls = CloudConfig(
+        CloudSettings(host="10.0.0.5", port=8443, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem")
+    )
+    assert own_url(plain) == "http://10.0.0.5:8443"
+    assert own_url(tls) == "https://10.0.0.5:8443"
