@@ -69,7 +69,7 @@ class CacheSpec:
     tau: float
     k: int = 3
     min_votes: int = 2
-    accuracy_ratio: float = 0.0  # on validation hits: cache accuracy / accuracy of the tiers' answers
+    accuracy_ratio: float = 0.0  # on validation hits (at the expected repeat share): cache / tiers' accuracy
     hit_rate: float = 0.0  # share of validation queries answered by the cache at this tau
     embedding: str | None = None  # key projection file in the bundle, or None: pooled features
     embedding_sha256: str = ""

@@ -90,17 +90,24 @@ def bench_cache_stream(
         return sum(p.bytes_sent + p.bytes_upstream for p in predictions)
 
     bytes_off, bytes_on = link_bytes(off), link_bytes(on)
-    cache_acc = float((label_on[cached] == truth[cached]).mean()) if cached.any() else float("nan")
-    tier_acc = float((label_off[cached] == truth[cached]).mean()) if cached.any() else float("nan")
+
+    def accuracy(labels: np.ndarray, where: np.ndarray) -> float | None:
+        return round(float((labels[where] == truth[where]).mean()), 4) if where.any() else None
+
+    unrelated = cached & ~is_repeat
     return {
         "n": n,
         "repeat_share": round(float(is_repeat.mean()), 4),
         "repeats_reaching_cache": int(reached_cache.sum()),
         "repeat_hit_rate": round(float(cached[reached_cache].mean()), 4) if reached_cache.any() else None,
         "cache_answers": {t: int((tier_on == t).sum()) for t in CACHE_TIERS},
-        "cache_answers_on_non_repeats": int((cached & ~is_repeat).sum()),
-        "cache_answer_accuracy": round(cache_acc, 4),
-        "tier_answer_accuracy": round(tier_acc, 4),
+        "cache_answer_accuracy": accuracy(label_on, cached),
+        "tier_answer_accuracy": accuracy(label_off, cached),
+        "non_repeats": {  # what the cache did to inputs that repeat nothing
+            "cache_answers": int(unrelated.sum()),
+            "cache_answer_accuracy": accuracy(label_on, unrelated),
+            "tier_answer_accuracy": accuracy(label_off, unrelated),
+        },
         "cache_vs_tier_agreement": round(float((label_on[cached] == label_off[cached]).mean()), 4)
         if cached.any()
         else None,

@@ -114,16 +114,20 @@ def _calibration_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _calibrate_cache(args: argparse.Namespace) -> int:
-    from training.cache_calibration import calibrate_cache
+    from training.cache_calibration import Precision, calibrate_cache
 
     x_train, x_val, y_val = _calibration_data()
-    manifest = calibrate_cache(Path(args.model), x_val, y_val, fit_images=x_train, target_ratio=args.target)
+    precision = Precision(
+        target_ratio=args.target, repeat_share=args.repeat_share, max_unrelated_loss=args.max_unrelated_loss
+    )
+    manifest = calibrate_cache(Path(args.model), x_val, y_val, fit_images=x_train, precision=precision)
     for part in manifest.partitions:
         if part.cache is not None:
+            c = part.cache
             print(
-                f"{part.tier:<8} cache: tau {part.cache.tau:.4f}, hit rate {part.cache.hit_rate:.2%}, "
-                f"accuracy vs the tiers' answers {part.cache.accuracy_ratio:.4f}, "
-                f"keeps own exits below {part.cache.keep_exits_below:.2f}"
+                f"{part.tier:<8} cache: tau {c.tau:.4f}, {c.k}-NN with {c.min_votes} votes; near-duplicate "
+                f"hit rate {c.hit_rate:.2%}, accuracy vs the tiers' answers {c.accuracy_ratio:.4f}; "
+                f"keeps own exits below {c.keep_exits_below:.2f}"
             )
     return 0
 
@@ -189,7 +193,7 @@ def _bench_cache(args: argparse.Namespace) -> int:
     bundle = load_bundle(model)
     if any(bundle.manifest.partition(t).cache is None for t in ("device", "gateway")):
         print("the bundle has no calibrated cache settings; calibrating on validation data")
-        _calibrate_cache(argparse.Namespace(model=args.model, target=0.99))
+        _calibrate_cache(build_parser().parse_args(["calibrate-cache", "--model", args.model]))
         bundle = load_bundle(model)
     data = load_fashion_mnist()
     features = run_partitions(bundle, data.x_train).features[0]  # the device cache's keys
@@ -259,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
     p.add_argument(
         "--target", type=float, default=0.99, help="cache/tier accuracy ratio to keep (default %(default)s)"
+    )
+    p.add_argument(
+        "--repeat-share",
+        type=float,
+        default=0.3,
+        help="expected share of near-duplicate inputs, weighing the two kinds of query (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-unrelated-loss",
+        type=float,
+        default=0.02,
+        help="answers the cache may make wrong among inputs that repeat nothing (default %(default)s)",
     )
     p.set_defaults(func=_calibrate_cache)
 

@@ -11,9 +11,12 @@ For each caching tier (device: cut-1 features, gateway: cut-2 features) this
 3. stores half of the validation inputs as the cache would hold them (the answers of the
    tiers above for inputs that reach the cache, the tier's own answers under the bound)
    and queries with near-duplicates of that half that reach the cache, and with the
-   unrelated other half. ``tau`` is the largest distance at which, for both kinds of
-   query, the cache's answers are right (on the validation labels) at least
-   ``target_ratio`` as often as the answers the tiers would have given instead.
+   unrelated other half. Among the hit rules of ``HIT_RULES`` (k neighbours, votes) and
+   candidate ``tau`` values, it keeps the one answering the most
+   near-duplicates while the cache's answers stay precise (:class:`Precision`): on a
+   stream with the expected share of repeats, right (on the validation labels) at least
+   ``target_ratio`` as often as the tiers' answers they replace, and costing inputs that
+   repeat nothing at most ``max_unrelated_loss`` of their answers.
 
 Pure numpy over LiteRT outputs: exact k-NN, independent of HNSW's approximation. A tier
 that too few validation inputs reach (the gateway, when its exit answers everything) gets
@@ -118,62 +121,169 @@ def keep_bound(original: TierView, duplicate: TierView, coverage: float = KEEP_C
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """What a candidate tau does on the calibration queries."""
+    """What a candidate hit rule does on one set of calibration queries."""
 
     tau: float
+    queries: int
     hits: int
-    hit_rate: float
-    cache_accuracy: float  # accuracy of the cache's answers on the hits
-    tier_accuracy: float  # accuracy of the answers the tiers would have given instead
+    cache_right: int  # hits whose cached answer is the true label
+    tier_right: int  # hits where the tiers' own answer would have been
 
     @property
-    def ratio(self) -> float:
-        return self.cache_accuracy / self.tier_accuracy if self.tier_accuracy else 1.0
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+    @property
+    def cache_accuracy(self) -> float:
+        return self.cache_right / self.hits if self.hits else 1.0
+
+    @property
+    def tier_accuracy(self) -> float:
+        return self.tier_right / self.hits if self.hits else 1.0
+
+
+def nearest(ref_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine k-NN: distances and indices ``(queries, k)`` of the nearest ``ref_emb`` rows."""
+    distances = 1.0 - query_emb @ ref_emb.T
+    k = min(k, distances.shape[1])
+    order = np.argsort(distances, axis=1)[:, :k]
+    return np.take_along_axis(distances, order, axis=1), order
 
 
 def accuracy_curve(
-    ref_emb: np.ndarray,
+    neighbours: tuple[np.ndarray, np.ndarray],
     ref_answers: np.ndarray,
-    query_emb: np.ndarray,
     query_answers: np.ndarray,
     query_truth: np.ndarray,
-    k: int,
-    min_votes: int,
+    rule: HitRule,
     taus: tuple[float, ...] = DEFAULT_TAUS,
 ) -> list[CurvePoint]:
-    """Per candidate tau: hits, and cache vs tier accuracy on them (exact cosine k-NN)."""
-    distances = 1.0 - query_emb @ ref_emb.T
-    order = np.argsort(distances, axis=1)[:, :k]
-    nearest = np.take_along_axis(distances, order, axis=1)
-    labels = ref_answers[order]
+    """Per candidate tau: hits, and how often the cache and the tiers are right on them.
+
+    ``neighbours`` is :func:`nearest`'s output for at least ``rule.k`` neighbours.
+    """
+    distances, order = neighbours
+    nearest_d = distances[:, : rule.k]
+    labels = ref_answers[order[:, : rule.k]]
     curve = []
     for tau in taus:
-        answers = [hit_rule(nearest[q], labels[q], tau, min_votes) for q in range(len(query_emb))]
-        hit = np.array([a is not None for a in answers])
-        cached = np.array([a for a in answers if a is not None])
+        answers = [hit_rule(nearest_d[q], labels[q], tau, rule.min_votes) for q in range(len(nearest_d))]
+        hit = np.array([a is not None for a in answers], dtype=bool)
+        cached = np.array([a for a in answers if a is not None], dtype=np.int64)
         truth = query_truth[hit]
-        cache_acc = float((cached == truth).mean()) if hit.any() else 1.0
-        tier_acc = float((query_answers[hit] == truth).mean()) if hit.any() else 1.0
-        curve.append(CurvePoint(float(tau), int(hit.sum()), float(hit.mean()), cache_acc, tier_acc))
+        curve.append(
+            CurvePoint(
+                float(tau),
+                len(answers),
+                int(hit.sum()),
+                int((cached == truth).sum()),
+                int((query_answers[hit] == truth).sum()),
+            )
+        )
     return curve
 
 
-def choose_tau(
-    repeats: list[CurvePoint], distinct: list[CurvePoint], target_ratio: float, min_hits: int = 20
-) -> tuple[CurvePoint, CurvePoint]:
-    """The largest tau at which cache answers are ``target_ratio`` as accurate as the tiers'.
+@dataclass(frozen=True)
+class HitRule:
+    """The vote of a hit rule (see :func:`device_sdk.similarity.hit_rule`); calibration adds its tau."""
 
-    Both kinds of queries must pass: near-duplicates of stored inputs (needing at least
-    ``min_hits`` hits to be trusted) and unrelated inputs (any hit on them must be as
-    accurate, since borrowing a similar input's answer is where a cache goes wrong). If no
-    tau passes, the smallest one is returned (in practice only exact repeats then hit).
+    k: int
+    min_votes: int
+
+
+HIT_RULES = (HitRule(5, 3), HitRule(3, 2), HitRule(5, 2), HitRule(3, 1), HitRule(1, 1))
+"""Rules the calibration compares, strictest first.
+
+A vote protects against borrowing the answer of a similar but different input, at the
+price of vetoes: a near-duplicate whose original sits beside a cached input of another
+label misses. Which matters more depends on the model and its keys, so it is measured.
+"""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How precise the cache's answers must be for a rule and tau to qualify.
+
+    ``target_ratio``: on the cache's answers to a stream with ``repeat_share`` of
+    near-duplicates, their accuracy over that of the tiers' answers they replace (each
+    query set weighed by its share of the stream).
+    ``max_unrelated_loss``: answers the cache may make wrong among inputs that repeat
+    nothing (as a share of those that consult it), so that a deployment with fewer repeats
+    than expected is not paying for the others.
     """
-    good = [
-        (r, d)
-        for r, d in zip(repeats, distinct, strict=True)
-        if r.hits >= min_hits and r.ratio >= target_ratio and (d.hits == 0 or d.ratio >= target_ratio)
-    ]
-    return max(good, key=lambda pair: pair[0].tau) if good else (repeats[0], distinct[0])
+
+    target_ratio: float = 0.99
+    repeat_share: float = 0.3
+    max_unrelated_loss: float = 0.02
+    min_hits: int = 20  # near-duplicate hits needed to trust a point
+
+    def __post_init__(self) -> None:
+        if not 0 < self.repeat_share < 1:
+            raise ValueError(f"repeat_share must be in (0, 1), got {self.repeat_share}")
+
+    def pooled_ratio(self, repeats: CurvePoint, distinct: CurvePoint) -> float:
+        """Cache over tier accuracy on all hits of a stream with ``repeat_share`` of repeats."""
+        w_rep = self.repeat_share / max(repeats.queries, 1)
+        w_dis = (1 - self.repeat_share) / max(distinct.queries, 1)
+        tier = w_rep * repeats.tier_right + w_dis * distinct.tier_right
+        return (w_rep * repeats.cache_right + w_dis * distinct.cache_right) / tier if tier else 1.0
+
+    def holds(self, repeats: CurvePoint, distinct: CurvePoint) -> bool:
+        """Whether a rule at some tau, giving these points, is precise enough."""
+        lost = (distinct.tier_right - distinct.cache_right) / max(distinct.queries, 1)
+        return (
+            repeats.hits >= self.min_hits
+            and self.pooled_ratio(repeats, distinct) >= self.target_ratio
+            and lost <= self.max_unrelated_loss
+        )
+
+
+@dataclass(frozen=True)
+class RuleChoice:
+    """A rule with its calibrated tau and what it did on the two kinds of calibration query."""
+
+    rule: HitRule
+    repeats: CurvePoint
+    distinct: CurvePoint
+
+
+def choose_rule(
+    ref_emb: np.ndarray,
+    ref_answers: np.ndarray,
+    repeats: tuple[np.ndarray, np.ndarray, np.ndarray],
+    distinct: tuple[np.ndarray, np.ndarray, np.ndarray],
+    precision: Precision = Precision(),
+    rules: tuple[HitRule, ...] = HIT_RULES,
+    taus: tuple[float, ...] = DEFAULT_TAUS,
+) -> RuleChoice:
+    """The rule and tau that answer the most near-duplicates while ``precision`` holds.
+
+    ``repeats`` and ``distinct`` are ``(embeddings, tier answers, true labels)`` of the two
+    kinds of query: near-duplicates of the stored inputs, and unrelated inputs. Ties go to
+    fewer answers on unrelated inputs, then to the earlier rule. If nothing qualifies, the
+    first rule at the smallest tau is returned (in practice only exact repeats then hit).
+    """
+    k_max = max(rule.k for rule in rules)
+    rep_nn, dis_nn = nearest(ref_emb, repeats[0], k_max), nearest(ref_emb, distinct[0], k_max)
+    best: RuleChoice | None = None
+    for rule in rules:
+        curves = zip(
+            accuracy_curve(rep_nn, ref_answers, *repeats[1:], rule, taus),
+            accuracy_curve(dis_nn, ref_answers, *distinct[1:], rule, taus),
+            strict=True,
+        )
+        for rep, dis in curves:
+            better = best is None or (rep.hits, -dis.hits) > (best.repeats.hits, -best.distinct.hits)
+            if precision.holds(rep, dis) and better:
+                best = RuleChoice(rule, rep, dis)
+    if best is None:
+        rule = rules[0]
+        return RuleChoice(
+            rule,
+            accuracy_curve(rep_nn, ref_answers, *repeats[1:], rule, taus[:1])[0],
+            accuracy_curve(dis_nn, ref_answers, *distinct[1:], rule, taus[:1])[0],
+        )
+    return best
 
 
 def calibrate_cache(
@@ -182,9 +292,8 @@ def calibrate_cache(
     labels: np.ndarray,
     *,
     fit_images: np.ndarray | None = None,
-    target_ratio: float = 0.99,
-    k: int = 3,
-    min_votes: int = 2,
+    precision: Precision = Precision(),
+    rules: tuple[HitRule, ...] = HIT_RULES,
     dim: int = DEFAULT_DIM,
     seed: int = 0,
 ) -> Manifest:
@@ -213,7 +322,7 @@ def calibrate_cache(
                 tier,
                 candidates,
             )
-            specs[tier] = CacheSpec(tau=0.0, k=k, min_votes=min_votes)
+            specs[tier] = CacheSpec(tau=0.0)
             continue
         embedder = fit_embedder(*fit[tier], dim=dim)
         keep = keep_bound(orig, dup)
@@ -221,39 +330,31 @@ def calibrate_cache(
         ref = np.flatnonzero(stored & ref_half)
         asked = np.flatnonzero(dup.consults_cache & ref_half)
         other = np.flatnonzero(orig.consults_cache & ~ref_half)
-        ref_emb = embedder(orig.features[ref])
-        repeat_curve = accuracy_curve(
-            ref_emb,
+        choice = choose_rule(
+            embedder(orig.features[ref]),
             answers[ref],
-            embedder(dup.features[asked]),
-            dup.above[asked],
-            labels[asked],
-            k,
-            min_votes,
+            (embedder(dup.features[asked]), dup.above[asked], labels[asked]),
+            (embedder(orig.features[other]), orig.above[other], labels[other]),
+            precision,
+            rules,
         )
-        distinct_curve = accuracy_curve(
-            ref_emb,
-            answers[ref],
-            embedder(orig.features[other]),
-            orig.above[other],
-            labels[other],
-            k,
-            min_votes,
-        )
-        rep, dis = choose_tau(repeat_curve, distinct_curve, target_ratio)
+        rep, dis, rule = choice.repeats, choice.distinct, choice.rule
         logger.info(
-            "%s cache: %d-d keys, keeps own exits below %.2f, tau %.4f; near-duplicates: %d of %d hit, "
-            "accuracy %.3f vs %.3f; unrelated: %d of %d hit, accuracy %.3f vs %.3f",
+            "%s cache: %d-d keys, keeps own exits below %.2f, %d-NN, %d votes, tau %.4f; "
+            "near-duplicates: %d of %d hit, accuracy %.3f vs %.3f; unrelated: %d of %d hit, "
+            "accuracy %.3f vs %.3f",
             tier,
             embedder.dim,
             keep,
+            rule.k,
+            rule.min_votes,
             rep.tau,
             rep.hits,
-            len(asked),
+            rep.queries,
             rep.cache_accuracy,
             rep.tier_accuracy,
             dis.hits,
-            len(other),
+            dis.queries,
             dis.cache_accuracy,
             dis.tier_accuracy,
         )
@@ -261,9 +362,9 @@ def calibrate_cache(
         atomic_write(bundle.path / name, embedder.to_bytes())
         specs[tier] = CacheSpec(
             tau=rep.tau,
-            k=k,
-            min_votes=min_votes,
-            accuracy_ratio=round(min(rep.ratio, dis.ratio), 6),
+            k=rule.k,
+            min_votes=rule.min_votes,
+            accuracy_ratio=round(precision.pooled_ratio(rep, dis), 6),
             hit_rate=round(rep.hit_rate, 6),
             embedding=name,
             embedding_sha256=sha256_file(bundle.path / name),

@@ -12,27 +12,64 @@ from device_sdk.errors import BundleError
 from training.augment import near_duplicates
 from training.cache_calibration import (
     CurvePoint,
+    HitRule,
+    Precision,
     TierView,
     accuracy_curve,
     calibrate_cache,
-    choose_tau,
+    choose_rule,
     keep_bound,
+    nearest,
 )
 
 
-def test_choose_tau_takes_the_largest_accurate_enough_tau() -> None:
-    repeats = [
-        CurvePoint(0.0, 0, 0.0, 1.0, 1.0),
-        CurvePoint(0.01, 50, 0.1, 0.90, 0.90),
-        CurvePoint(0.02, 80, 0.2, 0.89, 0.90),  # ratio 0.989: below 0.99
-        CurvePoint(0.03, 10, 0.3, 1.0, 0.5),  # too few hits to trust
-        CurvePoint(0.04, 90, 0.3, 0.95, 0.90),  # repeats fine, but unrelated inputs suffer
-    ]
-    distinct = [CurvePoint(p.tau, 0, 0.0, 1.0, 1.0) for p in repeats[:4]] + [
-        CurvePoint(0.04, 30, 0.1, 0.5, 0.7)
-    ]
-    assert choose_tau(repeats, distinct, 0.99)[0].tau == 0.01
-    assert choose_tau(repeats, distinct, 1.5)[0].tau == 0.0  # nothing qualifies: the smallest tau
+def test_precision_weighs_the_two_kinds_of_query_by_their_share() -> None:
+    # near-duplicates: 100 asked, 90 hits, cache right on 60, the tiers on 50
+    repeats = CurvePoint(0.05, queries=100, hits=90, cache_right=60, tier_right=50)
+    # unrelated inputs: 100 asked, 10 hits, cache right on 4, the tiers on 5 (1 % of them made wrong)
+    distinct = CurvePoint(0.05, queries=100, hits=10, cache_right=4, tier_right=5)
+    precision = Precision(target_ratio=0.99, repeat_share=0.3, max_unrelated_loss=0.02)
+    assert precision.pooled_ratio(repeats, distinct) == pytest.approx(
+        (0.3 * 60 + 0.7 * 4) / (0.3 * 50 + 0.7 * 5)
+    )
+    assert precision.holds(repeats, distinct)
+    # with almost no repeats expected, the unrelated inputs' worse answers dominate
+    assert not Precision(repeat_share=0.01).holds(repeats, distinct)
+    # costing 5 % of the unrelated inputs their right answer is too much, whatever the repeats gain
+    worse = CurvePoint(0.05, queries=100, hits=10, cache_right=0, tier_right=5)
+    assert not precision.holds(repeats, worse)
+    assert not Precision(min_hits=91).holds(repeats, distinct)  # too few hits to trust
+
+
+def _at(degrees: float) -> np.ndarray:
+    return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))], np.float32)
+
+
+def _distance(d: float) -> float:
+    """The angle (degrees) between unit vectors at cosine distance ``d``."""
+    return float(np.degrees(np.arccos(1 - d)))
+
+
+def test_choose_rule_takes_the_rule_answering_more_near_duplicates() -> None:
+    # a repeat 0.04 from its original (label 0) and 0.045 from a cached input of label 1
+    angle_r = _distance(0.04)
+    ref = np.stack([_at(0), _at(angle_r + _distance(0.045))])
+    repeats = (_at(angle_r)[None], np.array([1]), np.array([0]))
+    distinct = (_at(120)[None], np.array([1]), np.array([1]))  # far from everything
+    rules = (HitRule(3, 2), HitRule(1, 1))
+    choice = choose_rule(ref, np.array([0, 1]), repeats, distinct, Precision(min_hits=1), rules, taus=(0.05,))
+    # two close neighbours of different labels veto the vote rule; the 1-NN rule answers
+    assert choice.rule == HitRule(1, 1) and choice.repeats.hits == 1 and choice.repeats.cache_right == 1
+
+
+def test_choose_rule_falls_back_to_the_strictest_rule_when_nothing_is_precise() -> None:
+    ref = _at(0)[None]
+    repeats = (_at(_distance(0.01))[None], np.array([0]), np.array([0]))
+    # an unrelated input 0.03 away, of another label: every rule answering it makes it wrong
+    distinct = (_at(-_distance(0.03))[None], np.array([1]), np.array([1]))
+    rules = (HitRule(3, 2), HitRule(1, 1))
+    choice = choose_rule(ref, np.array([0]), repeats, distinct, Precision(min_hits=1), rules, taus=(0.05,))
+    assert choice.rule == HitRule(3, 2) and choice.repeats.tau == 0.05 and choice.distinct.hits == 1
 
 
 def test_accuracy_curve_counts_hits_and_compares_answers() -> None:
@@ -40,17 +77,15 @@ def test_accuracy_curve_counts_hits_and_compares_answers() -> None:
     queries = np.array([[1, 0.01, 0], [0, 0, 1], [0.6, 0.8, 0]], dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     curve = accuracy_curve(
-        ref,
+        nearest(ref, queries, 1),
         np.array([0, 1, 2]),
-        queries,
         np.array([0, 2, 1]),
         np.array([0, 1, 1]),
-        k=1,
-        min_votes=1,
+        HitRule(1, 1),
         taus=(0.01,),
     )
     (point,) = curve
-    assert point.hits == 2  # the third query is far from every stored entry
+    assert point.hits == 2 and point.queries == 3  # the third query is far from every stored entry
     assert point.cache_accuracy == 0.5 and point.tier_accuracy == 0.5
 
 
@@ -79,7 +114,7 @@ def test_calibration_writes_cache_settings_into_a_valid_manifest(
     calibrated = 0
     for tier in ("device", "gateway"):
         spec = reloaded.manifest.partition(tier).cache
-        assert spec is not None and 0.0 <= spec.tau <= 0.2 and spec.k == 3
+        assert spec is not None and 0.0 <= spec.tau <= 0.2 and 1 <= spec.min_votes <= spec.k
         assert spec.accuracy_ratio >= 0.99 or spec.tau == 0.0
         assert 0.0 <= spec.keep_exits_below <= 1.0
         if spec.embedding is not None:  # a tier that enough inputs reach gets its own projection
