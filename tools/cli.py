@@ -120,7 +120,9 @@ def _calibrate_cache(args: argparse.Namespace) -> int:
     precision = Precision(
         target_ratio=args.target, repeat_share=args.repeat_share, max_unrelated_loss=args.max_unrelated_loss
     )
-    manifest = calibrate_cache(Path(args.model), x_val, y_val, fit_images=x_train, precision=precision)
+    manifest = calibrate_cache(
+        Path(args.model), x_val, y_val, fit_images=x_train, precision=precision, dim=args.key_dim
+    )
     for part in manifest.partitions:
         if part.cache is not None:
             c = part.cache
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="answers the cache may make wrong among inputs that repeat nothing (default %(default)s)",
     )
+    p.add_argument("--key-dim", type=int, default=32, help="length of the cache keys (default %(default)s)")
     p.set_defaults(func=_calibrate_cache)
 
     p = sub.add_parser("bench", help="benchmarks; results as JSON")
