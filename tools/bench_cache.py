@@ -124,3 +124,38 @@ def bench_index(
 def _sized(config: CacheConfig, size: int) -> CacheConfig:
     """``config`` with a capacity of at least ``size`` (so nothing is evicted while building)."""
     return dataclasses.replace(config, capacity=max(config.capacity, size))
+
+
+def format_cache_report(report: dict[str, Any]) -> str:
+    """A short table of the cache benchmark's report (``index`` and, if present, ``stream``)."""
+    head = ("entries", "dim", "p50 µs", "p99 µs", "recall@1", "exact p50 µs", "speed-up")
+    widths = (8, 5, 9, 9, 10, 14, 10)
+    lines = ["".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
+    for size, r in report["index"].items():
+        cells = (
+            size,
+            r["dim"],
+            f"{r['p50_us']:.1f}",
+            f"{r['p99_us']:.1f}",
+            f"{r['recall_at_1']:.3f}",
+            f"{r['bruteforce_p50_us']:.1f}",
+            f"{r['speedup_vs_bruteforce']:.1f}x",
+        )
+        lines.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    s = report.get("stream")
+    if s:
+        rate = s["repeat_hit_rate"]
+        answered = f"{rate:.1%} of them answered from it" if rate is not None else "none answered"
+        off, on = "caches_off", "caches_on"
+        lines += [
+            f"stream of {s['n']} inputs, {s['repeat_share']:.1%} near-duplicates: "
+            f"{s['repeats_reaching_cache']} repeats reached a cache, {answered}",
+            f"  {sum(s['cache_answers'].values())} cache answers "
+            f"({s['non_repeats']['cache_answers']} on non-repeats), accuracy "
+            f"{s['cache_answer_accuracy']} vs {s['tier_answer_accuracy']} for the tiers' answers",
+            f"  caches off -> on: accuracy {s['accuracy'][off]:.4f} -> {s['accuracy'][on]:.4f}, "
+            f"link bytes/input {s['bytes_per_input'][off]} -> {s['bytes_per_input'][on]} "
+            f"({s['bytes_saved_ratio']:.1%} saved), "
+            f"latency {s['mean_latency_ms'][off]} -> {s['mean_latency_ms'][on]} ms",
+        ]
+    return "\n".join(lines)

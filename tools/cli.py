@@ -184,9 +184,7 @@ def _bench_drift(args: argparse.Namespace) -> int:
 
 
 def _bench_cache(args: argparse.Namespace) -> int:
-    import json
-
-    from tools.bench_cache import bench_index
+    from tools.bench_cache import bench_index, format_cache_report
     from tools.bench_stream import bench_cache_stream
     from tools.report import write_json
     from training.data import load_fashion_mnist
@@ -206,7 +204,7 @@ def _bench_cache(args: argparse.Namespace) -> int:
             model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
         ),
     }
-    print(json.dumps(report, indent=2))
+    print(format_cache_report(report))
     if args.report:
         write_json(Path(args.report), report)
         print(f"report written to {args.report}")
