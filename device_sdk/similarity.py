@@ -166,7 +166,8 @@ def _decide(
     voters = [i for i in within if labels[i] == label]
     if len(voters) < min_votes and len(voters) < len(within):
         return None
-    rivals = Counter(labels[i] for i in within if labels[i] != label)
-    if rivals and max(rivals.values()) >= len(voters):
-        return None
+    if len(voters) < len(within):  # some close neighbour disagrees: does a rival label outvote it?
+        rivals = Counter(labels[i] for i in within if labels[i] != label)
+        if max(rivals.values()) >= len(voters):
+            return None
     return label, voters
