@@ -82,3 +82,15 @@ def test_cut_encoding_is_checked_before_training() -> None:
     s = build_stages(ModelConfig.tiny())
     assert any(isinstance(layer, BinarySign) for layer in s.device.layers)
     assert not any(isinstance(layer, BinarySign) for layer in s.gateway.layers)
+
+
+def test_separable_blocks_deepen_the_device_stage_at_few_parameters() -> None:
+    plain = build_stages(ModelConfig()).device
+    deeper = build_stages(ModelConfig(device_separable=(0, 1))).device
+    dw = [layer for layer in deeper.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert [layer.name for layer in dw] == ["d2s1_dw"]
+    assert deeper.output_shape == plain.output_shape
+    added = deeper.count_params() - plain.count_params()
+    assert 0 < added < 64 * 64 * 9 / 4  # well under a quarter of a full 3x3 conv at 64 channels
+    with pytest.raises(ValueError, match="one count per device block"):
+        ModelConfig(device_separable=(1,))
