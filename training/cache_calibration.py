@@ -120,6 +120,23 @@ def keep_bound(original: TierView, duplicate: TierView, coverage: float = KEEP_C
 
 
 @dataclass(frozen=True)
+class HitRule:
+    """The vote of a hit rule (see :func:`device_sdk.similarity.hit_rule`); calibration adds its tau."""
+
+    k: int
+    min_votes: int
+
+
+HIT_RULES = (HitRule(5, 3), HitRule(3, 2), HitRule(5, 2), HitRule(3, 1), HitRule(1, 1))
+"""Rules the calibration compares, strictest first.
+
+A vote protects against borrowing the answer of a similar but different input, at the
+price of vetoes: a near-duplicate whose original sits beside a cached input of another
+label misses. Which matters more depends on the model and its keys, so it is measured.
+"""
+
+
+@dataclass(frozen=True)
 class CurvePoint:
     """What a candidate hit rule does on one set of calibration queries."""
 
@@ -127,7 +144,7 @@ class CurvePoint:
     queries: int
     hits: int
     cache_right: int  # hits whose cached answer is the true label
-    tier_right: int  # hits where the tiers' own answer would have been
+    tier_right: int  # hits where the tiers' own answer would have been right
 
     @property
     def hit_rate(self) -> float:
@@ -181,23 +198,6 @@ def accuracy_curve(
             )
         )
     return curve
-
-
-@dataclass(frozen=True)
-class HitRule:
-    """The vote of a hit rule (see :func:`device_sdk.similarity.hit_rule`); calibration adds its tau."""
-
-    k: int
-    min_votes: int
-
-
-HIT_RULES = (HitRule(5, 3), HitRule(3, 2), HitRule(5, 2), HitRule(3, 1), HitRule(1, 1))
-"""Rules the calibration compares, strictest first.
-
-A vote protects against borrowing the answer of a similar but different input, at the
-price of vetoes: a near-duplicate whose original sits beside a cached input of another
-label misses. Which matters more depends on the model and its keys, so it is measured.
-"""
 
 
 @dataclass(frozen=True)
