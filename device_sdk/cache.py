@@ -253,7 +253,9 @@ class NeuralCache:
                     logger.warning("cache query failed, treating as misses: %s", exc)
                 else:
                     self._tick += 1
-                    slots, labels, distances = ids.tolist(), self._labels[ids].tolist(), dists.tolist()
+                    slots, distances = ids.tolist(), dists.tolist()
+                    # item() per neighbour: numpy's fancy indexing costs more than the query's k reads
+                    labels = [[self._labels.item(s) for s in row] for row in slots]
                     for j, i in enumerate(rows):
                         decided = _decide(distances[j], labels[j], cfg.tau, cfg.min_votes)
                         if decided is not None:
