@@ -38,9 +38,11 @@ def _dataset(npz: str | None) -> Dataset:
 
 def _train(args: argparse.Namespace) -> int:
     from training.export import train_and_export
-    from training.train import TrainConfig
+    from training.train import TrainConfig, load_train_config
 
     config = TrainConfig.quick() if args.quick else TrainConfig()
+    if args.config:
+        config = load_train_config(args.config, config)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.subset)) if v is not None}
     if overrides:
         from dataclasses import replace
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
     p.add_argument("--data", help=".npz file with x and y arrays (default: Debian's Fashion-MNIST)")
     p.add_argument("--quick", action="store_true", help="the quicker preset the demo uses")
+    p.add_argument(
+        "--config", help="TOML file of training settings; its [model] table sets the network's shape"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--version", type=int, default=1, help="model version written to the manifest")

@@ -27,6 +27,23 @@ logger = logging.getLogger(__name__)
 DEVICE, GATEWAY, CLOUD = "device", "gateway", "cloud"
 
 
+_WHOLE_NUMBERS = (
+    ("device_filters", 1),
+    ("device_separable", 0),
+    ("gateway_filters", 1),
+    ("cloud_filters", 1),
+    ("cut1_channels", 1),
+    ("cut2_channels", 1),
+    ("cloud_dense", 1),
+    ("num_classes", 1),
+)
+"""ModelConfig fields (a number or a tuple of numbers) that must be integers, and their minimum."""
+
+
+def _is_int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Widths of the three stages and the shape of the two cuts."""
@@ -47,13 +64,24 @@ class ModelConfig:
     bn_momentum: float = 0.9  # Keras' 0.99 leaves moving statistics stale after short runs
 
     def __post_init__(self) -> None:
+        """ValueError on a wrong setting, before any training time is spent."""
         for encoding in (self.cut1_encoding, self.cut2_encoding):
-            Encoding(encoding)  # ValueError on a typo, before any training time is spent
+            Encoding(encoding)
+        problems = []
+        for name, low in _WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if not all(_is_int(x, low) for x in (value if isinstance(value, tuple) else (value,))):
+                problems.append(f"{name} must be whole numbers >= {low}, got {value!r}")
+        for name, value in (("dropout", self.dropout), ("bn_momentum", self.bn_momentum)):
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                problems.append(f"{name} must be a number in [0, 1), got {value!r}")
         if len(self.device_separable) != len(self.device_filters):
-            raise ValueError(
+            problems.append(
                 f"device_separable needs one count per device block ({len(self.device_filters)}), "
                 f"got {self.device_separable}"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @classmethod
     def tiny(cls) -> ModelConfig:

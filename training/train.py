@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from device_sdk.bundle import InputSpec
 from device_sdk.codec import through_wire
-from device_sdk.errors import ModelError
+from device_sdk.errors import ConfigError, ModelError
 from device_sdk.policy import confidence_score
 from training.calibration import (
     NEVER_EXIT,
@@ -85,6 +86,35 @@ class TrainConfig:
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"
         }
         return cls(**top, model=ModelConfig(**model))
+
+
+def load_train_config(path: str | Path, base: TrainConfig) -> TrainConfig:
+    """``base`` with what a TOML file sets: top-level keys are :class:`TrainConfig` fields,
+    a ``[model]`` table sets :class:`~training.model.ModelConfig` fields.
+
+    Unknown keys, wrong types and unreadable files raise :class:`ConfigError`, naming the
+    file, before any training time is spent.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    model = data.pop("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"{path}: model must be a table")
+    unknown = [k for k in data if k not in {f.name for f in fields(TrainConfig)}] + [
+        f"model.{k}" for k in model if k not in {f.name for f in fields(ModelConfig)}
+    ]
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    merged = base.to_dict() | data
+    merged["model"] = base.to_dict()["model"] | model
+    try:
+        return TrainConfig.from_dict(merged)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 @dataclass

@@ -94,3 +94,12 @@ def test_separable_blocks_deepen_the_device_stage_at_few_parameters() -> None:
     assert 0 < added < 64 * 64 * 9 / 4  # well under a quarter of a full 3x3 conv at 64 channels
     with pytest.raises(ValueError, match="one count per device block"):
         ModelConfig(device_separable=(1,))
+
+
+def test_model_config_lists_every_wrong_setting() -> None:
+    with pytest.raises(ValueError) as info:
+        ModelConfig(device_filters=(32, 0), cut1_channels=True, dropout=1.5, cloud_dense=2.5)  # type: ignore[arg-type]
+    message = str(info.value)
+    for name in ("device_filters", "cut1_channels", "dropout", "cloud_dense"):
+        assert name in message
+    assert "gateway_filters" not in message

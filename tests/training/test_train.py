@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from device_sdk.errors import ModelError
+from device_sdk.errors import ConfigError, ModelError
 from training.calibration import NEVER_EXIT
 from training.data import Dataset
-from training.train import TqdmProgress, TrainConfig, TrainedModel, choose_thresholds, load_trained
+from training.model import ModelConfig
+from training.train import (
+    TqdmProgress,
+    TrainConfig,
+    TrainedModel,
+    choose_thresholds,
+    load_train_config,
+    load_trained,
+)
 
 
 def test_thresholds_keep_the_cascade_as_accurate_as_the_final_exit(tiny_trained: TrainedModel) -> None:
@@ -71,3 +80,45 @@ def test_progress_bar_counts_every_step(capsys: pytest.CaptureFixture[str]) -> N
 def test_loading_an_incomplete_checkpoint_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a complete training checkpoint"):
         load_trained(tmp_path)
+
+
+def test_train_config_from_toml_overrides_the_base(tmp_path: Path) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text(
+        'epochs = 12\nexit_score = "margin"\n\n[model]\ndropout = 0.1\ndevice_separable = [0, 1]\n'
+    )
+    config = load_train_config(path, TrainConfig.quick())
+    assert config.epochs == 12 and config.exit_score == "margin" and config.batch_size == 128
+    assert config.model.dropout == 0.1 and config.model.device_separable == (0, 1)
+    assert config.model.device_filters == ModelConfig().device_filters  # untouched fields keep the base's
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epoch = 3\n", "unknown setting(s) epoch"),
+        ("[model]\nwidth = 3\n", "unknown setting(s) model.width"),
+        ("[model]\ndevice_separable = [1]\n", "one count per device block"),
+        ("epochs = \n", "not valid TOML"),
+    ],
+)
+def test_bad_train_config_is_a_config_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_train_config(path, TrainConfig())
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
+        load_train_config(tmp_path / "missing.toml", TrainConfig())
+
+
+def test_train_cli_refuses_a_bad_config_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.cli import main
+
+    path = tmp_path / "train.toml"
+    path.write_text("[model]\ndropout = 'high'\n")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "bundle")]) != 0
+    assert "train.toml" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
