@@ -42,6 +42,7 @@ from device_sdk.bundle import (
     sha256_file,
     write_manifest,
 )
+from device_sdk.errors import ConfigError
 from device_sdk.policy import policy_from_spec
 from device_sdk.runtime import ChainOutputs, run_partitions
 from device_sdk.similarity import hit_rule
@@ -218,8 +219,15 @@ class Precision:
     min_hits: int = 20  # near-duplicate hits needed to trust a point
 
     def __post_init__(self) -> None:
+        problems = []
         if not 0 < self.repeat_share < 1:
-            raise ValueError(f"repeat_share must be in (0, 1), got {self.repeat_share}")
+            problems.append(f"repeat share must be in (0, 1), got {self.repeat_share}")
+        if not self.target_ratio > 0:
+            problems.append(f"target accuracy ratio must be > 0, got {self.target_ratio}")
+        if not 0 <= self.max_unrelated_loss <= 1:
+            problems.append(f"max unrelated loss must be in [0, 1], got {self.max_unrelated_loss}")
+        if problems:
+            raise ConfigError(problems)
 
     def pooled_ratio(self, repeats: CurvePoint, distinct: CurvePoint) -> float:
         """Cache over tier accuracy on all hits of a stream with ``repeat_share`` of repeats."""

@@ -8,7 +8,7 @@ import pytest
 
 from device_sdk.bundle import load_bundle
 from device_sdk.cache import load_embedder
-from device_sdk.errors import BundleError
+from device_sdk.errors import BundleError, ConfigError
 from training.augment import near_duplicates
 from training.cache_calibration import (
     CurvePoint,
@@ -39,6 +39,9 @@ def test_precision_weighs_the_two_kinds_of_query_by_their_share() -> None:
     worse = CurvePoint(0.05, queries=100, hits=10, cache_right=0, tier_right=5)
     assert not precision.holds(repeats, worse)
     assert not Precision(min_hits=91).holds(repeats, distinct)  # too few hits to trust
+    with pytest.raises(ConfigError) as info:
+        Precision(repeat_share=1.0, max_unrelated_loss=-0.1)
+    assert len(info.value.problems) == 2
 
 
 def _at(degrees: float) -> np.ndarray:
