@@ -18,7 +18,7 @@ import numpy as np
 
 from device_sdk.bundle import Manifest, load_bundle
 from device_sdk.cache import load_embedder
-from device_sdk.errors import EdgeCascadeError, exit_code
+from device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
 from tools import certs_cli, retrain_cli, security_cli
 
@@ -47,7 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     if overrides:
         from dataclasses import replace
 
-        config = replace(config, **overrides)
+        try:
+            config = replace(config, **overrides)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     manifest = train_and_export(
         config,
         Path(args.out),

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from device_sdk.bundle import InputSpec
 from device_sdk.codec import through_wire
 from device_sdk.errors import ConfigError, ModelError
-from device_sdk.policy import confidence_score
+from device_sdk.policy import SCORES, confidence_score
 from training.calibration import (
     NEVER_EXIT,
     cascade_predictions,
@@ -62,6 +62,25 @@ class TrainConfig:
     exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        """ValueError on a wrong setting, before any training time is spent."""
+        problems = [
+            f"{name} must be a whole number >= 1, got {value!r}"
+            for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size))
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        ]
+        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (isinstance(self.val_fraction, int | float) and 0 <= self.val_fraction < 1):
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        weights = self.loss_weights
+        if len(weights) != 3 or not all(isinstance(w, int | float) and w >= 0 for w in weights):
+            problems.append(f"loss_weights must be three numbers >= 0, got {weights!r}")
+        if self.exit_score not in SCORES:
+            problems.append(f"exit_score must be one of {', '.join(SCORES)}, got {self.exit_score!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @classmethod
     def quick(cls) -> TrainConfig:

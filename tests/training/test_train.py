@@ -99,6 +99,7 @@ def test_train_config_from_toml_overrides_the_base(tmp_path: Path) -> None:
         ("epoch = 3\n", "unknown setting(s) epoch"),
         ("[model]\nwidth = 3\n", "unknown setting(s) model.width"),
         ("[model]\ndevice_separable = [1]\n", "one count per device block"),
+        ('epochs = "ten"\nexit_score = "vibes"\n', "epochs must be a whole number"),
         ("epochs = \n", "not valid TOML"),
     ],
 )
@@ -121,4 +122,6 @@ def test_train_cli_refuses_a_bad_config_before_training(
     path.write_text("[model]\ndropout = 'high'\n")
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "bundle")]) != 0
     assert "train.toml" in capsys.readouterr().err
+    assert main(["train", "--epochs", "0", "--out", str(tmp_path / "bundle")]) != 0
+    assert "epochs must be a whole number >= 1" in capsys.readouterr().err
     assert not (tmp_path / "bundle").exists()
