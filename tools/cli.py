@@ -21,6 +21,7 @@ from device_sdk.cache import load_embedder
 from device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
 from device_sdk.runtime import run_partitions
 from tools import certs_cli, retrain_cli, security_cli
+from training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -284,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="answers the cache may make wrong among inputs that repeat nothing (default %(default)s)",
     )
-    p.add_argument("--key-dim", type=int, default=32, help="length of the cache keys (default %(default)s)")
+    p.add_argument(
+        "--key-dim", type=int, default=DEFAULT_KEY_DIM, help="length of the cache keys (default %(default)s)"
+    )
     p.set_defaults(func=_calibrate_cache)
 
     p = sub.add_parser("bench", help="benchmarks; results as JSON")

@@ -40,7 +40,8 @@ _WHOLE_NUMBERS = (
 """ModelConfig fields (a number or a tuple of numbers) that must be integers, and their minimum."""
 
 
-def _is_int(value: object, low: int) -> bool:
+def is_whole(value: object, low: int) -> bool:
+    """An int (not a bool) of at least ``low``: what a count in a config must be."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
@@ -70,7 +71,7 @@ class ModelConfig:
         problems = []
         for name, low in _WHOLE_NUMBERS:
             value = getattr(self, name)
-            if not all(_is_int(x, low) for x in (value if isinstance(value, tuple) else (value,))):
+            if not all(is_whole(x, low) for x in (value if isinstance(value, tuple) else (value,))):
                 problems.append(f"{name} must be whole numbers >= {low}, got {value!r}")
         for name, value in (("dropout", self.dropout), ("bn_momentum", self.bn_momentum)):
             if not (isinstance(value, int | float) and 0 <= value < 1):

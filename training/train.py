@@ -38,7 +38,7 @@ from training.calibration import (
     softmax,
 )
 from training.data import Dataset, split_validation
-from training.model import ModelConfig, Stages, build_stages, chain
+from training.model import ModelConfig, Stages, build_stages, chain, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TrainConfig:
         problems = [
             f"{name} must be a whole number >= 1, got {value!r}"
             for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size))
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            if not is_whole(value, 1)
         ]
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
