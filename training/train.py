@@ -58,7 +58,9 @@ class TrainConfig:
     train_subset: int | None = None  # use only this many training images (before the validation split)
     seed: int = 0
     max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
-    augment: bool = True  # random shifts of up to 2 pixels and horizontal flips, in training only
+    augment: bool = True  # random horizontal flips (and shifts, see max_shift), in training only
+    max_shift: int = 2  # augmentation shifts by up to this many pixels; 0: flips only
+    label_smoothing: float = 0.0  # share of each target spread evenly over all classes
     exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -70,10 +72,13 @@ class TrainConfig:
             for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size))
             if not is_whole(value, 1)
         ]
+        if not is_whole(self.max_shift, 0):
+            problems.append(f"max_shift must be a whole number >= 0, got {self.max_shift!r}")
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not (isinstance(self.val_fraction, int | float) and 0 <= self.val_fraction < 1):
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        for name, value in (("val_fraction", self.val_fraction), ("label_smoothing", self.label_smoothing)):
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
         weights = self.loss_weights
         if len(weights) != 3 or not all(isinstance(w, int | float) and w >= 0 for w in weights):
             problems.append(f"loss_weights must be three numbers >= 0, got {weights!r}")
@@ -316,16 +321,20 @@ def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> di
     return metrics
 
 
-def augmented(joint: keras.Model) -> keras.Model:
-    """``joint`` behind random shifts (±2 pixels) and horizontal flips, active only in training.
+def augmented(joint: keras.Model, max_shift: int) -> keras.Model:
+    """``joint`` behind random horizontal flips and shifts (±``max_shift`` pixels), active only in training.
 
     Fashion-MNIST items are centred and mostly left-right symmetric, so these are label
     preserving; the stages themselves (and so the exported partitions) stay unchanged.
     """
     inp = keras.Input(shape=joint.input_shape[1:], name="image")
-    x = layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", name="shift")(inp)
-    x = layers.RandomFlip("horizontal", name="flip")(x)
-    return keras.Model(inp, joint(x), name="augmented")
+    height, width = joint.input_shape[1:3]
+    x = layers.RandomFlip("horizontal", name="flip")(inp)
+    if max_shift:
+        fraction = (max_shift / height, max_shift / width)
+        x = layers.RandomTranslation(*fraction, fill_mode="constant", name="shift")(x)
+    exits = [layers.Identity(name=f"exit{i}")(t) for i, t in enumerate(joint(x), start=1)]
+    return keras.Model(inp, exits, name="augmented")  # named outputs: exit1_loss ... in the history
 
 
 def training_split(
@@ -356,8 +365,13 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     stages: Stages = build_stages(model_config)
     steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    fitted = augmented(stages.joint) if config.augment else stages.joint
+    if config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        targets = keras.utils.to_categorical(y_tr, model_config.num_classes)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        targets = y_tr
+    fitted = augmented(stages.joint, config.max_shift) if config.augment else stages.joint
     fitted.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=[loss, loss, loss],
@@ -366,7 +380,7 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     callbacks = [TqdmProgress(config.epochs)] if progress else []
     fit = fitted.fit(
         input_spec.normalise(x_tr),
-        [y_tr, y_tr, y_tr],
+        [targets, targets, targets],
         batch_size=config.batch_size,
         epochs=config.epochs,
         shuffle=True,

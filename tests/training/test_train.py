@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,16 @@ import pytest
 from device_sdk.errors import ConfigError, ModelError
 from training.calibration import NEVER_EXIT
 from training.data import Dataset
-from training.model import ModelConfig
+from training.model import ModelConfig, build_stages
 from training.train import (
     TqdmProgress,
     TrainConfig,
     TrainedModel,
+    augmented,
     choose_thresholds,
     load_train_config,
     load_trained,
+    train,
 )
 
 
@@ -101,6 +104,8 @@ def test_train_config_from_toml_overrides_the_base(tmp_path: Path) -> None:
         ("[model]\ndevice_separable = [1]\n", "one count per device block"),
         ('epochs = "ten"\nexit_score = "vibes"\n', "epochs must be a whole number"),
         ("epochs = \n", "not valid TOML"),
+        ("max_shift = -1\n", "max_shift must be a whole number >= 0"),
+        ("label_smoothing = 1.0\n", "label_smoothing must be in [0, 1)"),
     ],
 )
 def test_bad_train_config_is_a_config_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -125,3 +130,34 @@ def test_train_cli_refuses_a_bad_config_before_training(
     assert main(["train", "--epochs", "0", "--out", str(tmp_path / "bundle")]) != 0
     assert "epochs must be a whole number >= 1" in capsys.readouterr().err
     assert not (tmp_path / "bundle").exists()
+
+
+def test_augmentation_shifts_only_when_asked() -> None:
+    joint = build_stages(ModelConfig.tiny()).joint
+    names = {n: [layer.name for layer in augmented(joint, n).layers] for n in (0, 2)}
+    assert "flip" in names[0] and "shift" not in names[0]
+    assert {"flip", "shift"} <= set(names[2])
+
+
+def _dark_or_light(n: int) -> Dataset:
+    """Two trivially separable classes: all-dark and all-light images."""
+    y = np.arange(n) % 2
+    x = np.broadcast_to((y * 200 + 20).astype(np.uint8)[:, None, None, None], (n, 28, 28, 1)).copy()
+    return Dataset(x, y, x[:0], y[:0], classes=("dark", "light"))
+
+
+def test_label_smoothing_keeps_the_training_loss_above_the_targets_entropy() -> None:
+    """Without smoothing an easy task's loss falls towards 0; with it, no lower than the targets' entropy."""
+    data, smoothing = _dark_or_light(256), 0.5
+    config = replace(TrainConfig.tiny(), epochs=2, val_fraction=0.0, augment=False)
+    final = {
+        s: [
+            train(replace(config, label_smoothing=s), data, progress=False).history[f"exit{i}_loss"][-1]
+            for i in (1, 2, 3)
+        ]
+        for s in (0.0, smoothing)
+    }
+    targets = np.array([1 - smoothing / 2, smoothing / 2])
+    entropy = float(-(targets * np.log(targets)).sum())
+    assert max(final[0.0]) < entropy
+    assert min(final[smoothing]) >= entropy - 1e-3
