@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
     augment: bool = True  # random horizontal flips (and shifts, see max_shift), in training only
-    max_shift: int = 2  # augmentation shifts by up to this many pixels; 0: flips only
+    max_shift: int = 0  # augmentation also shifts by up to this many pixels (0: flips only)
     label_smoothing: float = 0.0  # share of each target spread evenly over all classes
     exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
