@@ -109,6 +109,7 @@ class TrainConfig:
         top: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"
         }
+        top.setdefault("max_shift", 2)  # checkpoints written before the setting existed were trained so
         return cls(**top, model=ModelConfig(**model))
 
 

@@ -53,6 +53,8 @@ def test_config_round_trips_through_json_types() -> None:
     data["model"]["device_filters"] = list(data["model"]["device_filters"])
     assert TrainConfig.from_dict(data) == config
     assert TrainConfig.quick().epochs < TrainConfig().epochs
+    del data["max_shift"]  # a checkpoint from before the setting: trained with 2-pixel shifts
+    assert TrainConfig.from_dict(data).max_shift == 2
 
 
 def test_checkpoint_round_trip(tiny_trained: TrainedModel, fmnist: Dataset, tmp_path: Path) -> None:
