@@ -45,6 +45,11 @@ def is_whole(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+def is_fraction(value: object) -> bool:
+    """A number in [0, 1): what a rate or share in a config must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Widths of the three stages and the shape of the two cuts."""
@@ -74,7 +79,7 @@ class ModelConfig:
             if not all(is_whole(x, low) for x in (value if isinstance(value, tuple) else (value,))):
                 problems.append(f"{name} must be whole numbers >= {low}, got {value!r}")
         for name, value in (("dropout", self.dropout), ("bn_momentum", self.bn_momentum)):
-            if not (isinstance(value, int | float) and 0 <= value < 1):
+            if not is_fraction(value):
                 problems.append(f"{name} must be a number in [0, 1), got {value!r}")
         if len(self.device_separable) != len(self.device_filters):
             problems.append(

@@ -38,7 +38,7 @@ from training.calibration import (
     softmax,
 )
 from training.data import Dataset, split_validation
-from training.model import ModelConfig, Stages, build_stages, chain, is_whole
+from training.model import ModelConfig, Stages, build_stages, chain, is_fraction, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +68,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """ValueError on a wrong setting, before any training time is spent."""
         problems = [
-            f"{name} must be a whole number >= 1, got {value!r}"
-            for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size))
-            if not is_whole(value, 1)
+            f"{name} must be a whole number >= {low}, got {getattr(self, name)!r}"
+            for name, low in (("epochs", 1), ("batch_size", 1), ("max_shift", 0))
+            if not is_whole(getattr(self, name), low)
         ]
-        if not is_whole(self.max_shift, 0):
-            problems.append(f"max_shift must be a whole number >= 0, got {self.max_shift!r}")
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for name, value in (("val_fraction", self.val_fraction), ("label_smoothing", self.label_smoothing)):
-            if not (isinstance(value, int | float) and 0 <= value < 1):
+            if not is_fraction(value):
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         weights = self.loss_weights
         if len(weights) != 3 or not all(isinstance(w, int | float) and w >= 0 for w in weights):
