@@ -60,7 +60,7 @@ class TrainConfig:
     max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
     augment: bool = True  # random horizontal flips (and shifts, see max_shift), in training only
     max_shift: int = 0  # augmentation also shifts by up to this many pixels (0: flips only)
-    label_smoothing: float = 0.0  # share of each target spread evenly over all classes
+    label_smoothing: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per exit: target share spread evenly
     exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -74,9 +74,11 @@ class TrainConfig:
         ]
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        for name, value in (("val_fraction", self.val_fraction), ("label_smoothing", self.label_smoothing)):
-            if not is_fraction(value):
-                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if not is_fraction(self.val_fraction):
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        smoothing = self.label_smoothing
+        if not (isinstance(smoothing, tuple) and len(smoothing) == 3 and all(map(is_fraction, smoothing))):
+            problems.append(f"label_smoothing must be three numbers in [0, 1), got {smoothing!r}")
         weights = self.loss_weights
         if len(weights) != 3 or not all(isinstance(w, int | float) and w >= 0 for w in weights):
             problems.append(f"loss_weights must be three numbers >= 0, got {weights!r}")
@@ -108,6 +110,8 @@ class TrainConfig:
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"
         }
         top.setdefault("max_shift", 2)  # checkpoints written before the setting existed were trained so
+        if isinstance(top.get("label_smoothing"), int | float):  # one number: the same for every exit
+            top["label_smoothing"] = (top["label_smoothing"],) * 3
         return cls(**top, model=ModelConfig(**model))
 
 
@@ -364,16 +368,12 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     stages: Stages = build_stages(model_config)
     steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-    if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-        targets = keras.utils.to_categorical(y_tr, model_config.num_classes)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        targets = y_tr
+    losses = [keras.losses.CategoricalCrossentropy(True, label_smoothing=s) for s in config.label_smoothing]
+    targets = keras.utils.to_categorical(y_tr, model_config.num_classes)
     fitted = augmented(stages.joint, config.max_shift) if config.augment else stages.joint
     fitted.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=[loss, loss, loss],
+        loss=losses,
         loss_weights=list(config.loss_weights),
     )
     callbacks = [TqdmProgress(config.epochs)] if progress else []

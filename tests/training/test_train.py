@@ -107,7 +107,8 @@ def test_train_config_from_toml_overrides_the_base(tmp_path: Path) -> None:
         ('epochs = "ten"\nexit_score = "vibes"\n', "epochs must be a whole number"),
         ("epochs = \n", "not valid TOML"),
         ("max_shift = -1\n", "max_shift must be a whole number >= 0"),
-        ("label_smoothing = 1.0\n", "label_smoothing must be in [0, 1)"),
+        ("label_smoothing = 1.0\n", "label_smoothing must be three numbers in [0, 1)"),
+        ("label_smoothing = [0.1, 0.1]\n", "label_smoothing must be three numbers in [0, 1)"),
     ],
 )
 def test_bad_train_config_is_a_config_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -148,18 +149,22 @@ def _dark_or_light(n: int) -> Dataset:
     return Dataset(x, y, x[:0], y[:0], classes=("dark", "light"))
 
 
-def test_label_smoothing_keeps_the_training_loss_above_the_targets_entropy() -> None:
-    """Without smoothing an easy task's loss falls towards 0; with it, no lower than the targets' entropy."""
+def test_label_smoothing_keeps_its_exits_training_loss_above_the_targets_entropy() -> None:
+    """An easy task's loss falls towards 0 on plain exits, not below the targets' entropy on smoothed ones."""
     data, smoothing = _dark_or_light(256), 0.5
-    config = replace(TrainConfig.tiny(), epochs=2, val_fraction=0.0, augment=False)
-    final = {
-        s: [
-            train(replace(config, label_smoothing=s), data, progress=False).history[f"exit{i}_loss"][-1]
-            for i in (1, 2, 3)
-        ]
-        for s in (0.0, smoothing)
-    }
+    config = replace(
+        TrainConfig.tiny(), epochs=2, val_fraction=0.0, augment=False, label_smoothing=(0.0, 0.0, smoothing)
+    )
+    history = train(config, data, progress=False).history
     targets = np.array([1 - smoothing / 2, smoothing / 2])
     entropy = float(-(targets * np.log(targets)).sum())
-    assert max(final[0.0]) < entropy
-    assert min(final[smoothing]) >= entropy - 1e-3
+    assert max(history["exit1_loss"][-1], history["exit2_loss"][-1]) < entropy
+    assert history["exit3_loss"][-1] >= entropy - 1e-3
+
+
+def test_single_label_smoothing_number_applies_to_every_exit(tmp_path: Path) -> None:
+    path = tmp_path / "train.toml"
+    path.write_text("label_smoothing = 0.1\n")
+    assert load_train_config(path, TrainConfig()).label_smoothing == (0.1, 0.1, 0.1)
+    path.write_text("label_smoothing = [0, 0.1, 0.1]\n")
+    assert load_train_config(path, TrainConfig()).label_smoothing == (0, 0.1, 0.1)
