@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trained.json"
 _TIERS = ("device", "gateway", "cloud")
+
+
+def _per_exit(value: object, valid: Callable[[Any], bool]) -> bool:
+    """A tuple of one valid value per exit: what loss weights and label smoothing must be."""
+    return isinstance(value, tuple) and len(value) == 3 and all(map(valid, value))
 
 
 @dataclass(frozen=True)
@@ -76,12 +82,10 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not is_fraction(self.val_fraction):
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        smoothing = self.label_smoothing
-        if not (isinstance(smoothing, tuple) and len(smoothing) == 3 and all(map(is_fraction, smoothing))):
-            problems.append(f"label_smoothing must be three numbers in [0, 1), got {smoothing!r}")
-        weights = self.loss_weights
-        if len(weights) != 3 or not all(isinstance(w, int | float) and w >= 0 for w in weights):
-            problems.append(f"loss_weights must be three numbers >= 0, got {weights!r}")
+        if not _per_exit(self.label_smoothing, is_fraction):
+            problems.append(f"label_smoothing must be three numbers in [0, 1), got {self.label_smoothing!r}")
+        if not _per_exit(self.loss_weights, lambda w: isinstance(w, int | float) and w >= 0):
+            problems.append(f"loss_weights must be three numbers >= 0, got {self.loss_weights!r}")
         if self.exit_score not in SCORES:
             problems.append(f"exit_score must be one of {', '.join(SCORES)}, got {self.exit_score!r}")
         if problems:
@@ -368,7 +372,8 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     stages: Stages = build_stages(model_config)
     steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-    losses = [keras.losses.CategoricalCrossentropy(True, label_smoothing=s) for s in config.label_smoothing]
+    smoothing = config.label_smoothing
+    losses = [keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s) for s in smoothing]
     targets = keras.utils.to_categorical(y_tr, model_config.num_classes)
     fitted = augmented(stages.joint, config.max_shift) if config.augment else stages.joint
     fitted.compile(
