@@ -27,7 +27,7 @@ DEVICE = "bench-device"
 #: name -> (encoding, shape) of the feature tensors timed: both cuts of the default model, and float32
 PAYLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
     "1bit_7x7x32": ("1bit", (7, 7, 32)),  # cut 1 of the default model
-    "int8_4x4x32": ("int8", (4, 4, 32)),  # cut 2 of the default model
+    "int8_7x7x64": ("int8", (7, 7, 64)),  # cut 2 of the default model
     "float32_7x7x16": ("float32", (7, 7, 16)),
 }
 

@@ -61,9 +61,9 @@ class ModelConfig:
     cut1_channels: int = 32  # 7x7x32 = 1568 values leave the device
     cut1_encoding: str = Encoding.BITS  # 1568 bits = 196 bytes
     gateway_filters: tuple[int, ...] = (96, 96)
-    cut2_channels: int = 32  # 4x4x32 = 512 values leave the gateway
+    cut2_channels: int = 64  # 7x7x64 = 3136 int8 values leave the gateway (the few inputs it forwards)
     cut2_encoding: str = Encoding.INT8
-    cut2_pool: bool = True  # False: cut 2 stays at 7x7 and the cloud pools after its first block
+    cut2_pool: bool = False  # True: pool cut 2 to 4x4 (6x fewer bytes, about half a point lower final exit)
     cloud_filters: tuple[int, ...] = (128, 128)
     cloud_dense: int = 256
     dropout: float = 0.3
@@ -91,7 +91,7 @@ class ModelConfig:
 
     @classmethod
     def tiny(cls) -> ModelConfig:
-        """A very small network for fast tests; same cut shapes as the default."""
+        """A very small network for fast tests: cut 1 binarised like the default's, cut 2 pooled to 4x4."""
         return cls(
             device_filters=(8, 16),
             gateway_filters=(16, 16),
@@ -100,6 +100,7 @@ class ModelConfig:
             dropout=0.1,
             cut1_channels=16,
             cut2_channels=16,
+            cut2_pool=True,
         )
 
 

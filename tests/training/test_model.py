@@ -19,7 +19,7 @@ def test_stage_shapes_compose(stages: Stages) -> None:
     (logits1, cut1), (logits2, cut2) = stages.device.outputs, stages.gateway.outputs
     assert tuple(logits1.shape) == (None, 10) and tuple(cut1.shape) == (None, 7, 7, 32)
     assert stages.gateway.input_shape == tuple(cut1.shape)
-    assert tuple(logits2.shape) == (None, 10) and tuple(cut2.shape) == (None, 4, 4, 32)
+    assert tuple(logits2.shape) == (None, 10) and tuple(cut2.shape) == (None, 7, 7, 64)
     assert stages.cloud.input_shape == tuple(cut2.shape)
     assert stages.cloud.output_shape == (None, 10)
 
