@@ -1,7 +1,7 @@
 """EdgeCascade cloud service: Flask API running the final partition."""
 
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, load_cloud_config
-from cloud_service.inference import CloudInference
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings, load_cloud_config
+from edgecascade.cloud_service.inference import CloudInference
 
 __all__ = ["CloudConfig", "CloudInference", "CloudSettings", "create_app", "load_cloud_config"]

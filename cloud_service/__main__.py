@@ -12,7 +12,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from device_sdk.errors import EXIT_ERROR, EXIT_OK, ConfigError, EdgeCascadeError, exit_code
+from edgecascade.device_sdk.errors import EXIT_ERROR, EXIT_OK, ConfigError, EdgeCascadeError, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import make_server
 
-    from cloud_service.app import create_app
-    from cloud_service.config import load_cloud_config
+    from edgecascade.cloud_service.app import create_app
+    from edgecascade.cloud_service.config import load_cloud_config
 
     try:
         config = load_cloud_config(args.config)

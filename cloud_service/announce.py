@@ -13,9 +13,9 @@ import abc
 import logging
 import uuid
 
-from device_sdk import wire
-from device_sdk.announcement import Announcement
-from device_sdk.config import MqttConfig
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.config import MqttConfig
+from edgecascade.device_sdk.model.announcement import Announcement
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class InMemoryAnnouncer(Announcer):
 
 
 class MqttAnnouncer(Announcer):
-    """Retained QoS 1 publish on :data:`~device_sdk.wire.MODELS_TOPIC`, acknowledged or an error."""
+    """Retained QoS 1 publish on the models topic (:data:`~.wire.MODELS_TOPIC`), acknowledged or an error."""
 
     def __init__(self, config: MqttConfig, timeout: float = 10.0) -> None:
         self.config = config
         self.timeout = timeout
 
     def publish(self, announcement: Announcement) -> None:
-        from device_sdk.mqtt import MqttLink  # paho only when announcing
+        from edgecascade.device_sdk.transport.mqtt import MqttLink  # paho only when announcing
 
         client_id = self.config.client_id or f"cloud-announcer-{uuid.uuid4().hex[:8]}"
         link = MqttLink(self.config, client_id)

@@ -17,19 +17,20 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from cloud_service import auth, enroll, learning, models_api
-from cloud_service.announce import Announcer, MqttAnnouncer
-from cloud_service.auth import require_scope
-from cloud_service.config import CloudConfig
-from cloud_service.inference import CloudInference
-from cloud_service.jobs import JobRow
-from cloud_service.registry import ModelRegistry
-from cloud_service.scheduler import Launcher, spawn_job_process
-from cloud_service.tokens import TokenStore
-from device_sdk import serving, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.errors import AuthError, EdgeCascadeError, ScopeError
-from device_sdk.signing import PublicKeySource, load_private_key
+from edgecascade.cloud_service import auth, enroll, learning, models_api
+from edgecascade.cloud_service.announce import Announcer, MqttAnnouncer
+from edgecascade.cloud_service.auth import require_scope
+from edgecascade.cloud_service.config import CloudConfig
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.cloud_service.jobs import JobRow
+from edgecascade.cloud_service.registry import ModelRegistry
+from edgecascade.cloud_service.scheduler import Launcher, spawn_job_process
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core import serving
+from edgecascade.device_sdk.errors import AuthError, EdgeCascadeError, ScopeError
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.model.signing import PublicKeySource, load_private_key
 
 logger = logging.getLogger(__name__)
 api = Blueprint("api", __name__)

@@ -2,16 +2,16 @@
 
 Every route but ``/healthz`` names the scopes it accepts with :func:`require_scope`; the
 token comes from ``Authorization: Bearer ec_<id>.<secret>`` and is checked against the
-app's :class:`~cloud_service.tokens.TokenStore` before the view runs, so a request without
+app's :class:`~edgecascade.cloud_service.tokens.TokenStore` before the view runs, so a request without
 a valid token is refused before its body is read. A missing, unknown, wrong, expired,
-used or revoked token raises :class:`~device_sdk.errors.AuthError` (HTTP 401); a valid
-token outside the route's scopes raises :class:`~device_sdk.errors.ScopeError` (HTTP 403).
+used or revoked token raises :class:`~edgecascade.device_sdk.errors.AuthError` (HTTP 401); a valid
+token outside the route's scopes raises :class:`~edgecascade.device_sdk.errors.ScopeError` (HTTP 403).
 
 Routes and scopes: ``POST /v1/infer`` gateway or device; ``GET /v1/metrics`` admin;
 ``POST /v1/devices/enroll`` a one-time enrolment token; ``POST /v1/hard-examples``
 device (its own examples only) or gateway; listing and labelling hard examples, ``POST
 /v1/retrain`` and ``GET /v1/jobs[/<id>]`` admin; ``GET /healthz`` open; the model
-registry's routes are listed in :mod:`cloud_service.models_api`.
+registry's routes are listed in :mod:`edgecascade.cloud_service.models_api`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g, request
 
-from cloud_service.tokens import TokenInfo, TokenStore
-from device_sdk import wire
-from device_sdk.errors import AuthError, ScopeError, WireError
+from edgecascade.cloud_service.tokens import TokenInfo, TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import AuthError, ScopeError, WireError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "edgecascade.tokens"

@@ -1,6 +1,6 @@
 """Hard-example tensors as files, content-addressed by example id.
 
-An example's id is the sha256 of its content (:func:`device_sdk.hard_examples.content_id`),
+An example's id is the sha256 of its content (:func:`edgecascade.device_sdk.learning.records.content_id`),
 so a file named after it never needs to change: storing the same example twice writes the
 same bytes, and two workers racing on one example cannot corrupt it. Files are written
 atomically (temp file, fsync, rename), so a reader sees a whole tensor body or no file.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from device_sdk.bundle import atomic_write
-from device_sdk.errors import ConfigError
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.files import atomic_write
 
 KINDS = ("features", "raw")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")

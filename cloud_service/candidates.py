@@ -2,7 +2,7 @@
 
 Retraining and the registry share one directory (``registry.models_dir``; without a
 registry, ``retrain.models_dir``) and one layout, the registry's
-(:mod:`cloud_service.registry`)::
+(:mod:`edgecascade.cloud_service.registry`)::
 
     <models_dir>/v<version>/manifest.json, manifest.sig, *.tflite   the signed bundle
     <models_dir>/v<version>/metrics.json   {"version", "status": "candidate", "metrics", ...}
@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device_sdk.bundle import atomic_write, load_bundle
-from device_sdk.errors import ModelError
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.files import atomic_write
+from edgecascade.device_sdk.model.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def publish_candidate(
     """Copy a verified bundle (and its checkpoint) into ``<models_dir>/v<version>/`` as a candidate.
 
     ``metrics`` (the evaluation gate's numbers) and ``extra`` (e.g. the job id and base
-    version) go into ``metrics.json``. Raises :class:`~device_sdk.errors.ModelError` when
+    version) go into ``metrics.json``. Raises :class:`~edgecascade.device_sdk.errors.ModelError` when
     the bundle is not version ``version`` or the version directory already exists.
     """
     manifest = load_bundle(bundle_dir).manifest

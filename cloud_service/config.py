@@ -2,11 +2,11 @@
 
 Authentication is always on: the token store is created empty when missing, so a fresh
 cloud answers every route but ``/healthz`` with 401 until an operator creates tokens.
-``[registry]`` turns on the model registry (:mod:`cloud_service.registry`); ``[mqtt]`` is
+``[registry]`` turns on the model registry (:mod:`edgecascade.cloud_service.registry`); ``[mqtt]`` is
 the cloud's own broker identity, used only to publish model announcements.
 
 The ``[retrain]`` section configures the learning loop: when retraining jobs start, what
-they train on, and the evaluation gate a candidate must pass (see :mod:`cloud_service.jobs`).
+they train on, and the evaluation gate a candidate must pass (see :mod:`edgecascade.cloud_service.jobs`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sdk.config import MqttConfig, load_config
-from device_sdk.errors import ConfigError
+from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.errors import ConfigError
 
 DEFAULT_MODELS_DIR = Path("state/models")
 

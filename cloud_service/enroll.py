@@ -6,7 +6,7 @@ An operator creates an enrolment token bound to one device id
 key in base64; ``key_id`` its generation, default 1) with that token as its bearer
 credential and receives its own ``device`` token, the gateways' X25519 public key and the
 gateway name bound into the keys, from which both sides derive payload keys
-(:mod:`device_sdk.crypto`). The key is written to the
+(:mod:`edgecascade.device_sdk.wire.crypto`). The key is written to the
 keyring directory in the gateways' layout. Spending the enrolment token, storing the key
 and creating the device token happen in one store transaction, so a token cannot enrol
 twice even when two workers race. Re-enrolling a device (a new token from the operator)
@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
-from cloud_service.auth import current_token, require_scope, token_store
-from cloud_service.config import CloudSettings
-from cloud_service.keyring import DeviceKeyring, parse_x25519, raw_base64
-from cloud_service.validation import json_body
-from device_sdk import wire
-from device_sdk.crypto import MAX_KEY_ID, load_x25519_public
-from device_sdk.errors import AuthError, ScopeError
+from edgecascade.cloud_service.auth import current_token, require_scope, token_store
+from edgecascade.cloud_service.config import CloudSettings
+from edgecascade.cloud_service.keyring import DeviceKeyring, parse_x25519, raw_base64
+from edgecascade.cloud_service.validation import json_body
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import AuthError, ScopeError
+from edgecascade.device_sdk.wire.crypto import MAX_KEY_ID, load_x25519_public
 
 MAX_BODY_BYTES = 4096  # an enrolment request is ~120 bytes
 ENROLL_SCHEMA = {

@@ -2,7 +2,7 @@
 
 The model is hot-swappable (:meth:`CloudInference.swap`): a request is answered by the
 model of the version its envelope names, the current one or the one it replaced while that
-is in its grace period (:mod:`device_sdk.hotswap`), because gateways swap after the cloud
+is in its grace period (:mod:`edgecascade.device_sdk.model.hotswap`), because gateways swap after the cloud
 and keep forwarding their devices' requests of the previous version for a while.
 """
 
@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from device_sdk import serving, wire
-from device_sdk.bundle import Bundle
-from device_sdk.hotswap import ServedModels, ServesModels, TierModel
-from device_sdk.policy import policy_from_spec, softmax
-from device_sdk.runtime import PartitionRunner
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core import serving
+from edgecascade.device_sdk.core.policy import policy_from_spec, softmax
+from edgecascade.device_sdk.core.tier import ServesModels, TierModel
+from edgecascade.device_sdk.counters import Counters
+from edgecascade.device_sdk.model.bundle import Bundle
+from edgecascade.device_sdk.model.hotswap import ServedModels
+from edgecascade.device_sdk.model.runtime import PartitionRunner
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ class CloudInference(ServesModels):
 
     def __init__(self, bundle: Bundle, num_threads: int = 1, grace: float = 600.0) -> None:
         self.num_threads = num_threads
-        self.counters = serving.Counters()
+        self.counters = Counters()
         self._models = ServedModels(self._load(bundle), grace)
         #: called once when a request names a version this process does not serve, in case
         #: another server process promoted it (the registry wires this up)

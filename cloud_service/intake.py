@@ -12,7 +12,7 @@ the codes are stable for clients (an outbox drops what can never be accepted):
 ``bad_label``              ``predicted`` is not an index into the model's classes
 
 A model version is known when the cloud serves it or has served it (the versions table of
-:mod:`cloud_service.store`); each known version keeps the shape and encoding of its two
+:mod:`edgecascade.cloud_service.store`); each known version keeps the shape and encoding of its two
 cuts, so examples from a previous version are checked against that version's cuts. This
 does not depend on how versions get promoted: whatever bundle the cloud answers with is
 recorded the first time it is seen.
@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk import codec, wire
-from device_sdk.bundle import Manifest
-from device_sdk.errors import WireError
-from device_sdk.hard_examples import HardExample, HardExampleError
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import WireError
+from edgecascade.device_sdk.learning.records import HardExample, HardExampleError
+from edgecascade.device_sdk.model.bundle import Manifest
+from edgecascade.device_sdk.wire import codec
 
 CUT_TIERS = {"cut1": "device", "cut2": "gateway"}
 """The partition whose features each cut is."""

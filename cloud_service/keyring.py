@@ -1,7 +1,7 @@
 """Device public keys (X25519) learnt at enrolment, in the gateways' keyring layout.
 
 One PEM file per device and key generation, ``<device id>.k<key id>.pub`` (the layout of
-:func:`device_sdk.crypto.device_public_key_file` that a gateway's keyring loads), rather
+:func:`edgecascade.device_sdk.wire.crypto.device_public_key_file` that a gateway's keyring loads), rather
 than one shared file: each enrolment is an atomic rename that never rewrites another
 device's key, so concurrent enrolments in several workers cannot lose each other's writes.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from device_sdk.bundle import atomic_write
-from device_sdk.crypto import PUBLIC_KEY_RE, device_public_key_file
+from edgecascade.device_sdk.files import atomic_write
+from edgecascade.device_sdk.wire.crypto import PUBLIC_KEY_RE, device_public_key_file
 
 
 def parse_x25519(encoded: str) -> X25519PublicKey:

@@ -10,10 +10,10 @@ Routes and scopes::
     GET  /v1/jobs/<id>                 admin   state, progress, stage, numbers, last log lines
 
 An upload is answered 200 with ``{"accepted", "duplicates", "rejected"}`` whenever the
-batch as a whole could be read (per-record reasons in :mod:`cloud_service.intake`); 400 for
-a body that is not such a batch, 413 for more than :data:`~device_sdk.hard_examples.MAX_BATCH`
+batch as a whole could be read (per-record reasons in :mod:`edgecascade.cloud_service.intake`); 400 for
+a body that is not such a batch, 413 for more than :data:`~edgecascade.device_sdk.learning.records.MAX_BATCH`
 records or more than ``cloud.max_upload_bytes``. Accepted examples get their teacher label
-from the served model (:mod:`cloud_service.teacher`); a human label overrides it.
+from the served model (:mod:`edgecascade.cloud_service.teacher`); a human label overrides it.
 
 The database and blob directory are opened on first use, so a cloud that never sees a
 hard example creates neither.
@@ -28,17 +28,17 @@ from typing import Any, cast
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Conflict, NotFound, RequestEntityTooLarge
 
-from cloud_service import validation
-from cloud_service.auth import current_token, require_scope
-from cloud_service.config import CloudConfig
-from cloud_service.intake import VersionSpec, check_batch, claimed_ids
-from cloud_service.jobs import JobRow, JobStore, read_log_tail
-from cloud_service.scheduler import JobHook, Launcher, RetrainScheduler, spawn_job_process
-from cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, open_example_store
-from cloud_service.teacher import Teacher
-from device_sdk.bundle import load_bundle
-from device_sdk.hard_examples import MAX_BATCH
-from device_sdk.wire import ROUTE_HARD_EXAMPLES
+from edgecascade.cloud_service import validation
+from edgecascade.cloud_service.auth import current_token, require_scope
+from edgecascade.cloud_service.config import CloudConfig
+from edgecascade.cloud_service.intake import VersionSpec, check_batch, claimed_ids
+from edgecascade.cloud_service.jobs import JobRow, JobStore, read_log_tail
+from edgecascade.cloud_service.scheduler import JobHook, Launcher, RetrainScheduler, spawn_job_process
+from edgecascade.cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, open_example_store
+from edgecascade.cloud_service.teacher import Teacher
+from edgecascade.device_sdk.learning.records import MAX_BATCH
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.wire import ROUTE_HARD_EXAMPLES
 
 ROUTE_RETRAIN = "/v1/retrain"
 ROUTE_JOBS = "/v1/jobs"

@@ -30,15 +30,15 @@ from typing import Any, cast
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file
 from werkzeug.exceptions import InternalServerError
 
-from cloud_service.announce import Announcer
-from cloud_service.auth import current_token, require_scope
-from cloud_service.inference import CloudInference
-from cloud_service.registry import ModelRegistry, Release
-from device_sdk import wire
-from device_sdk.announcement import Announcement, release_path
-from device_sdk.bundle import MANIFEST, load_bundle
-from device_sdk.errors import EdgeCascadeError, RegistryError, ScopeError
-from device_sdk.signing import SIGNATURE, PrivateKeySource
+from edgecascade.cloud_service.announce import Announcer
+from edgecascade.cloud_service.auth import current_token, require_scope
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.cloud_service.registry import ModelRegistry, Release
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import EdgeCascadeError, RegistryError, ScopeError
+from edgecascade.device_sdk.model.announcement import Announcement, release_path
+from edgecascade.device_sdk.model.bundle import MANIFEST, load_bundle
+from edgecascade.device_sdk.model.signing import SIGNATURE, PrivateKeySource
 
 logger = logging.getLogger(__name__)
 models_api = Blueprint("models", __name__)

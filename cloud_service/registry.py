@@ -15,7 +15,7 @@ ever promoted releases its bundle as it is. Promoting an older one (which is wha
 :meth:`ModelRegistry.rollback` does with the previous version) releases a copy whose
 manifest is re-signed with ``rollback_of`` set to the highest version ever promoted: nodes
 refuse an older version unless its signed manifest says it may replace theirs
-(:func:`~device_sdk.signing.load_verified_update`), and a node that missed an earlier
+(:func:`~edgecascade.device_sdk.model.signing.load_verified_update`), and a node that missed an earlier
 rollback still runs something up to that highest version.
 
 ``current`` is written to a temporary file, fsynced and renamed over the old one (then
@@ -46,10 +46,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from device_sdk.announcement import release_name
-from device_sdk.bundle import MANIFEST, Bundle, atomic_write, load_bundle, write_manifest
-from device_sdk.errors import BundleError, RegistryError
-from device_sdk.signing import SIGNATURE, PrivateKeySource, PublicKeySource, load_public_key, sign_bundle
+from edgecascade.device_sdk.errors import BundleError, RegistryError
+from edgecascade.device_sdk.files import atomic_write
+from edgecascade.device_sdk.model.announcement import release_name
+from edgecascade.device_sdk.model.bundle import MANIFEST, Bundle, load_bundle, sign_bundle, write_manifest
+from edgecascade.device_sdk.model.signing import SIGNATURE, PrivateKeySource, PublicKeySource, load_public_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """When retraining starts, and starting it: triggers, the job process, and its watcher.
 
-Three triggers create a job (:class:`~cloud_service.jobs.JobStore` refuses a second active
+Three triggers create a job (:class:`~edgecascade.cloud_service.jobs.JobStore` refuses a second active
 one): ``count_threshold`` hard examples received since the last job
 (:meth:`RetrainScheduler.on_examples_added`, called after each upload), a schedule of
 ``interval_seconds`` when at least one new example arrived (:meth:`RetrainScheduler.tick`,
 run by a background thread), and the API or CLI (:meth:`RetrainScheduler.submit`).
 
-A job runs in its own process, ``python -m training.retrain_job <spec.json>``, in a new
+A job runs in its own process, ``python -m edgecascade.training.retrain_job <spec.json>``, in a new
 session so that it outlives a restarted web worker and never shares TensorFlow with it
 (the cloud API does not import TensorFlow at all). A watcher thread waits for the process
 and marks the job ``failed`` if it ended without reporting an outcome (a crash, a kill,
@@ -30,28 +30,26 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from cloud_service.config import CloudConfig
-from cloud_service.jobs import JobRow, JobSpec, JobStore, job_dir
-from cloud_service.store import ExampleStore
+from edgecascade.cloud_service.config import CloudConfig
+from edgecascade.cloud_service.jobs import JobRow, JobSpec, JobStore, job_dir
+from edgecascade.cloud_service.store import ExampleStore
 
 logger = logging.getLogger(__name__)
 
-JOB_MODULE = "training.retrain_job"
+JOB_MODULE = "edgecascade.training.retrain_job"
 Launcher = Callable[[Path, Path], "subprocess.Popen[bytes] | None"]
 """Starts the job process for a spec file, its output appended to a log file."""
 JobHook = Callable[[JobRow], None]
 
 
 def spawn_job_process(spec_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m training.retrain_job spec_path`` in its own session, output to ``log_path``.
+    """Start the job module on ``spec_path`` in its own session, output to ``log_path``.
 
-    The child runs this same source tree (its root goes first on ``PYTHONPATH``).
+    The child imports the same installed package as this process.
     """
-    if importlib.util.find_spec("training") is None:
-        raise OSError("the training package is not installed: pip install 'edgecascade[train]'")
-    root = str(Path(__file__).resolve().parent.parent)
+    if importlib.util.find_spec("tensorflow") is None:
+        raise OSError("TensorFlow is not installed: pip install 'edgecascade[train]'")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "ab") as log:
         return subprocess.Popen(

@@ -4,11 +4,11 @@ One database, given by a SQLAlchemy URL: an SQLite file by default (the embedded
 PostgreSQL when several cloud hosts share it. Only portable SQL is used (Core expressions,
 no dialect-specific statements); the SQLite-specific part is connection set-up (WAL and a
 busy timeout, so the web workers and a job process can write concurrently). Tensors are
-not in the database but in a :class:`~cloud_service.blobs.BlobStore`.
+not in the database but in a :class:`~edgecascade.cloud_service.blobs.BlobStore`.
 
 Tables: ``hard_examples`` (one row per example id, with its teacher and human labels),
 ``model_versions`` (every version the cloud has served, with its cuts; see
-:mod:`cloud_service.intake`) and ``retrain_jobs`` (see :mod:`cloud_service.jobs`).
+:mod:`edgecascade.cloud_service.intake`) and ``retrain_jobs`` (see :mod:`edgecascade.cloud_service.jobs`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from cloud_service.blobs import BlobStore
-from cloud_service.intake import Checked, VersionSpec
-from device_sdk.errors import ConfigError
+from edgecascade.cloud_service.blobs import BlobStore
+from edgecascade.cloud_service.intake import Checked, VersionSpec
+from edgecascade.device_sdk.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud_service.intake import Checked, VersionSpec
-from device_sdk.bundle import Bundle
-from device_sdk.codec import through_wire
-from device_sdk.runtime import PartitionRunner
+from edgecascade.cloud_service.intake import Checked, VersionSpec
+from edgecascade.device_sdk.model.bundle import Bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire.codec import through_wire
 
 
 class Teacher:

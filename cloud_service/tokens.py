@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from device_sdk.errors import AuthError, ConfigError
-from device_sdk.outbox import immediate_transaction
+from edgecascade.device_sdk.errors import AuthError, ConfigError
+from edgecascade.device_sdk.learning.outbox import immediate_transaction
 
 SCOPES = ("device", "gateway", "admin", "enroll")
 PREFIX = "ec_"

@@ -4,12 +4,12 @@ The public API is what ``__all__`` lists; implementation modules are importable 
 their names may change. This package never imports TensorFlow.
 """
 
-from device_sdk.bundle import Bundle, Manifest, load_bundle
-from device_sdk.cache import CacheConfig, CacheHit, NeuralCache, open_cache
-from device_sdk.client import DeviceClient, Prediction
-from device_sdk.config import DeviceConfig, HardExampleSettings, MqttConfig, load_config, load_device_config
-from device_sdk.crypto import DeviceCrypto
-from device_sdk.errors import (
+from edgecascade.device_sdk.cache import CacheConfig, CacheHit, NeuralCache, open_cache
+from edgecascade.device_sdk.client import DeviceClient, Prediction
+from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.core.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
+from edgecascade.device_sdk.device_config import DeviceConfig, load_device_config
+from edgecascade.device_sdk.errors import (
     AuthError,
     BatchError,
     BundleError,
@@ -37,12 +37,11 @@ from device_sdk.errors import (
     UnknownKeyError,
     WireError,
 )
-from device_sdk.hard_examples import HardExample, HardExampleError
-from device_sdk.keys import load_device_crypto
-from device_sdk.outbox import Outbox
-from device_sdk.policy import AlwaysExit, ExitPolicy, MaxProbExit, NeverExit
-from device_sdk.runtime import PartitionRunner
-from device_sdk.selection import (
+from edgecascade.device_sdk.learning.batch import Receipt
+from edgecascade.device_sdk.learning.links import HttpUploadLink, InMemoryUploadLink, RelayUploadLink
+from edgecascade.device_sdk.learning.outbox import Outbox
+from edgecascade.device_sdk.learning.records import HardExample, HardExampleError
+from edgecascade.device_sdk.learning.selection import (
     AuditSample,
     Degraded,
     ExitsDisagree,
@@ -51,11 +50,14 @@ from device_sdk.selection import (
     LowConfidence,
     ReachedCloud,
 )
-from device_sdk.transport import InMemoryTransport, MqttTransport, Transport
-from device_sdk.updater import ModelUpdater, UpdateSettings
-from device_sdk.upload_batch import Receipt
-from device_sdk.upload_links import HttpUploadLink, InMemoryUploadLink, RelayUploadLink
-from device_sdk.uploader import Uploader, UploadLink
+from edgecascade.device_sdk.learning.settings import HardExampleSettings
+from edgecascade.device_sdk.learning.uploader import Uploader, UploadLink
+from edgecascade.device_sdk.model.bundle import Bundle, Manifest, load_bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.model.updater import ModelUpdater, UpdateSettings
+from edgecascade.device_sdk.transport import InMemoryTransport, MqttTransport, Transport
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto
+from edgecascade.device_sdk.wire.keys import load_device_crypto
 
 __all__ = [
     "AlwaysExit",

@@ -3,13 +3,13 @@
 The client never lets a link failure reach the application: a timeout, an error reply or
 an unreadable reply becomes the device's own answer flagged ``degraded``. Bad input from
 the application itself (wrong shape, NaN) is the application's error and is raised as
-:class:`~device_sdk.errors.TensorSpecError`. With ``crypto`` (a
-:class:`~device_sdk.crypto.DeviceCrypto`) requests are encrypted end to end and only
+:class:`~edgecascade.device_sdk.errors.TensorSpecError`. With ``crypto`` (a
+:class:`~edgecascade.device_sdk.wire.crypto.DeviceCrypto`) requests are encrypted end to end and only
 replies that decrypt under the device's keys are believed. With an ``outbox`` (a
-:class:`~device_sdk.outbox.Outbox`), the inputs a
-:class:`~device_sdk.selection.HardExampleSelector` marks hard are stored durably, as cut-1
+:class:`~edgecascade.device_sdk.learning.outbox.Outbox`), the inputs a
+:class:`~.learning.selection.HardExampleSelector` marks hard are stored durably, as cut-1
 features (and the raw input only with ``keep_raw``), before ``predict`` returns; an
-:class:`~device_sdk.uploader.Uploader` sends them on.
+:class:`~edgecascade.device_sdk.learning.uploader.Uploader` sends them on.
 
 The model can be replaced while the client serves (:meth:`DeviceClient.swap_bundle`, driven
 by :meth:`DeviceClient.follow_updates`): each call resolves the model once and finishes on
@@ -34,27 +34,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device_sdk import codec, wire
-from device_sdk.bundle import Bundle, Manifest, load_bundle
-from device_sdk.cache import NeuralCache, open_cache
-from device_sdk.crypto import DeviceCrypto, initial_sequence
-from device_sdk.errors import (
-    ConfigError,
-    RemoteError,
-    StorageError,
-    TensorSpecError,
-)
-from device_sdk.hard_examples import MAX_TENSOR_BYTES, HardExample
-from device_sdk.hotswap import ServedModels, ServesModels, TierModel
-from device_sdk.offload import Sender, exchange
-from device_sdk.outbox import AddStatus, Outbox
-from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
-from device_sdk.runtime import PartitionRunner
-from device_sdk.selection import Answers, HardExampleSelector
-from device_sdk.transport import Transport
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.cache import NeuralCache, open_cache
+from edgecascade.device_sdk.core.policy import ExitPolicy, policy_from_spec, softmax
+from edgecascade.device_sdk.core.tier import ServesModels, TierModel
+from edgecascade.device_sdk.errors import ConfigError, RemoteError, StorageError, TensorSpecError
+from edgecascade.device_sdk.learning.outbox import AddStatus, Outbox
+from edgecascade.device_sdk.learning.records import MAX_TENSOR_BYTES, HardExample
+from edgecascade.device_sdk.learning.selection import Answers, HardExampleSelector
+from edgecascade.device_sdk.model.bundle import Bundle, Manifest, load_bundle
+from edgecascade.device_sdk.model.hotswap import ServedModels
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.transport import Transport
+from edgecascade.device_sdk.transport.offload import Sender, exchange
+from edgecascade.device_sdk.wire import codec
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
 
 if TYPE_CHECKING:
-    from device_sdk.updater import ModelUpdater, UpdateSettings
+    from edgecascade.device_sdk.model.updater import ModelUpdater, UpdateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +202,8 @@ class DeviceClient(ServesModels):
         signing key (``cloud-signing.pub``), ``settings.dir`` a directory of this client's
         own (releases are kept there). Only the device partition is downloaded.
         """
-        from device_sdk.fetch import HttpFetcher
-        from device_sdk.updater import ModelUpdater
+        from edgecascade.device_sdk.model.updater import ModelUpdater
+        from edgecascade.device_sdk.transport.fetch import HttpFetcher
 
         if self._updater is not None:
             raise ConfigError("this client already follows updates")

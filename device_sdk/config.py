@@ -4,7 +4,7 @@ A node's configuration is a frozen dataclass whose fields are *sections*, each i
 frozen dataclass of plain values (str, int, float, bool, Path, or tuples of those).
 :func:`load_config` reads one TOML file, applies environment overrides such as
 ``EC_MQTT__PORT=1884``, converts and checks every value, and raises one
-:class:`~device_sdk.errors.ConfigError` that lists every problem found. This module is the
+:class:`~edgecascade.device_sdk.errors.ConfigError` that lists every problem found. This module is the
 only place in the project that reads the environment for configuration.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_sdk.errors import ConfigError
+from edgecascade.device_sdk.errors import ConfigError
 
 T = TypeVar("T")
 ENV_PREFIX = "EC_"
@@ -72,83 +72,6 @@ class MqttConfig:
             if path is not None and not Path(path).is_file():
                 problems.append(f"mqtt.{name}: no such file {path}")
         return problems
-
-
-@dataclasses.dataclass(frozen=True)
-class HardExampleSettings:
-    """``[hard_examples]``: which answers a device keeps for retraining, where, and how it uploads them.
-
-    ``filters`` name the selection filters (:mod:`device_sdk.selection`): ``reached_cloud``,
-    ``exits_disagree``, ``low_margin`` (the final answer's ``low_score`` below
-    ``low_threshold``) and ``degraded``. ``audit_rate`` adds a uniform random sample of every
-    input, whatever the cascade did (reason ``audit``): confidently wrong answers after a
-    drift pass every filter above, and only such a sample shows them to the cloud (0: off).
-    Only cut-1 features are kept unless ``keep_raw``
-    (the application's explicit opt-in to upload raw inputs). ``outbox`` is the SQLite file
-    (None: no outbox, nothing is kept); it holds at most ``capacity`` records. The uploader
-    sends up to ``batch_size`` records at a time, looks for new ones every
-    ``upload_interval`` seconds, and after a failure waits ``backoff_base * 2**n`` seconds
-    (with jitter, at most ``backoff_max``).
-    """
-
-    filters: tuple[str, ...] = ("reached_cloud", "exits_disagree", "low_margin", "degraded")
-    low_score: str = "margin"
-    low_threshold: float = 0.1
-    audit_rate: float = 0.0
-    keep_raw: bool = False
-    outbox: Path | None = None
-    capacity: int = 10_000
-    batch_size: int = 64
-    upload_interval: float = 5.0
-    backoff_base: float = 1.0
-    backoff_max: float = 300.0
-
-    def __post_init__(self) -> None:
-        from device_sdk.selection import FILTERS
-
-        problems = [f"hard_examples.filters: unknown filter {f!r}" for f in self.filters if f not in FILTERS]
-        if not 0.0 <= self.audit_rate <= 1.0:
-            problems.append("hard_examples.audit_rate must be in [0, 1]")
-        if self.low_score not in LOW_SCORES:
-            problems.append(f"hard_examples.low_score must be one of {', '.join(LOW_SCORES)}")
-        if not 0.0 <= self.low_threshold <= 1.0:
-            problems.append("hard_examples.low_threshold must be in [0, 1]")
-        problems += upload_problems("hard_examples", self)
-        if problems:
-            raise ConfigError(problems)
-
-
-LOW_SCORES = ("margin", "entropy", "max_prob")
-"""Confidence scores the ``low_margin`` filter can threshold (see :mod:`device_sdk.policy`)."""
-
-
-def upload_problems(section: str, settings: Any) -> list[str]:
-    """What is wrong with the outbox and uploader settings every node shares (capacity, batch, timing)."""
-    from device_sdk.hard_examples import MAX_BATCH
-
-    problems = []
-    if settings.capacity < 1:
-        problems.append(f"{section}.capacity must be >= 1")
-    if not 1 <= settings.batch_size <= MAX_BATCH:
-        problems.append(f"{section}.batch_size must be in 1..{MAX_BATCH}")
-    if not settings.upload_interval > 0:
-        problems.append(f"{section}.upload_interval must be > 0")
-    if not 0 < settings.backoff_base <= settings.backoff_max:
-        problems.append(f"{section}.backoff_base must be > 0 and <= backoff_max")
-    return problems
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceConfig:
-    """A device application's settings file: ``[mqtt]`` and ``[hard_examples]``."""
-
-    mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
-    hard_examples: HardExampleSettings = dataclasses.field(default_factory=HardExampleSettings)
-
-
-def load_device_config(path: str | Path | None = None, **kwargs: Any) -> DeviceConfig:
-    """Load a device's TOML (optional) with ``EC_<SECTION>__<KEY>`` environment overrides."""
-    return load_config(DeviceConfig, path, **kwargs)
 
 
 def load_config(

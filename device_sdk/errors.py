@@ -11,7 +11,7 @@ are translated at the boundary where they occur.
     ├── WireError              a message that cannot be decoded or is not acceptable
     │   ├── SchemaVersionError unknown envelope schema version
     │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
-    │   ├── HardExampleError   a hard-example record that cannot be accepted (device_sdk.hard_examples)
+    │   ├── HardExampleError   a hard-example record that cannot be accepted (learning.records)
     │   ├── BatchError         an upload batch refused as a whole (not JSON, not a batch, too many)
     │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
     │       ├── NotEncryptedError   plaintext where encryption is required

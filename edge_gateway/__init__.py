@@ -3,10 +3,15 @@
 It also relays devices' hard-example uploads into its own durable outbox and on to the cloud.
 """
 
-from edge_gateway.cloud_link import CloudLink, HttpCloudLink, InMemoryCloudLink
-from edge_gateway.config import GatewayConfig, GatewaySettings, OutboxSettings, load_gateway_config
-from edge_gateway.relay import HardExampleRelay
-from edge_gateway.service import GatewayService
+from edgecascade.edge_gateway.cloud_link import CloudLink, HttpCloudLink, InMemoryCloudLink
+from edgecascade.edge_gateway.config import (
+    GatewayConfig,
+    GatewaySettings,
+    OutboxSettings,
+    load_gateway_config,
+)
+from edgecascade.edge_gateway.relay import HardExampleRelay
+from edgecascade.edge_gateway.service import GatewayService
 
 __all__ = [
     "CloudLink",

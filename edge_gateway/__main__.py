@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from device_sdk.errors import EXIT_OK, EdgeCascadeError, exit_code
+from edgecascade.device_sdk.errors import EXIT_OK, EdgeCascadeError, exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from edge_gateway.config import load_gateway_config
-    from edge_gateway.daemon import GatewayDaemon
+    from edgecascade.edge_gateway.config import load_gateway_config
+    from edgecascade.edge_gateway.daemon import GatewayDaemon
 
     try:
         GatewayDaemon(load_gateway_config(args.config)).run_forever()

@@ -1,10 +1,10 @@
 """The gateway's link to the cloud: post an envelope, get an envelope back; upload hard examples.
 
 :class:`HttpCloudLink` is the real one (a keep-alive HTTP session to ``POST /v1/infer``, and
-an :class:`~device_sdk.uploader.UploadLink` to ``POST /v1/hard-examples``);
+an :class:`~edgecascade.device_sdk.learning.uploader.UploadLink` to ``POST /v1/hard-examples``);
 :class:`InMemoryCloudLink` calls a handler in-process for unit tests. Failures surface as
-:class:`~device_sdk.errors.TransportError` (unreachable, timeout) or
-:class:`~device_sdk.errors.RemoteError` (the cloud answered with an error).
+:class:`~edgecascade.device_sdk.errors.TransportError` (unreachable, timeout) or
+:class:`~edgecascade.device_sdk.errors.RemoteError` (the cloud answered with an error).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from device_sdk import wire
-from device_sdk.errors import DependencyError, RemoteError, TransportError, TransportTimeout
-from device_sdk.upload_batch import Receipt, encode_batch
-from device_sdk.uploader import UploadLink
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import DependencyError, RemoteError, TransportError, TransportTimeout
+from edgecascade.device_sdk.learning.batch import Receipt, encode_batch
+from edgecascade.device_sdk.learning.uploader import UploadLink
 
 logger = logging.getLogger(__name__)
 

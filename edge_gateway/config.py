@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sdk.config import MqttConfig, load_config, upload_problems
-from device_sdk.errors import ConfigError
-from device_sdk.updater import UpdateSettings
+from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.learning.settings import upload_problems
+from edgecascade.device_sdk.model.updater import UpdateSettings
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class CryptoSettings:
-    """End-to-end payload encryption with the devices (see :mod:`device_sdk.crypto`).
+    """End-to-end payload encryption with the devices (see :mod:`edgecascade.device_sdk.wire.crypto`).
 
     ``private_key`` is the gateways' X25519 key (``gateway-x25519.key``), ``device_keys``
     the directory of device public keys (``<id>.k<n>.pub``), rescanned for new devices at

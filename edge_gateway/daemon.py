@@ -1,23 +1,23 @@
 """The gateway daemon: MQTT in, micro-batched partition 2, cloud forwarding, MQTT out.
 
 paho's network thread only enqueues; one worker thread drains the queue in micro-batches
-through :class:`~edge_gateway.service.GatewayService`, and a small thread pool forwards
+through :class:`~edgecascade.edge_gateway.service.GatewayService`, and a small thread pool forwards
 unconfident requests to the cloud so a slow cloud never stalls confident answers.
 Replies always go to the requesting device's own response topic. The broker link is TLS
 with the gateway's client certificate; payloads are end-to-end encrypted with each device
-(:mod:`device_sdk.crypto`), and unencrypted requests are refused unless the ``[crypto]``
+(:mod:`edgecascade.device_sdk.wire.crypto`), and unencrypted requests are refused unless the ``[crypto]``
 settings say otherwise.
 
 With ``[update] enabled`` the daemon follows the cloud's model announcements on the same
-broker connection (:class:`~device_sdk.updater.ModelUpdater`): it downloads the gateway
+broker connection (:class:`~edgecascade.device_sdk.model.updater.ModelUpdater`): it downloads the gateway
 partition of each announced release with its cloud token, verifies it, and hot-swaps it
 into the service between micro-batches; at start it runs the release it last installed
 when that still verifies.
 
 With ``[outbox] path`` set, the daemon also relays devices' hard-example uploads: a second
 subscription (``ec/v1/dev/+/hx``, shared like requests) feeds one relay thread that stores
-each batch durably (:class:`~edge_gateway.relay.HardExampleRelay`) before acknowledging it,
-and an :class:`~device_sdk.uploader.Uploader` sends the outbox on to the cloud.
+each batch durably (:class:`~edgecascade.edge_gateway.relay.HardExampleRelay`) before acknowledging it,
+and an :class:`~edgecascade.device_sdk.learning.uploader.Uploader` sends the outbox on to the cloud.
 """
 
 from __future__ import annotations
@@ -29,21 +29,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
-from device_sdk import wire
-from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.cache import NeuralCache, open_cache
-from device_sdk.crypto import GatewayCrypto
-from device_sdk.errors import ConfigError
-from device_sdk.fetch import HttpFetcher
-from device_sdk.keys import load_gateway_crypto
-from device_sdk.mqtt import MqttLink
-from device_sdk.outbox import Outbox
-from device_sdk.updater import ModelUpdater, installed_bundle
-from device_sdk.uploader import Uploader, UploadLink
-from edge_gateway.cloud_link import CloudLink, HttpCloudLink
-from edge_gateway.config import CryptoSettings, GatewayConfig
-from edge_gateway.relay import HardExampleRelay
-from edge_gateway.service import Forward, GatewayService, Request
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.cache import NeuralCache, open_cache
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.learning.outbox import Outbox
+from edgecascade.device_sdk.learning.uploader import Uploader, UploadLink
+from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
+from edgecascade.device_sdk.model.updater import ModelUpdater, installed_bundle
+from edgecascade.device_sdk.transport.fetch import HttpFetcher
+from edgecascade.device_sdk.transport.mqtt import MqttLink
+from edgecascade.device_sdk.wire.crypto import GatewayCrypto
+from edgecascade.device_sdk.wire.keys import load_gateway_crypto
+from edgecascade.edge_gateway.cloud_link import CloudLink, HttpCloudLink
+from edgecascade.edge_gateway.config import CryptoSettings, GatewayConfig
+from edgecascade.edge_gateway.relay import HardExampleRelay
+from edgecascade.edge_gateway.service import Forward, GatewayService, Request
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 A device publishes a ``HARD_EXAMPLES`` envelope (encrypted like its requests) on its own
 upload topic. :meth:`HardExampleRelay.handle` decrypts it (checking the device's replay
 window), reads the JSON batch, validates every record with
-:meth:`~device_sdk.hard_examples.HardExample.from_json`, refuses records that claim another
-device, stores the rest in the gateway's :class:`~device_sdk.outbox.Outbox` in one fsynced
+:meth:`~edgecascade.device_sdk.learning.records.HardExample.from_json`, refuses records that claim another
+device, stores the rest in the gateway's :class:`~.learning.outbox.Outbox` in one fsynced
 transaction, and only then answers with a ``HARD_EXAMPLES_ACK`` receipt. A record the
 outbox could not take (full of pending records) is left out of the receipt, so the device
 keeps it and tries again later.
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 
-from device_sdk import serving, wire
-from device_sdk.crypto import GatewayCrypto
-from device_sdk.errors import BatchError, CryptoError, EdgeCascadeError, StorageError, WireError
-from device_sdk.outbox import AddStatus, Outbox
-from device_sdk.upload_batch import Receipt, Rejection, parse_batch
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core import serving
+from edgecascade.device_sdk.counters import Counters
+from edgecascade.device_sdk.errors import BatchError, CryptoError, EdgeCascadeError, StorageError, WireError
+from edgecascade.device_sdk.learning.batch import Receipt, Rejection, parse_batch
+from edgecascade.device_sdk.learning.outbox import AddStatus, Outbox
+from edgecascade.device_sdk.wire.crypto import GatewayCrypto
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +34,11 @@ class HardExampleRelay:
     """Validates and stores devices' upload batches; thread-safe (the outbox is)."""
 
     def __init__(
-        self, outbox: Outbox, crypto: GatewayCrypto | None, counters: serving.Counters | None = None
+        self, outbox: Outbox, crypto: GatewayCrypto | None, counters: Counters | None = None
     ) -> None:
         self.outbox = outbox
         self.crypto = crypto
-        self.counters = counters if counters is not None else serving.Counters()
+        self.counters = counters if counters is not None else Counters()
 
     def handle(self, payload: bytes, device_id: str, correlation: bytes | None = None) -> bytes | None:
         """The receipt (or error) envelope answering one upload; None if nobody can be addressed."""

@@ -6,7 +6,7 @@ and returns, per request, either a finished reply or a :class:`Forward` job;
 gateway's own answer flagged ``degraded``. :meth:`handle` chains both for one request, which
 is what the in-memory transport uses in tests.
 
-With a :class:`~device_sdk.crypto.GatewayCrypto`, requests are decrypted (and checked
+With a :class:`~edgecascade.device_sdk.wire.crypto.GatewayCrypto`, requests are decrypted (and checked
 against the device's replay window) before anything else reads them, and every reply to a
 decrypted request is encrypted under the key id that request used. A request that fails
 those checks is counted as ``rejected_<reason>`` and answered, if at all, with a plain
@@ -14,7 +14,7 @@ UNAUTHORIZED error that carries nothing secret.
 
 The model is hot-swappable (:meth:`GatewayService.swap`): each request is served by the
 model of the version its envelope names, the current one or the one it replaced while
-that is in its grace period (:class:`~device_sdk.hotswap.ServedModels`), so devices that
+that is in its grace period (:class:`~edgecascade.device_sdk.model.hotswap.ServedModels`), so devices that
 have not updated yet are still answered, and requests in flight finish where they started.
 
 With an ``outbox``, every request the gateway answers ``degraded`` (the cloud unreachable)
@@ -32,17 +32,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_sdk import codec, serving, wire
-from device_sdk.bundle import Bundle
-from device_sdk.cache import NeuralCache
-from device_sdk.crypto import GatewayCrypto
-from device_sdk.errors import CryptoError, EdgeCascadeError, ModelVersionError, StorageError, WireError
-from device_sdk.hard_examples import HardExample
-from device_sdk.hotswap import ServedModels, ServesModels, TierModel
-from device_sdk.outbox import AddStatus, Outbox
-from device_sdk.policy import ExitPolicy, policy_from_spec, softmax
-from device_sdk.runtime import PartitionRunner
-from edge_gateway.cloud_link import CloudLink
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.cache import NeuralCache
+from edgecascade.device_sdk.core import serving
+from edgecascade.device_sdk.core.policy import ExitPolicy, policy_from_spec, softmax
+from edgecascade.device_sdk.core.tier import ServesModels, TierModel
+from edgecascade.device_sdk.counters import Counters
+from edgecascade.device_sdk.errors import (
+    CryptoError,
+    EdgeCascadeError,
+    ModelVersionError,
+    StorageError,
+    WireError,
+)
+from edgecascade.device_sdk.learning.outbox import AddStatus, Outbox
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.model.bundle import Bundle
+from edgecascade.device_sdk.model.hotswap import ServedModels
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire import codec
+from edgecascade.device_sdk.wire.crypto import GatewayCrypto
+from edgecascade.edge_gateway.cloud_link import CloudLink
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +104,7 @@ class GatewayService(ServesModels):
         self.outbox = outbox  # where degraded answers are kept as hard examples (None: nowhere)
         self._policy = policy  # an explicit policy outlives swaps; None: each manifest's own
         self._cache_factory = cache_factory
-        self.counters = serving.Counters()
+        self.counters = Counters()
         self._models = ServedModels(self._load(bundle, cache), grace)
 
     # --------------------------------------------------------------- the model it serves

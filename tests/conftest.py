@@ -5,7 +5,7 @@ pytest's cache directory (``.pytest_cache/d/edgecascade/``), keyed on a hash of 
 training sources, the tiny training config and the TensorFlow/Keras versions. A cached
 entry is reused only if ``load_bundle`` still verifies it; ``pytest --cache-clear``
 rebuilds it. Nothing here imports TensorFlow until a fixture that needs it is used, so
-tests asserting that ``device_sdk`` stays TensorFlow-free are not disturbed.
+tests asserting that ``edgecascade.device_sdk`` stays TensorFlow-free are not disturbed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from device_sdk.bundle import load_bundle
-from device_sdk.errors import BundleError, DatasetError
+from edgecascade.device_sdk.errors import BundleError, DatasetError
+from edgecascade.device_sdk.model.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
 
 _ROOT = Path(__file__).resolve().parent.parent
-_KEY_SOURCES = (*sorted((_ROOT / "training").glob("*.py")), _ROOT / "device_sdk" / "bundle.py")
+_KEY_SOURCES = (*sorted((_ROOT / "training").glob("*.py")), _ROOT / "device_sdk" / "model" / "bundle.py")
 
 
 def _versions() -> str:
@@ -76,8 +76,9 @@ def _traffic_mix_thresholds(probs: list[Any]) -> tuple[float, float, float]:
 
 @pytest.fixture(scope="session")
 def fmnist() -> Any:
-    """The Fashion-MNIST :class:`training.data.Dataset` (``make test`` installs the Debian package)."""
-    from training.data import load_fashion_mnist
+    """The Fashion-MNIST :class:`~edgecascade.training.data.Dataset`
+    (``make test`` installs the Debian package)."""
+    from edgecascade.training.data import load_fashion_mnist
 
     try:
         return load_fashion_mnist()
@@ -90,8 +91,8 @@ def tiny_model_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fmnist: Any
 ) -> Path:
     """A directory with ``trained/`` (Keras checkpoint) and ``bundle/`` of the tiny model."""
-    from training.export import export_bundle
-    from training.train import TrainConfig, train
+    from edgecascade.training.export import export_bundle
+    from edgecascade.training.train import TrainConfig, train
 
     config = TrainConfig.tiny()
     key = _cache_key(config)
@@ -131,7 +132,7 @@ def tiny_bundle(tiny_model_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_model_dir: Path) -> Any:
-    """The Keras :class:`training.train.TrainedModel` that ``tiny_bundle`` was exported from."""
-    from training.train import load_trained
+    """The Keras :class:`edgecascade.training.train.TrainedModel` that ``tiny_bundle`` was exported from."""
+    from edgecascade.training.train import load_trained
 
     return load_trained(tiny_model_dir / "trained")

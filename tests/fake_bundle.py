@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from device_sdk.bundle import (
+from edgecascade.device_sdk.files import sha256_file
+from edgecascade.device_sdk.model.bundle import (
     TIERS,
     ExitSpec,
     InputSpec,
     Manifest,
     PartitionSpec,
     TensorSpec,
-    sha256_file,
     write_manifest,
 )
 

@@ -19,10 +19,11 @@ import numpy as np
 from flask import Flask, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from device_sdk import codec, wire
-from device_sdk.errors import BatchError
-from device_sdk.hard_examples import HardExample
-from device_sdk.upload_batch import Receipt, Rejection, parse_batch
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import BatchError
+from edgecascade.device_sdk.learning.batch import Receipt, Rejection, parse_batch
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.wire import codec
 
 
 def example(n: int, device_id: str = "cam-01", reasons: tuple[str, ...] = ("degraded",)) -> HardExample:

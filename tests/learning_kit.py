@@ -18,16 +18,17 @@ import numpy as np
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cloud_service.announce import Announcer
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings, RetrainSettings
-from cloud_service.learning import Learning
-from cloud_service.scheduler import Launcher, spawn_job_process
-from cloud_service.tokens import TokenStore
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.hard_examples import HardExample
-from device_sdk.runtime import PartitionRunner
+from edgecascade.cloud_service.announce import Announcer
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings, RegistrySettings, RetrainSettings
+from edgecascade.cloud_service.learning import Learning
+from edgecascade.cloud_service.scheduler import Launcher, spawn_job_process
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire import codec
 
 
 @dataclass

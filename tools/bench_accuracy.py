@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk import codec, wire
-from device_sdk.bundle import Bundle
-from device_sdk.runtime import ChainOutputs, PartitionRunner, run_partitions
-from training.calibration import cascade_predictions
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core.chain import ChainOutputs, run_partitions
+from edgecascade.device_sdk.model.bundle import Bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire import codec
+from edgecascade.training.calibration import cascade_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Benchmark of the neural cache's index: lookup latency and recall@1 against exact search.
 
-:func:`bench_index` builds a :class:`~device_sdk.cache.NeuralCache` of each size from given
+:func:`bench_index` builds a :class:`~edgecascade.device_sdk.cache.NeuralCache` of each size from given
 embeddings, then times single lookups (one query at a time, as a device makes them) and an
 exact numpy brute-force cosine search over the same entries, and measures how often the
 HNSW nearest neighbour is the exact one. Pure: no printing, no files, no CLI.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.cache import CacheConfig, NeuralCache
+from edgecascade.device_sdk.cache import CacheConfig, NeuralCache
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from device_sdk import codec, wire
-from device_sdk.crypto import DeviceCrypto, GatewayCrypto, device_pair_keys
-from device_sdk.keys import GatewayKeyring
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.wire import codec
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto, GatewayCrypto, device_pair_keys
+from edgecascade.device_sdk.wire.keys import GatewayKeyring
 
 DEVICE = "bench-device"
 

@@ -8,9 +8,9 @@ cascade's accuracy falls from 92 % to 43 % and the device's share from 93 % to 7
 the device exit's mean confidence down from 0.91 to 0.74. (A 0.5 contrast alone costs only
 5 points; the offset is what moves the images off the training distribution.)
 
-One run, on the local stack (:class:`tools.stack.LocalStack`: TLS Mosquitto, the cloud with
+One run, on the local stack (:class:`edgecascade.tools.stack.LocalStack`: TLS Mosquitto, the cloud with
 its model registry, retraining and ``retrain.auto_promote``, the gateway following
-announcements), with one :class:`~device_sdk.client.DeviceClient` that keeps hard examples
+announcements), with one :class:`~edgecascade.device_sdk.client.DeviceClient` that keeps hard examples
 (raw input included) in an outbox and uploads them through the gateway relay. Besides the
 hard-example filters the device keeps an audit sample (``audit_rate`` of all inputs, at
 random): before retraining the device exit is confidently wrong on most shifted inputs, which
@@ -30,7 +30,7 @@ thresholds on.
 
 Accuracy and the device share on the shifted stream are measured live; on the original
 test set the cascade of the old and new bundles is run offline
-(:func:`device_sdk.runtime.run_partitions`) with each manifest's thresholds.
+(:func:`edgecascade.device_sdk.model.runtime.run_partitions`) with each manifest's thresholds.
 """
 
 from __future__ import annotations
@@ -50,19 +50,18 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.client import DeviceClient, Prediction
-from device_sdk.outbox import Outbox
-from device_sdk.policy import NeverExit
-from device_sdk.runtime import run_partitions
-from device_sdk.selection import AuditSample, HardExampleSelector
-from device_sdk.signing import sign_bundle
-from device_sdk.transport import MqttTransport
-from device_sdk.updater import UpdateSettings
-from device_sdk.upload_links import RelayUploadLink
-from device_sdk.uploader import Uploader
-from tools.stack import LocalStack
-from training.calibration import cascade_predictions
+from edgecascade.device_sdk.client import DeviceClient, Prediction
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.learning.links import RelayUploadLink
+from edgecascade.device_sdk.learning.outbox import Outbox
+from edgecascade.device_sdk.learning.selection import AuditSample, HardExampleSelector
+from edgecascade.device_sdk.learning.uploader import Uploader
+from edgecascade.device_sdk.model.bundle import Bundle, load_bundle, sign_bundle
+from edgecascade.device_sdk.model.updater import UpdateSettings
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.tools.stack import LocalStack
+from edgecascade.training.calibration import cascade_predictions
 
 DEVICE_ID = "drift-site-device-01"
 CONTRAST, OFFSET = 0.5, 60.0

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.bundle import load_bundle
-from device_sdk.cache import open_cache
-from device_sdk.client import DeviceClient, Prediction
-from device_sdk.transport import MqttTransport
-from tools.stack import LocalStack
-from training.augment import near_duplicates
+from edgecascade.device_sdk.cache import open_cache
+from edgecascade.device_sdk.client import DeviceClient, Prediction
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.tools.stack import LocalStack
+from edgecascade.training.augment import near_duplicates
 
 CACHE_TIERS = ("device_cache", "gateway_cache")
 

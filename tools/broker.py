@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from device_sdk import wire
-from device_sdk.config import MqttConfig
-from device_sdk.errors import DependencyError, TransportError
-from tools.certs import Pki
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.config import MqttConfig
+from edgecascade.device_sdk.errors import DependencyError, TransportError
+from edgecascade.tools.certs import Pki
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def acl_text(
     """Mosquitto ACL: devices own their subtree; gateways serve all; observers may only read.
 
     ``pattern`` lines apply to every authenticated client with ``%u`` = its certificate CN,
-    which is why a device id may never equal a gateway or announcer name (``tools.certs``
+    which is why a device id may never equal a gateway or announcer name (``edgecascade.tools.certs``
     refuses it). Model announcements are readable by all and writable by announcers only.
     """
     root = wire.TOPIC_ROOT

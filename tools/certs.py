@@ -20,7 +20,7 @@ site made before it existed. The layout of ``DIR``::
       device-keys/<id>.k<n>.pub    the device public keys the gateways load (their keyring)
 
 The broker maps a client certificate's CN to its MQTT username, so a device's id *is* its
-identity on the broker, and the ACL confines it to its own topics (:mod:`tools.broker`).
+identity on the broker, and the ACL confines it to its own topics (:mod:`edgecascade.tools.broker`).
 Nothing is overwritten unless ``force`` is given; ``rotate`` adds a device's next payload
 key generation and keeps the older ones, so a gateway accepts both until the old public key
 file is removed from ``device-keys/``.
@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from device_sdk import wire
-from device_sdk.config import MqttConfig
-from device_sdk.crypto import DEVICE_KEY_RE, device_key_file, device_public_key_file
-from device_sdk.errors import ConfigError
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.config import MqttConfig
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.wire.crypto import DEVICE_KEY_RE, device_key_file, device_public_key_file
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_GATEWAY = "gateway"

@@ -1,7 +1,7 @@
 """``edgecascade certs init|device|gateway|announcer`` and ``edgecascade bench crypto``.
 
-Thin argparse front ends of :mod:`tools.certs` and :mod:`tools.bench_crypto`; the file
-layout they write is described in :mod:`tools.certs`.
+Thin argparse front ends of :mod:`edgecascade.tools.certs` and :mod:`edgecascade.tools.bench_crypto`; the file
+layout they write is described in :mod:`edgecascade.tools.certs`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools import certs
+from edgecascade.tools import certs
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -45,8 +45,8 @@ def _announcer(args: argparse.Namespace) -> int:
 
 
 def _bench_crypto(args: argparse.Namespace) -> int:
-    from tools.bench_crypto import bench_crypto, format_crypto_report
-    from tools.report import write_json
+    from edgecascade.tools.bench_crypto import bench_crypto, format_crypto_report
+    from edgecascade.tools.report import write_json
 
     report = bench_crypto(n=args.n)
     print(json.dumps(report, indent=2))

@@ -1,7 +1,7 @@
 """The ``edgecascade`` command line: one entry point, one subcommand per job.
 
 Every subcommand is ``main(argv) -> int``-testable. Exit codes are those of
-:mod:`device_sdk.errors`: 0 success, 1 failure, 2 bad usage or configuration, 3 model
+:mod:`edgecascade.device_sdk.errors`: 0 success, 1 failure, 2 bad usage or configuration, 3 model
 problems, 4 broker or another tier unreachable.
 """
 
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device_sdk.bundle import Manifest, load_bundle
-from device_sdk.cache import load_embedder
-from device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
-from device_sdk.runtime import run_partitions
-from tools import certs_cli, retrain_cli, security_cli
-from training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
+from edgecascade.device_sdk.cache import load_embedder
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
+from edgecascade.device_sdk.model.bundle import Manifest, load_bundle
+from edgecascade.tools import certs_cli, retrain_cli, security_cli
+from edgecascade.training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
 
 if TYPE_CHECKING:
-    from training.data import Dataset
+    from edgecascade.training.data import Dataset
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
@@ -32,14 +32,14 @@ DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
 
 def _dataset(npz: str | None) -> Dataset:
     """The user's ``.npz`` dataset, or Fashion-MNIST."""
-    from training.data import load_fashion_mnist, load_npz
+    from edgecascade.training.data import load_fashion_mnist, load_npz
 
     return load_npz(Path(npz)) if npz else load_fashion_mnist()
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.export import train_and_export
-    from training.train import TrainConfig, load_train_config
+    from edgecascade.training.export import train_and_export
+    from edgecascade.training.train import TrainConfig, load_train_config
 
     config = TrainConfig.quick() if args.quick else TrainConfig()
     if args.config:
@@ -66,8 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_bundle
-    from training.train import load_trained, training_split
+    from edgecascade.training.export import export_bundle
+    from edgecascade.training.train import load_trained, training_split
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_dir():
@@ -96,7 +96,7 @@ def _print_manifest(manifest: Manifest, out: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tools.demo import run_demo
+    from edgecascade.tools.demo import run_demo
 
     report = run_demo(
         Path(args.model),
@@ -112,15 +112,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _calibration_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images, validation images and labels of the default training run's split."""
-    from training.data import load_fashion_mnist
-    from training.train import TrainConfig, training_split
+    from edgecascade.training.data import load_fashion_mnist
+    from edgecascade.training.train import TrainConfig, training_split
 
     x_train, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
     return x_train, x_val, y_val
 
 
 def _calibrate_cache(args: argparse.Namespace) -> int:
-    from training.cache_calibration import Precision, calibrate_cache
+    from edgecascade.training.cache_calibration import Precision, calibrate_cache
 
     x_train, x_val, y_val = _calibration_data()
     precision = Precision(
@@ -141,9 +141,9 @@ def _calibrate_cache(args: argparse.Namespace) -> int:
 
 
 def _bench_accuracy(args: argparse.Namespace) -> int:
-    from tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
-    from tools.report import write_json
-    from training.data import load_fashion_mnist
+    from edgecascade.tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
+    from edgecascade.tools.report import write_json
+    from edgecascade.training.data import load_fashion_mnist
 
     bundle = load_bundle(Path(args.model))
     data = load_fashion_mnist()
@@ -161,9 +161,9 @@ def _bench_accuracy(args: argparse.Namespace) -> int:
 
 
 def _bench_drift(args: argparse.Namespace) -> int:
-    from tools.bench_drift import DriftOptions, bench_drift, format_drift_report
-    from tools.report import write_json
-    from training.data import load_fashion_mnist
+    from edgecascade.tools.bench_drift import DriftOptions, bench_drift, format_drift_report
+    from edgecascade.tools.report import write_json
+    from edgecascade.training.data import load_fashion_mnist
 
     options = DriftOptions(
         before=args.before,
@@ -190,10 +190,10 @@ def _bench_drift(args: argparse.Namespace) -> int:
 
 
 def _bench_cache(args: argparse.Namespace) -> int:
-    from tools.bench_cache import bench_index, format_cache_report
-    from tools.bench_stream import bench_cache_stream
-    from tools.report import write_json
-    from training.data import load_fashion_mnist
+    from edgecascade.tools.bench_cache import bench_index, format_cache_report
+    from edgecascade.tools.bench_stream import bench_cache_stream
+    from edgecascade.tools.report import write_json
+    from edgecascade.training.data import load_fashion_mnist
 
     model = Path(args.model)
     bundle = load_bundle(model)
@@ -218,13 +218,13 @@ def _bench_cache(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from edge_gateway.__main__ import main as gateway_main
+    from edgecascade.edge_gateway.__main__ import main as gateway_main
 
     return gateway_main(args.rest)
 
 
 def _cloud(args: argparse.Namespace) -> int:
-    from cloud_service.__main__ import main as cloud_main
+    from edgecascade.cloud_service.__main__ import main as cloud_main
 
     return cloud_main(args.rest)
 
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench_drift)
     certs_cli.register(sub, bench)
 
-    from tools.planner import add_plan_command
+    from edgecascade.tools.planner import add_plan_command
 
     add_plan_command(sub, DEFAULT_CHECKPOINT)
 

@@ -2,7 +2,7 @@
 
 Pure Python and numpy over a measured :class:`Profile` (no TensorFlow), so a plan for
 another link or other hardware is recomputed in milliseconds, and the model is tested on
-hand-made profiles. :mod:`tools.cut_profile` measures a profile; :mod:`tools.planner` is
+hand-made profiles. :mod:`.cut_profile` measures a profile; :mod:`.planner` is
 the ``edgecascade plan`` command.
 
 The model is Neurosurgeon's (Kang et al., ASPLOS 2017) with early exits. For cuts
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_sdk import wire
-from device_sdk.codec import Encoding, encoded_size
-from device_sdk.errors import ConfigError
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.wire.codec import Encoding, encoded_size
 
 TYPICAL_DEVICE_ID = "device-0001"
 """Device id assumed for the envelope header (its length is part of every message's bytes)."""

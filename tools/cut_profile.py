@@ -9,7 +9,7 @@ branch from are always candidates. Nothing here knows layer names, so a differen
 architecture (a binarised cut, wider stages, residual blocks) needs no change.
 
 Each segment between consecutive candidates, the tail to the final logits and every exit
-head become a Keras sub-model, converted with :func:`training.export.convert_stage` and
+head become a Keras sub-model, converted with :func:`edgecascade.training.export.convert_stage` and
 timed in the LiteRT interpreter on one thread, one input at a time, on real images
 propagated through the previous segments. TensorFlow is imported only when profiling.
 """
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.bundle import TIERS
-from device_sdk.errors import ModelError
-from device_sdk.policy import confidence_score
-from device_sdk.runtime import interpreter_class
-from tools.cut_cost import (
+from edgecascade.device_sdk.core.policy import confidence_score
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.model.bundle import TIERS
+from edgecascade.device_sdk.model.runtime import interpreter_class
+from edgecascade.tools.cut_cost import (
     TYPICAL_DEVICE_ID,
     CutPoint,
     ExitPoint,
@@ -310,11 +310,12 @@ def profile_trunk(
     progress: Progress | None = None,
     device_id: str = TYPICAL_DEVICE_ID,
 ) -> Profile:
-    """Measure ``trunk`` of ``trained`` (a :class:`training.train.TrainedModel`) on raw ``images``.
+    """Measure ``trunk`` of ``trained`` (a :class:`~edgecascade.training.train.TrainedModel`)
+    on raw ``images``.
 
     Latencies are medians over the first ``samples`` images; exit rates use all of them.
     """
-    from training.export import convert_stage
+    from edgecascade.training.export import convert_stage
 
     if samples < 1 or not len(images):
         raise ValueError("profiling needs at least one image")

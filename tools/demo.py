@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.bundle import Bundle, load_bundle
-from device_sdk.cache import open_cache
-from device_sdk.client import DeviceClient
-from device_sdk.errors import BundleError
-from device_sdk.policy import NeverExit
-from device_sdk.runtime import run_partitions
-from device_sdk.transport import MqttTransport
-from tools.report import Record, build_report, format_report, write_json, write_predictions
-from tools.stack import LocalStack
+from edgecascade.device_sdk.cache import open_cache
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import BundleError
+from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.tools.report import Record, build_report, format_report, write_json, write_predictions
+from edgecascade.tools.stack import LocalStack
 
 logger = logging.getLogger(__name__)
 DEVICE_ID = "demo-device-1"
@@ -40,8 +40,8 @@ def ensure_model(model_dir: Path, *, retrain: bool = False, progress: bool = Tru
             return bundle
         except BundleError as exc:
             print(f"no usable model in {model_dir} ({exc}); training one")
-    from training.export import train_and_export
-    from training.train import TrainConfig
+    from edgecascade.training.export import train_and_export
+    from edgecascade.training.train import TrainConfig
 
     started = time.perf_counter()
     train_and_export(TrainConfig.quick(), model_dir, progress=progress)
@@ -81,7 +81,7 @@ def run_demo(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from training.data import load_fashion_mnist
+    from edgecascade.training.data import load_fashion_mnist
 
     bundle = ensure_model(model_dir, retrain=retrain, progress=progress)
     data = load_fashion_mnist()

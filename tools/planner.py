@@ -1,8 +1,8 @@
 """``edgecascade plan``: measure where the network can be cut, then pick the cuts for a deployment.
 
-Profiling (:mod:`tools.cut_profile`) times every trunk segment and exit head of a trained
+Profiling (:mod:`edgecascade.tools.cut_profile`) times every trunk segment and exit head of a trained
 Keras checkpoint here, in LiteRT, and measures the exit rates on test images; the cost
-model (:mod:`tools.cut_cost`) then scales the compute to each tier's hardware, adds the
+model (:mod:`edgecascade.tools.cut_cost`) then scales the compute to each tier's hardware, adds the
 links, and ranks every cut pair by expected latency per input. Bad arguments are refused
 before the model is even loaded (exit code 2), with every problem in one message.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.codec import Encoding
-from device_sdk.errors import ConfigError
-from tools.cut_cost import Deployment, PairCost, Plan, Profile, plan_cuts, resolve_encodings
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.wire.codec import Encoding
+from edgecascade.tools.cut_cost import Deployment, PairCost, Plan, Profile, plan_cuts, resolve_encodings
 
 DEFAULT_SAMPLES = 200
 _DEPLOYMENT_HELP = {
@@ -113,7 +113,7 @@ def _check_args(args: argparse.Namespace) -> Deployment:
 
 
 def _test_images(data: str | None) -> np.ndarray:
-    from training.data import load_fashion_mnist, load_npz
+    from edgecascade.training.data import load_fashion_mnist, load_npz
 
     dataset = load_npz(Path(data)) if data else load_fashion_mnist()
     return dataset.x_test
@@ -140,8 +140,8 @@ def run_plan(args: argparse.Namespace) -> int:
     deployment = _check_args(args)  # before TensorFlow is imported: a typo costs nothing
     everywhere, per_cut = parse_encodings(args.encoding)
 
-    from tools.cut_profile import profile_trunk, trace_trunk
-    from training.train import load_trained
+    from edgecascade.tools.cut_profile import profile_trunk, trace_trunk
+    from edgecascade.training.train import load_trained
 
     trained = load_trained(Path(args.model))
     trunk = trace_trunk((trained.device, trained.gateway, trained.cloud))
@@ -160,7 +160,7 @@ def run_plan(args: argparse.Namespace) -> int:
     plan = plan_cuts(profile, deployment, encodings)
     print(format_plan(plan, profile, top=args.top))
     if args.json:
-        from tools.report import write_json
+        from edgecascade.tools.report import write_json
 
         write_json(Path(args.json), plan_to_dict(plan, profile))
         print(f"plan written to {args.json}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from device_sdk.client import Prediction
+from edgecascade.device_sdk.client import Prediction
 
 TIER_ORDER = ("device", "device_cache", "gateway", "gateway_cache", "cloud")
 

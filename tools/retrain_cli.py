@@ -16,11 +16,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device_sdk.errors import EdgeCascadeError
+from edgecascade.device_sdk.errors import EdgeCascadeError
 
 if TYPE_CHECKING:
-    from cloud_service.config import CloudConfig
-    from cloud_service.registry import ModelRegistry
+    from edgecascade.cloud_service.config import CloudConfig
+    from edgecascade.cloud_service.registry import ModelRegistry
 
 
 def register(sub: Any) -> None:
@@ -33,12 +33,12 @@ def register(sub: Any) -> None:
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from cloud_service.app import open_registry
-    from cloud_service.config import load_cloud_config
-    from cloud_service.jobs import JobStore
-    from cloud_service.scheduler import RetrainScheduler
-    from cloud_service.store import open_example_store
-    from training.retrain_job import run_job
+    from edgecascade.cloud_service.app import open_registry
+    from edgecascade.cloud_service.config import load_cloud_config
+    from edgecascade.cloud_service.jobs import JobStore
+    from edgecascade.cloud_service.scheduler import RetrainScheduler
+    from edgecascade.cloud_service.store import open_example_store
+    from edgecascade.training.retrain_job import run_job
 
     config = load_cloud_config(args.config)
     registry = open_registry(config) if config.registry.models_dir is not None else None
@@ -83,9 +83,9 @@ def retrain(args: argparse.Namespace) -> int:
 
 def _promote(config: CloudConfig, registry: ModelRegistry, version: int) -> int:
     """Promote and announce ``version`` as the cloud's ``auto_promote`` does; 1 if that failed."""
-    from cloud_service.announce import MqttAnnouncer
-    from cloud_service.app import own_url
-    from cloud_service.models_api import Rollout
+    from edgecascade.cloud_service.announce import MqttAnnouncer
+    from edgecascade.cloud_service.app import own_url
+    from edgecascade.cloud_service.models_api import Rollout
 
     settings = config.registry
     announcer = MqttAnnouncer(config.mqtt, settings.announce_timeout) if settings.announce else None

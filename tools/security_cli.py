@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when used: a gateway-only install has no Flask
-    from cloud_service.tokens import TokenStore
+    from edgecascade.cloud_service.tokens import TokenStore
 
-SCOPES = ("device", "gateway", "admin", "enroll")  # cloud_service.tokens.SCOPES; a test keeps them equal
+SCOPES = (
+    "device",
+    "gateway",
+    "admin",
+    "enroll",
+)  # edgecascade.cloud_service.tokens.SCOPES; a test keeps them equal
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from device_sdk.signing import sign_bundle
+    from edgecascade.device_sdk.model.bundle import sign_bundle
 
     path = sign_bundle(Path(args.bundle), Path(args.key))
     print(f"signed {args.bundle}: {path}")
@@ -30,11 +35,11 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> TokenStore:
-    from cloud_service.tokens import TokenStore
+    from edgecascade.cloud_service.tokens import TokenStore
 
     if args.store:
         return TokenStore(Path(args.store))
-    from cloud_service.config import load_cloud_config
+    from edgecascade.cloud_service.config import load_cloud_config
 
     return TokenStore(load_cloud_config(args.config).cloud.token_store)
 

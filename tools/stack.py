@@ -1,9 +1,9 @@
 """The whole stack on this machine: Mosquitto, the cloud service and the gateway daemon.
 
 Each runs as its own process, started exactly as an operator would start it
-(``python -m cloud_service``, ``python -m edge_gateway``) with settings passed through
+(``python -m edgecascade.cloud_service``, ``python -m edgecascade.edge_gateway``) with settings passed through
 ``EC_…`` environment variables, and stopped with SIGTERM so their shutdown paths run.
-The stack makes its own site PKI (:mod:`tools.certs`) in ``workdir/pki``: the broker only
+The stack makes its own site PKI (:mod:`edgecascade.tools.certs`) in ``workdir/pki``: the broker only
 has a TLS listener with client certificates, the cloud API is HTTPS (with the broker's
 server certificate, which names 127.0.0.1), the gateway requires encrypted payloads, and
 :meth:`LocalStack.device` gives a device its TLS settings and payload keys (issuing them on
@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from cloud_service.tokens import TokenStore
-from device_sdk.config import MqttConfig
-from device_sdk.crypto import DeviceCrypto
-from device_sdk.errors import TransportError
-from device_sdk.keys import load_device_crypto
-from tools.broker import Mosquitto, free_port, wait_for_port
-from tools.certs import init_pki, issue_device
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk.config import MqttConfig
+from edgecascade.device_sdk.errors import TransportError
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto
+from edgecascade.device_sdk.wire.keys import load_device_crypto
+from edgecascade.tools.broker import Mosquitto, free_port, wait_for_port
+from edgecascade.tools.certs import init_pki, issue_device
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LocalStack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
-        self.cloud_env = cloud_env or {}  # e.g. the registry and retraining (tools.bench_drift)
+        self.cloud_env = cloud_env or {}  # e.g. the registry and retraining (edgecascade.tools.bench_drift)
 
     @property
     def tokens(self) -> TokenStore:
@@ -72,7 +72,7 @@ class LocalStack:
             gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
-                "cloud_service",
+                "edgecascade.cloud_service",
                 {
                     "EC_CLOUD__BUNDLE": str(self.bundle),
                     "EC_CLOUD__PORT": str(self.cloud_port),
@@ -87,7 +87,7 @@ class LocalStack:
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
             gateway = self._spawn(
                 "gateway",
-                "edge_gateway",
+                "edgecascade.edge_gateway",
                 {
                     "EC_GATEWAY__BUNDLE": str(self.bundle),
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,

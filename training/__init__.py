@@ -1,8 +1,9 @@
 """EdgeCascade training: datasets, the multi-exit model, joint training, calibration, export.
 
 The public API is re-exported here lazily (except ``train``, which is also the name of a
-submodule: use ``from training.train import train``), so ``import training.calibration`` or
-``training.data`` does not pull in TensorFlow; the first use of a Keras-backed name does.
+submodule: use ``from edgecascade.training.train import train``), so importing
+``edgecascade.training.calibration`` or ``edgecascade.training.data`` does not pull in
+TensorFlow; the first use of a Keras-backed name does.
 
 Importing this package enables TensorFlow's oneDNN CPU kernels unless the environment
 already says otherwise (``TF_ENABLE_ONEDNN_OPTS``): on AVX2 CPUs TensorFlow leaves them
@@ -19,22 +20,22 @@ from typing import Any
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 _EXPORTS = {
-    "Dataset": "training.data",
-    "load_fashion_mnist": "training.data",
-    "load_npz": "training.data",
-    "split_validation": "training.data",
-    "FASHION_MNIST_CLASSES": "training.data",
-    "softmax": "training.calibration",
-    "choose_threshold": "training.calibration",
-    "NEVER_EXIT": "training.calibration",
-    "ModelConfig": "training.model",
-    "build_stages": "training.model",
-    "TrainConfig": "training.train",
-    "TrainedModel": "training.train",
-    "load_trained": "training.train",
-    "export_bundle": "training.export",
-    "parity": "training.export",
-    "train_and_export": "training.export",
+    "Dataset": "edgecascade.training.data",
+    "load_fashion_mnist": "edgecascade.training.data",
+    "load_npz": "edgecascade.training.data",
+    "split_validation": "edgecascade.training.data",
+    "FASHION_MNIST_CLASSES": "edgecascade.training.data",
+    "softmax": "edgecascade.training.calibration",
+    "choose_threshold": "edgecascade.training.calibration",
+    "NEVER_EXIT": "edgecascade.training.calibration",
+    "ModelConfig": "edgecascade.training.model",
+    "build_stages": "edgecascade.training.model",
+    "TrainConfig": "edgecascade.training.train",
+    "TrainedModel": "edgecascade.training.train",
+    "load_trained": "edgecascade.training.train",
+    "export_bundle": "edgecascade.training.export",
+    "parity": "edgecascade.training.export",
+    "train_and_export": "edgecascade.training.export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 
 For each caching tier (device: cut-1 features, gateway: cut-2 features) this
 
-1. fits the key projection (:mod:`training.cache_embedding`) on training images and their
+1. fits the key projection (:mod:`edgecascade.training.cache_embedding`) on training images and their
    near-duplicates, and writes it into the bundle (``<tier>.cache.npz``, hashed in the
    manifest);
 2. sets ``keep_exits_below``: the confidence under which the tier keeps its own exit
@@ -33,21 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.bundle import (
-    Bundle,
-    CacheSpec,
-    Manifest,
-    atomic_write,
-    load_bundle,
-    sha256_file,
-    write_manifest,
-)
-from device_sdk.errors import ConfigError
-from device_sdk.policy import policy_from_spec
-from device_sdk.runtime import ChainOutputs, run_partitions
-from device_sdk.similarity import hit_rule
-from training.augment import near_duplicates
-from training.cache_embedding import DEFAULT_DIM, fit_embedder
+from edgecascade.device_sdk.cache.similarity import hit_rule
+from edgecascade.device_sdk.core.chain import ChainOutputs, run_partitions
+from edgecascade.device_sdk.core.policy import policy_from_spec
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.files import atomic_write, sha256_file
+from edgecascade.device_sdk.model.bundle import Bundle, CacheSpec, Manifest, load_bundle, write_manifest
+from edgecascade.training.augment import near_duplicates
+from edgecascade.training.cache_embedding import DEFAULT_DIM, fit_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +115,7 @@ def keep_bound(original: TierView, duplicate: TierView, coverage: float = KEEP_C
 
 @dataclass(frozen=True)
 class HitRule:
-    """The vote of a hit rule (see :func:`device_sdk.similarity.hit_rule`); calibration adds its tau."""
+    """The vote of a hit rule (see :func:`~.cache.similarity.hit_rule`); calibration adds its tau."""
 
     k: int
     min_votes: int

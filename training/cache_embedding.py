@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_sdk.similarity import Embedder
+from edgecascade.device_sdk.cache.similarity import Embedder
 
 DEFAULT_DIM = 32
 DEFAULT_RIDGE = 1.0

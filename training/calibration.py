@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from device_sdk.policy import confidence_score, softmax
+from edgecascade.device_sdk.core.policy import confidence_score, softmax
 
 __all__ = [
     "NEVER_EXIT",
@@ -95,7 +95,7 @@ def choose_threshold(
     """The smallest threshold on ``score`` at which the exit meets its accuracy target.
 
     For a threshold ``t`` the exit answers the samples whose confidence ``score`` (see
-    :data:`device_sdk.policy.SCORES`) is ``>= t``. By default ``t`` qualifies when, on
+    :data:`edgecascade.device_sdk.core.policy.SCORES`) is ``>= t``. By default ``t`` qualifies when, on
     those samples, the exit's accuracy is ≥ the final exit's accuracy on the same samples
     minus ``max_loss``; with ``target`` set, when it is ≥ ``target`` instead. Returns the
     smallest qualifying ``t`` of ``grid``.

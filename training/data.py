@@ -2,7 +2,7 @@
 
 Every loader returns the same :class:`Dataset` (uint8 images with a channel axis, int64
 labels) and validates what it reads, so a truncated or foreign file fails with a
-:class:`~device_sdk.errors.DatasetError` that says what is wrong instead of a numpy
+:class:`~edgecascade.device_sdk.errors.DatasetError` that says what is wrong instead of a numpy
 traceback deep inside training. Nothing is ever downloaded.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.errors import DatasetError
+from edgecascade.device_sdk.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

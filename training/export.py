@@ -1,7 +1,7 @@
 """Export a trained model as a bundle: one LiteRT (``.tflite``) partition per tier + ``manifest.json``.
 
 Tensor names in the manifest are read back from the converted models with the same LiteRT
-interpreter the tiers use, so :class:`device_sdk.runtime.PartitionRunner` finds its
+interpreter the tiers use, so :class:`edgecascade.device_sdk.model.runtime.PartitionRunner` finds its
 outputs by name. Logits and features are told apart by rank (2 vs 4), not by position,
 because the converter does not promise an output order.
 
@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from device_sdk.bundle import (
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.files import atomic_write, sha256_file
+from edgecascade.device_sdk.model.bundle import (
     MANIFEST,
     PRECISIONS,
     TIERS,
@@ -34,17 +37,15 @@ from device_sdk.bundle import (
     Manifest,
     PartitionSpec,
     TensorSpec,
-    atomic_write,
     load_bundle,
-    sha256_file,
+    sign_bundle,
     write_manifest,
 )
-from device_sdk.errors import ModelError
-from device_sdk.runtime import interpreter_class, run_partitions
-from device_sdk.signing import PrivateKeySource, sign_bundle
-from training.calibration import softmax
-from training.data import Dataset, load_fashion_mnist
-from training.train import TrainConfig, TrainedModel, train
+from edgecascade.device_sdk.model.runtime import interpreter_class
+from edgecascade.device_sdk.model.signing import PrivateKeySource
+from edgecascade.training.calibration import softmax
+from edgecascade.training.data import Dataset, load_fashion_mnist
+from edgecascade.training.train import TrainConfig, TrainedModel, train
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +157,11 @@ def export_bundle(
     With ``representative`` raw training images and a labelled ``holdout`` (raw validation
     images, labels), every tier is also converted to float16 and int8, each variant's size
     and accuracy go into the manifest metrics (``variant_*``), and the precisions are
-    chosen by :func:`training.variants.choose_precisions` unless ``precisions`` names them.
+    chosen by :func:`edgecascade.training.variants.choose_precisions` unless ``precisions`` names them.
     Without them every partition is float32 (or as ``precisions`` says, given
     ``representative`` for int8).
     """
-    from training.variants import build_variants, choose_precisions, stage_inputs, variant_metrics
+    from edgecascade.training.variants import build_variants, choose_precisions, stage_inputs, variant_metrics
 
     out = Path(out_dir)
     classes = tuple(classes) if classes is not None else trained.classes
@@ -287,8 +288,8 @@ def train_and_export(
     partitions' precisions are chosen, and the neural caches' hit rule calibrated, on the
     validation split; both are stored in the manifest.
     """
-    from training.cache_calibration import calibrate_cache
-    from training.train import training_split
+    from edgecascade.training.cache_calibration import calibrate_cache
+    from edgecascade.training.train import training_split
 
     data = dataset if dataset is not None else load_fashion_mnist()
     trained = train(train_config, data, progress=progress)

@@ -18,9 +18,9 @@ skewed mix whose batch statistics should not replace those of the original train
 mixing cut-1 and cut-2 rows in one batch (the other input zero-filled and weighted 0) is
 only harmless when zero rows cannot move the statistics.
 
-:func:`finetune` changes the stages of the :class:`~training.train.TrainedModel` it is
+:func:`finetune` changes the stages of the :class:`~edgecascade.training.train.TrainedModel` it is
 given; load a fresh copy of the checkpoint for it. :func:`gate_scores` measures a model the
-way the evaluation gate (:mod:`training.gate`) compares them.
+way the evaluation gate (:mod:`edgecascade.training.gate`) compares them.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import keras
 import numpy as np
 from keras import layers
 
-from device_sdk.codec import through_wire
-from training.calibration import cascade_predictions, softmax
-from training.gate import Scores, pooled_accuracy
-from training.train import TrainedModel
+from edgecascade.device_sdk.wire.codec import through_wire
+from edgecascade.training.calibration import cascade_predictions, softmax
+from edgecascade.training.gate import Scores, pooled_accuracy
+from edgecascade.training.train import TrainedModel
 
 logger = logging.getLogger(__name__)
 

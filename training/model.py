@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-from device_sdk.codec import Encoding
+from edgecascade.device_sdk.wire.codec import Encoding
 
 logger = logging.getLogger(__name__)
 

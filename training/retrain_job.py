@@ -1,4 +1,4 @@
-"""One retraining job, in its own process: ``python -m training.retrain_job <spec.json>``.
+"""One retraining job, in its own process: ``python -m edgecascade.training.retrain_job <spec.json>``.
 
 Steps (each one reported as the job's stage and progress):
 
@@ -7,23 +7,23 @@ Steps (each one reported as the job's stage and progress):
 2. load the labelled hard examples received up to the job's watermark, split by id hash
    into training, the gate's held-out slice and a calibration slice, and a replay sample of
    the original data;
-3. fine-tune (:mod:`training.finetune`), then fit temperatures and thresholds again
-   (:func:`training.train.calibrate`, the same accuracy rule) on the original validation
+3. fine-tune (:mod:`edgecascade.training.finetune`), then fit temperatures and thresholds again
+   (:func:`edgecascade.training.train.calibrate`, the same accuracy rule) on the original validation
    split plus the calibration slice: thresholds must hold on what the nodes see now, not
    only on what they saw before. Only *audited* examples with their raw input go there: the
    audit sample is uniform over the node's inputs, while the other hard examples are by
    construction where the exits struggled and would bias every threshold upwards;
-4. run the evaluation gate (:mod:`training.gate`); a rejected candidate ends the job
+4. run the evaluation gate (:mod:`edgecascade.training.gate`); a rejected candidate ends the job
    ``rejected`` with the numbers;
 5. export the candidate as version ``current + 1`` (or above any published version), the
    served device partition reused byte for byte when the device stage was frozen, signed
    when a signing key is configured, and publish it into the registry's directory, where
-   it is a registered candidate (:func:`cloud_service.candidates.publish_candidate`);
+   it is a registered candidate (:func:`edgecascade.cloud_service.candidates.publish_candidate`);
    promoting it is the registry's business (``retrain.auto_promote`` or an operator).
 
 Everything is built in the job's own directory; the served bundle and its checkpoint are
 only read. Any exception ends the job ``failed`` with the error, SIGTERM included; a hard
-crash is caught by the watcher in the cloud (:mod:`cloud_service.scheduler`). Exit status:
+crash is caught by the watcher in the cloud (:mod:`edgecascade.cloud_service.scheduler`). Exit status:
 0 when the job succeeded or was rejected, 1 when it failed.
 """
 
@@ -45,26 +45,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloud_service.blobs import BlobStore
-from cloud_service.candidates import checkpoint_for, next_version, publish_candidate
-from cloud_service.config import DEFAULT_MODELS_DIR
-from cloud_service.intake import VersionSpec
-from cloud_service.jobs import JobSpec, JobStore
-from cloud_service.store import ExampleStore, open_engine
-from device_sdk import codec, wire
-from device_sdk.bundle import Bundle, Manifest, load_bundle, write_manifest
-from device_sdk.errors import ModelError, WireError
-from training.gate import GateRule, decide, id_position
+from edgecascade.cloud_service.blobs import BlobStore
+from edgecascade.cloud_service.candidates import checkpoint_for, next_version, publish_candidate
+from edgecascade.cloud_service.config import DEFAULT_MODELS_DIR
+from edgecascade.cloud_service.intake import VersionSpec
+from edgecascade.cloud_service.jobs import JobSpec, JobStore
+from edgecascade.cloud_service.store import ExampleStore, open_engine
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import ModelError, WireError
+from edgecascade.device_sdk.model.bundle import Bundle, Manifest, load_bundle, write_manifest
+from edgecascade.device_sdk.wire import codec
+from edgecascade.training.gate import GateRule, decide, id_position
 
 if TYPE_CHECKING:  # TensorFlow is imported once the job has reported itself running
-    from training.data import Dataset
-    from training.finetune import HardSet
+    from edgecascade.training.data import Dataset
+    from edgecascade.training.finetune import HardSet
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 HEARTBEAT_SECONDS = 5.0
-LOGGERS = ("training", "cloud_service")
+LOGGERS = ("edgecascade.training", "edgecascade.cloud_service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -100,7 +101,7 @@ class _Heartbeat(threading.Thread):
 def run_job(spec: JobSpec, *, log_file: bool = False) -> str:
     """Run the job ``spec`` describes in this process; returns its final state.
 
-    ``log_file``: also write the job's log (the ``training`` and ``cloud_service`` loggers, at
+    ``log_file``: also write the job's log (the ``training`` and ``edgecascade.cloud_service`` loggers, at
     INFO) to its log file, for callers whose output does not already go there, such as the
     ``edgecascade retrain`` command.
     """
@@ -166,10 +167,10 @@ class _Retrain:
     def run(self) -> Outcome:
         start = time.monotonic()
         self.report(0.01, "importing TensorFlow")
-        from training.data import load_fashion_mnist, load_npz
-        from training.export import export_bundle
-        from training.finetune import FinetuneConfig, finetune, gate_scores, trains_device
-        from training.train import calibrate, load_trained
+        from edgecascade.training.data import load_fashion_mnist, load_npz
+        from edgecascade.training.export import export_bundle
+        from edgecascade.training.finetune import FinetuneConfig, finetune, gate_scores, trains_device
+        from edgecascade.training.train import calibrate, load_trained
 
         self.report(0.02, "loading the served model")
         bundle = load_bundle(self.spec.bundle, public_key=self.spec.verify_key)
@@ -248,11 +249,11 @@ class _Retrain:
         if not trains_device(train_set, config):
             _reuse_device_partition(out, bundle)
         if any(p.cache is not None for p in manifest.partitions):
-            from training.cache_calibration import calibrate_cache
+            from edgecascade.training.cache_calibration import calibrate_cache
 
             calibrate_cache(out, *validation, fit_images=replay[0])
         if self.settings.signing_key is not None:
-            from device_sdk.signing import sign_bundle
+            from edgecascade.device_sdk.model.bundle import sign_bundle
 
             sign_bundle(out, self.settings.signing_key)
         candidate.save(self.workdir / "checkpoint")
@@ -283,7 +284,7 @@ class _Retrain:
         ``calibration_fraction`` is the calibration slice when the example was audited and
         carries its raw input (otherwise it trains).
         """
-        from training.finetune import HardSet
+        from edgecascade.training.finetune import HardSet
 
         served = VersionSpec.from_manifest(manifest)
         versions = self.examples.versions()
@@ -333,7 +334,7 @@ class _Retrain:
         self, data: Dataset, config: Any
     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Replay sample (from the training split), validation subset, test subset."""
-        from training.train import training_split
+        from edgecascade.training.train import training_split
 
         x_train, y_train, x_val, y_val = training_split(config, data)
         rng = np.random.default_rng(self.settings.seed)
@@ -365,7 +366,7 @@ def _reuse_device_partition(out: Path, served: Bundle) -> Manifest:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.retrain_job", description=__doc__.split("\n")[0]
+        prog="python -m edgecascade.training.retrain_job", description=__doc__.split("\n")[0]
     )
     parser.add_argument("spec", help="the job's spec.json")
     args = parser.parse_args(argv)

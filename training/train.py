@@ -3,8 +3,8 @@
 All three exits are trained together (weighted sum of per-exit cross-entropies on
 logits), so the early stages learn features that serve both their own exit and the tiers
 after them. On a held-out validation split each exit then gets a temperature
-(:func:`training.calibration.fit_temperature`) and exits 1 and 2 a threshold on the
-configured confidence score (:func:`training.calibration.choose_threshold`), so that by
+(:func:`edgecascade.training.calibration.fit_temperature`) and exits 1 and 2 a threshold on the
+configured confidence score (:func:`edgecascade.training.calibration.choose_threshold`), so that by
 default the cascade loses no accuracy against the full model on that split. A
 :class:`TrainedModel` can be saved and loaded so that training and export can run as
 separate steps.
@@ -26,11 +26,11 @@ import numpy as np
 from keras import layers
 from tqdm.auto import tqdm
 
-from device_sdk.bundle import InputSpec
-from device_sdk.codec import through_wire
-from device_sdk.errors import ConfigError, ModelError
-from device_sdk.policy import SCORES, confidence_score
-from training.calibration import (
+from edgecascade.device_sdk.core.policy import SCORES, confidence_score
+from edgecascade.device_sdk.errors import ConfigError, ModelError
+from edgecascade.device_sdk.model.bundle import InputSpec
+from edgecascade.device_sdk.wire.codec import through_wire
+from edgecascade.training.calibration import (
     NEVER_EXIT,
     cascade_predictions,
     choose_threshold,
@@ -38,8 +38,8 @@ from training.calibration import (
     nll,
     softmax,
 )
-from training.data import Dataset, split_validation
-from training.model import ModelConfig, Stages, build_stages, chain, is_fraction, is_whole
+from edgecascade.training.data import Dataset, split_validation
+from edgecascade.training.model import ModelConfig, Stages, build_stages, chain, is_fraction, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, base: TrainConfig) -> TrainConfig:
     """``base`` with what a TOML file sets: top-level keys are :class:`TrainConfig` fields,
-    a ``[model]`` table sets :class:`~training.model.ModelConfig` fields.
+    a ``[model]`` table sets :class:`~edgecascade.training.model.ModelConfig` fields.
 
     Unknown keys, wrong types and unreadable files raise :class:`ConfigError`, naming the
     file, before any training time is spent.

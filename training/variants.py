@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_sdk.bundle import PRECISIONS, TIERS, PartitionSpec
-from device_sdk.codec import through_wire
-from device_sdk.runtime import PartitionRunner
-from training.train import TrainedModel
+from edgecascade.device_sdk.model.bundle import PRECISIONS, TIERS, PartitionSpec
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire.codec import through_wire
+from edgecascade.training.train import TrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings
-from cloud_service.tokens import TokenStore
-from device_sdk import serving, wire
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.counters import Counters
 
 
 class EchoInference:
@@ -29,7 +30,7 @@ class EchoInference:
 
     def __init__(self) -> None:
         self.bundle = SimpleNamespace(manifest=SimpleNamespace(name="stub", version=1))
-        self.counters = serving.Counters()
+        self.counters = Counters()
         self.payloads: list[bytes] = []
 
     def infer(self, payload: bytes) -> bytes:

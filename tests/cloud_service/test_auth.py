@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service.auth import require_scope
-from cloud_service.tokens import TokenStore
-from device_sdk import wire
-from device_sdk.errors import AuthError, ConfigError
+from edgecascade.cloud_service.auth import require_scope
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.errors import AuthError, ConfigError
 
 from .conftest import Cloud, bearer, envelope
 

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service import candidates
-from cloud_service.candidates import checkpoint_for, next_version, publish_candidate, published_versions
-from device_sdk.bundle import load_bundle
-from device_sdk.errors import ModelError
+from edgecascade.cloud_service import candidates
+from edgecascade.cloud_service.candidates import (
+    checkpoint_for,
+    next_version,
+    publish_candidate,
+    published_versions,
+)
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.model.bundle import load_bundle
 from tests.fake_bundle import make_bundle
 from tests.learning_kit import tree_digest
 
@@ -70,9 +75,9 @@ def test_a_failure_while_publishing_leaves_nothing_behind(
 
 
 def test_retraining_and_the_registry_share_one_directory(tmp_path: Path) -> None:
-    from cloud_service.config import CloudConfig, RegistrySettings, RetrainSettings
-    from device_sdk.errors import ConfigError
-    from device_sdk.signing import generate_signing_key
+    from edgecascade.cloud_service.config import CloudConfig, RegistrySettings, RetrainSettings
+    from edgecascade.device_sdk.errors import ConfigError
+    from edgecascade.device_sdk.model.signing import generate_signing_key
 
     key, _ = generate_signing_key(tmp_path / "keys")
     registry = RegistrySettings(models_dir=tmp_path / "models", signing_key=key)
@@ -88,8 +93,8 @@ def test_retraining_and_the_registry_share_one_directory(tmp_path: Path) -> None
 
 
 def test_the_announced_url_uses_https_when_the_cloud_serves_tls(tmp_path: Path) -> None:
-    from cloud_service.app import own_url
-    from cloud_service.config import CloudConfig, CloudSettings
+    from edgecascade.cloud_service.app import own_url
+    from edgecascade.cloud_service.config import CloudConfig, CloudSettings
 
     for name in ("c.pem", "k.pem"):  # the settings check that the files exist, not what they hold
         (tmp_path / name).write_text("-")

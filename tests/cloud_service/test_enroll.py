@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from device_sdk import wire
-from device_sdk.crypto import load_x25519_public
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.wire.crypto import load_x25519_public
 
 from .conftest import Cloud, bearer, envelope
 

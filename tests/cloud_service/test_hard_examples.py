@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_service.intake import CutSpec, VersionSpec
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.hard_examples import MAX_BATCH, HardExample
-from device_sdk.runtime import PartitionRunner
+from edgecascade.cloud_service.intake import CutSpec, VersionSpec
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.learning.records import MAX_BATCH, HardExample
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.device_sdk.wire import codec
+from edgecascade.training.data import Dataset
 from tests.learning_kit import (
     LearningCloud,
     RecordingLauncher,
@@ -24,7 +26,6 @@ from tests.learning_kit import (
     make_learning_cloud,
     with_raw,
 )
-from training.data import Dataset
 
 URL = wire.ROUTE_HARD_EXAMPLES
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service.config import RetrainSettings, load_cloud_config
-from cloud_service.jobs import JobSpec, JobStore
-from cloud_service.store import open_engine
-from device_sdk.errors import ConfigError
-from device_sdk.hard_examples import HardExample
+from edgecascade.cloud_service.config import RetrainSettings, load_cloud_config
+from edgecascade.cloud_service.jobs import JobSpec, JobStore
+from edgecascade.cloud_service.store import open_engine
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.training.data import Dataset
 from tests.learning_kit import (
     LearningCloud,
     RecordingLauncher,
@@ -21,7 +22,6 @@ from tests.learning_kit import (
     make_learning_cloud,
     wait_for_job,
 )
-from training.data import Dataset
 
 
 @pytest.fixture

@@ -14,14 +14,20 @@ from typing import Any
 
 import pytest
 
-from cloud_service.announce import InMemoryAnnouncer
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
-from cloud_service.registry import POINTER, ModelRegistry
-from device_sdk.announcement import Announcement
-from device_sdk.bundle import MANIFEST, Bundle, load_bundle
-from device_sdk.errors import RegistryError, RollbackError, SignatureError
-from device_sdk.signing import SIGNATURE, generate_signing_key, load_verified_update, sign_bundle
+from edgecascade.cloud_service.announce import InMemoryAnnouncer
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
+from edgecascade.cloud_service.registry import POINTER, ModelRegistry
+from edgecascade.device_sdk.errors import RegistryError, RollbackError, SignatureError
+from edgecascade.device_sdk.model.announcement import Announcement
+from edgecascade.device_sdk.model.bundle import (
+    MANIFEST,
+    Bundle,
+    load_bundle,
+    load_verified_update,
+    sign_bundle,
+)
+from edgecascade.device_sdk.model.signing import SIGNATURE, generate_signing_key
 from tests.cloud_service.conftest import EchoInference, bearer
 from tests.fake_bundle import make_bundle
 

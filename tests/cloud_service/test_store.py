@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_service.blobs import BlobStore
-from cloud_service.intake import Checked, CutSpec, VersionSpec
-from cloud_service.jobs import JobStore
-from cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, metadata, open_engine
-from device_sdk import codec
-from device_sdk.hard_examples import HardExample
+from edgecascade.cloud_service.blobs import BlobStore
+from edgecascade.cloud_service.intake import Checked, CutSpec, VersionSpec
+from edgecascade.cloud_service.jobs import JobStore
+from edgecascade.cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, metadata, open_engine
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.wire import codec
 
 VERSION = VersionSpec(
     1, "m", 10, (28, 28, 1), {"cut1": CutSpec((2, 2, 2), "1bit"), "cut2": CutSpec((2,), "int8")}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloud_service.validation import problems
+from edgecascade.cloud_service.validation import problems
 
 SCHEMA = {
     "type": "object",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.config import MqttConfig, load_config
-from device_sdk.errors import ConfigError
-from edge_gateway.config import GatewayConfig, load_gateway_config
+from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.edge_gateway.config import GatewayConfig, load_gateway_config
 
 
 def test_toml_then_environment_overrides(tmp_path: Path) -> None:

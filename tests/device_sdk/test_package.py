@@ -3,12 +3,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import device_sdk
+from edgecascade import device_sdk
 
 
 def test_importing_the_sdk_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, device_sdk, device_sdk.mqtt, edge_gateway.daemon, cloud_service; "
+        "import sys, edgecascade.device_sdk, edgecascade.device_sdk.transport.mqtt, "
+        "edgecascade.edge_gateway.daemon, edgecascade.cloud_service; "
         "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,23 +14,24 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cloud_service.inference import CloudInference
-from device_sdk import codec, crypto, keys, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.errors import ConfigError, TransportError
-from device_sdk.hard_examples import HardExample
-from device_sdk.outbox import Outbox, State
-from device_sdk.policy import NeverExit
-from device_sdk.selection import Degraded, HardExampleSelector
-from device_sdk.transport import InMemoryTransport
-from device_sdk.upload_batch import encode_batch
-from device_sdk.upload_links import RelayUploadLink
-from device_sdk.uploader import Uploader
-from edge_gateway.cloud_link import InMemoryCloudLink
-from edge_gateway.config import load_gateway_config
-from edge_gateway.relay import HardExampleRelay
-from edge_gateway.service import GatewayService
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import ConfigError, TransportError
+from edgecascade.device_sdk.learning.batch import encode_batch
+from edgecascade.device_sdk.learning.links import RelayUploadLink
+from edgecascade.device_sdk.learning.outbox import Outbox, State
+from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.learning.selection import Degraded, HardExampleSelector
+from edgecascade.device_sdk.learning.uploader import Uploader
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import InMemoryTransport
+from edgecascade.device_sdk.wire import codec, crypto, keys
+from edgecascade.edge_gateway.cloud_link import InMemoryCloudLink
+from edgecascade.edge_gateway.config import load_gateway_config
+from edgecascade.edge_gateway.relay import HardExampleRelay
+from edgecascade.edge_gateway.service import GatewayService
 from tests.hard_example_fakes import example
 
 DEVICE = "hx-device"

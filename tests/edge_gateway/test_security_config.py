@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, load_cloud_config
-from device_sdk.client import DeviceClient
-from device_sdk.errors import EXIT_MODEL, ConfigError, SignatureError, exit_code
-from device_sdk.signing import generate_signing_key
-from edge_gateway.config import GatewaySettings, load_gateway_config
-from edge_gateway.daemon import GatewayDaemon
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings, load_cloud_config
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.errors import EXIT_MODEL, ConfigError, SignatureError, exit_code
+from edgecascade.device_sdk.model.signing import generate_signing_key
+from edgecascade.edge_gateway.config import GatewaySettings, load_gateway_config
+from edgecascade.edge_gateway.daemon import GatewayDaemon
 from tests.fake_bundle import make_bundle
 
 

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_service.inference import CloudInference
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.errors import TransportError
-from device_sdk.policy import NeverExit
-from device_sdk.transport import InMemoryTransport
-from edge_gateway.cloud_link import InMemoryCloudLink
-from edge_gateway.service import Forward, GatewayService, Request
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import TransportError
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import InMemoryTransport
+from edgecascade.device_sdk.wire import codec
+from edgecascade.edge_gateway.cloud_link import InMemoryCloudLink
+from edgecascade.edge_gateway.service import Forward, GatewayService, Request
 
 
 def _services(bundle_dir: Path) -> tuple[GatewayService, CloudInference]:

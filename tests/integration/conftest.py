@@ -1,6 +1,6 @@
 """Real services on loopback: Mosquitto, the Flask cloud app over HTTP, the gateway daemon.
 
-The session has one site PKI (``tools.certs``, made in ~30 ms): the broker listens only on
+The session has one site PKI (``edgecascade.tools.certs``, made in ~30 ms): the broker listens only on
 TLS with client certificates and ACLs, the gateway requires encrypted payloads, and a
 device's certificate and payload keys are issued the first time a test uses its id (the
 gateways rescan the device-key directory on every miss, so they serve it at once).
@@ -21,22 +21,23 @@ import numpy as np
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from cloud_service.__main__ import tls_context
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings
-from cloud_service.inference import CloudInference
-from cloud_service.tokens import TokenStore
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.crypto import DeviceCrypto, initial_sequence
-from device_sdk.keys import load_device_crypto
-from device_sdk.mqtt import MqttLink
-from device_sdk.transport import MqttTransport
-from edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
-from tools.certs import Pki, init_pki, issue_device
+from edgecascade.cloud_service.__main__ import tls_context
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.cloud_service.tokens import TokenStore
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.device_sdk.transport.mqtt import MqttLink
+from edgecascade.device_sdk.wire import codec
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
+from edgecascade.device_sdk.wire.keys import load_device_crypto
+from edgecascade.edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
+from edgecascade.tools.certs import Pki, init_pki, issue_device
 
 #: a read-only identity on ``#`` (certificate issued like a device's), for eavesdropping tests
 OBSERVER = "auditor"

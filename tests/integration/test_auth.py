@@ -10,18 +10,19 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.crypto import DeviceCrypto, device_pair_keys
-from device_sdk.errors import RemoteError, TransportError
-from device_sdk.policy import NeverExit
-from device_sdk.transport import MqttTransport
-from edge_gateway.cloud_link import HttpCloudLink
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
-from tools.certs import issue_device
-from training.data import Dataset
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import RemoteError, TransportError
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.device_sdk.wire import codec
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto, device_pair_keys
+from edgecascade.edge_gateway.cloud_link import HttpCloudLink
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
+from edgecascade.tools.certs import issue_device
+from edgecascade.training.data import Dataset
 
 from .conftest import CloudServer
 

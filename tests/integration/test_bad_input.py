@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import requests
 
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.policy import NeverExit
-from device_sdk.transport import MqttTransport
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.device_sdk.wire import codec
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
 
 from .conftest import CloudServer, RawDevice, device_crypto
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import load_bundle
-from device_sdk.cache import open_cache
-from device_sdk.client import DeviceClient
-from edge_gateway.config import CacheSettings
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
+from edgecascade.device_sdk.cache import open_cache
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.edge_gateway.config import CacheSettings
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
 
 from .conftest import CloudServer, gateway_config
 from .test_cascade import local_exit_probs

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.policy import NeverExit
-from device_sdk.runtime import run_partitions
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto, free_port
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto, free_port
 
 from .conftest import CloudServer, gateway_config
 

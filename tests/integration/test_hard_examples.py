@@ -19,23 +19,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk import wire
-from device_sdk.bundle import load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.crypto import initial_sequence
-from device_sdk.errors import RemoteError, TransportError
-from device_sdk.mqtt import MqttLink
-from device_sdk.outbox import Outbox
-from device_sdk.policy import NeverExit
-from device_sdk.transport import MqttTransport
-from device_sdk.upload_batch import encode_batch
-from device_sdk.upload_links import HttpUploadLink, RelayUploadLink
-from device_sdk.uploader import Uploader
-from edge_gateway.config import OutboxSettings
-from edge_gateway.daemon import GatewayDaemon
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import RemoteError, TransportError
+from edgecascade.device_sdk.learning.batch import encode_batch
+from edgecascade.device_sdk.learning.links import HttpUploadLink, RelayUploadLink
+from edgecascade.device_sdk.learning.outbox import Outbox
+from edgecascade.device_sdk.learning.uploader import Uploader
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.device_sdk.transport.mqtt import MqttLink
+from edgecascade.device_sdk.wire.crypto import initial_sequence
+from edgecascade.edge_gateway.config import OutboxSettings
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
+from edgecascade.tools.certs import Pki
 from tests.hard_example_fakes import FakeIntake, example
-from tools.broker import Mosquitto
-from tools.certs import Pki
 
 from .conftest import device_crypto, gateway_config
 

@@ -27,27 +27,27 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from cloud_service.announce import MqttAnnouncer
-from cloud_service.app import create_app
-from cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
-from cloud_service.inference import CloudInference
-from cloud_service.registry import ModelRegistry
-from device_sdk import wire
-from device_sdk.announcement import Announcement
-from device_sdk.bundle import load_bundle, write_manifest
-from device_sdk.client import DeviceClient, Prediction
-from device_sdk.errors import TransportError
-from device_sdk.fetch import HttpFetcher
-from device_sdk.mqtt import MqttLink
-from device_sdk.policy import NeverExit, softmax
-from device_sdk.runtime import run_partitions
-from device_sdk.signing import generate_signing_key, sign_bundle, sign_manifest
-from device_sdk.transport import MqttTransport
-from device_sdk.updater import ModelUpdater, UpdateSettings
-from edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
-from tools.certs import Pki
+from edgecascade.cloud_service.announce import MqttAnnouncer
+from edgecascade.cloud_service.app import create_app
+from edgecascade.cloud_service.config import CloudConfig, CloudSettings, RegistrySettings
+from edgecascade.cloud_service.inference import CloudInference
+from edgecascade.cloud_service.registry import ModelRegistry
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient, Prediction
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.policy import NeverExit, softmax
+from edgecascade.device_sdk.errors import TransportError
+from edgecascade.device_sdk.model.announcement import Announcement
+from edgecascade.device_sdk.model.bundle import load_bundle, sign_bundle, write_manifest
+from edgecascade.device_sdk.model.signing import generate_signing_key, sign_manifest
+from edgecascade.device_sdk.model.updater import ModelUpdater, UpdateSettings
+from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.device_sdk.transport.fetch import HttpFetcher
+from edgecascade.device_sdk.transport.mqtt import MqttLink
+from edgecascade.edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
+from edgecascade.tools.certs import Pki
 
 from .conftest import device_crypto
 
@@ -408,10 +408,10 @@ def test_edgecascade_retrain_promotes_and_announces_like_the_cloud_with_auto_pro
     site: Site, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The CLI's job (a stand-in that publishes v5) is promoted, announced and served everywhere."""
-    from cloud_service.candidates import publish_candidate
-    from cloud_service.jobs import JobSpec, JobStore
-    from cloud_service.store import open_engine
-    from tools import cli
+    from edgecascade.cloud_service.candidates import publish_candidate
+    from edgecascade.cloud_service.jobs import JobSpec, JobStore
+    from edgecascade.cloud_service.store import open_engine
+    from edgecascade.tools import cli
 
     served_before = _current(site)
     candidate = _variant(site.bundles[1], tmp_path / "v5", 5, pki.cloud_signing_key, factor=0.25)
@@ -428,7 +428,7 @@ def test_edgecascade_retrain_promotes_and_announces_like_the_cloud_with_auto_pro
         )
         return "succeeded"
 
-    monkeypatch.setattr("training.retrain_job.run_job", job)
+    monkeypatch.setattr("edgecascade.training.retrain_job.run_job", job)
     mqtt = site.broker.mqtt_config("cloud")
     config = tmp_path / "cloud.toml"
     config.write_text(

@@ -17,15 +17,16 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_sdk import codec, wire
-from device_sdk.client import DeviceClient
-from device_sdk.config import MqttConfig
-from device_sdk.errors import TransportError
-from device_sdk.mqtt import MqttLink, tls_context
-from device_sdk.policy import NeverExit
-from edge_gateway.daemon import GatewayDaemon
-from tools.broker import Mosquitto
-from tools.certs import init_pki, issue_device
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.config import MqttConfig
+from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import TransportError
+from edgecascade.device_sdk.transport.mqtt import MqttLink, tls_context
+from edgecascade.device_sdk.wire import codec
+from edgecascade.edge_gateway.daemon import GatewayDaemon
+from edgecascade.tools.broker import Mosquitto
+from edgecascade.tools.certs import init_pki, issue_device
 
 from .conftest import OBSERVER, RawDevice, device_crypto
 

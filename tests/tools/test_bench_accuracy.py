@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device_sdk import codec, wire
-from device_sdk.bundle import load_bundle
-from device_sdk.runtime import run_partitions
-from tools.bench_accuracy import DEVICE_ID, bench_accuracy
-from tools.cli import main
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.wire import codec
+from edgecascade.tools.bench_accuracy import DEVICE_ID, bench_accuracy
+from edgecascade.tools.cli import main
 
 N = 600
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.bench_cache import bench_index, format_cache_report
+from edgecascade.tools.bench_cache import bench_index, format_cache_report
 
 
 def test_bench_index_reports_latency_and_recall() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.crypto import OVERHEAD
-from tools.bench_crypto import PAYLOADS, bench_crypto, format_crypto_report
-from tools.cli import main
+from edgecascade.device_sdk.wire.crypto import OVERHEAD
+from edgecascade.tools.bench_crypto import PAYLOADS, bench_crypto, format_crypto_report
+from edgecascade.tools.cli import main
 
 
 def test_bench_crypto_reports_bytes_and_times() -> None:

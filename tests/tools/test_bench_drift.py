@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tools.bench_drift import DriftOptions, bench_drift, format_drift_report, shift
-from tools.cli import main
+from edgecascade.tools.bench_drift import DriftOptions, bench_drift, format_drift_report, shift
+from edgecascade.tools.cli import main
 
 pytestmark = pytest.mark.integration
 

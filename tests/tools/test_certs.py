@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from device_sdk.errors import ConfigError
-from tools.broker import acl_text, mosquitto_conf
-from tools.certs import Pki, init_pki, issue_device, issue_gateway
-from tools.cli import main
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.tools.broker import acl_text, mosquitto_conf
+from edgecascade.tools.certs import Pki, init_pki, issue_device, issue_gateway
+from edgecascade.tools.cli import main
 
 
 def _cert(path: Path) -> x509.Certificate:

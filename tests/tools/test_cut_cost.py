@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from device_sdk.codec import encoded_size
-from device_sdk.errors import ConfigError
-from tools.cut_cost import (
+from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.wire.codec import encoded_size
+from edgecascade.tools.cut_cost import (
     CutPoint,
     Deployment,
     ExitPoint,
@@ -190,7 +190,7 @@ def test_survival_follows_the_cascade() -> None:
 
 def test_cut_bytes_are_the_encoded_tensor_plus_the_envelope() -> None:
     overhead = envelope_overhead("cam-01")
-    assert overhead == 38 + len("cam-01")  # as device_sdk.wire documents the header
+    assert overhead == 38 + len("cam-01")  # as edgecascade.device_sdk.wire documents the header
     sizes = cut_bytes((7, 7, 16), binarised=False, overhead=overhead)
     assert sizes == {e: encoded_size(e, (7, 7, 16)) + overhead for e in ("float32", "float16", "int8")}
     assert cut_bytes((7, 7, 16), binarised=True, overhead=0)["1bit"] == encoded_size("1bit", (7, 7, 16))
@@ -205,7 +205,7 @@ def test_profile_refuses_inconsistent_exit_rates() -> None:
 
 def test_the_cost_model_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, tools.cut_cost, tools.planner; "
+        "import sys, edgecascade.tools.cut_cost, edgecascade.tools.planner; "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.cli import main
-from tools.report import Record, build_report
+from edgecascade.tools.cli import main
+from edgecascade.tools.report import Record, build_report
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +57,9 @@ def test_daemons_exit_with_documented_codes_on_bad_config(tmp_path: Path) -> Non
     bad = tmp_path / "gateway.toml"
     bad.write_text("[gateway]\nmax_batch = 0\n")
     for module, config, expected in (
-        ("edge_gateway", bad, 2),
-        ("edge_gateway", None, 3),  # default bundle path does not exist here
-        ("cloud_service", None, 3),
+        ("edgecascade.edge_gateway", bad, 2),
+        ("edgecascade.edge_gateway", None, 3),  # default bundle path does not exist here
+        ("edgecascade.cloud_service", None, 3),
     ):
         args = [sys.executable, "-m", module] + (["--config", str(config)] if config else [])
         result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=60)

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device_sdk.codec import encoded_size
-from device_sdk.errors import ModelError
-from device_sdk.policy import confidence_score
-from tools.cli import main
-from tools.cut_cost import Profile, envelope_overhead
+from edgecascade.device_sdk.core.policy import confidence_score
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.wire.codec import encoded_size
+from edgecascade.tools.cli import main
+from edgecascade.tools.cut_cost import Profile, envelope_overhead
 
 keras = pytest.importorskip("keras")
 layers = keras.layers
@@ -47,7 +47,7 @@ def _stages(exit_from_inside_block: bool = False) -> tuple[Any, Any, Any]:
 
 
 def test_trunk_has_block_boundaries_only() -> None:
-    from tools.cut_profile import trace_trunk
+    from edgecascade.tools.cut_profile import trace_trunk
 
     trunk = trace_trunk(_stages())
     # not after conv or BN (a follower comes next), not inside the residual block, not before tanh
@@ -57,7 +57,7 @@ def test_trunk_has_block_boundaries_only() -> None:
 
 
 def test_an_exit_that_branches_inside_a_block_is_refused() -> None:
-    from tools.cut_profile import trace_trunk
+    from edgecascade.tools.cut_profile import trace_trunk
 
     with pytest.raises(ModelError, match="inside a block"):
         trace_trunk(_stages(exit_from_inside_block=True))
@@ -66,8 +66,8 @@ def test_an_exit_that_branches_inside_a_block_is_refused() -> None:
 @pytest.fixture(scope="module")
 def tiny_profile(tiny_model_dir: Path, fmnist: Any) -> tuple[Profile, Any]:
     """The tiny model, profiled; loaded anew, since profiling adds nodes to its layers."""
-    from tools.cut_profile import profile_trunk, trace_trunk
-    from training.train import load_trained
+    from edgecascade.tools.cut_profile import profile_trunk, trace_trunk
+    from edgecascade.training.train import load_trained
 
     trained = load_trained(tiny_model_dir / "trained")
     trunk = trace_trunk((trained.device, trained.gateway, trained.cloud))

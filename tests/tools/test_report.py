@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.report import Record, build_report, format_report
+from edgecascade.tools.report import Record, build_report, format_report
 
 
 def _record(i: int, tier: str, correct: bool, latency: float, up: int = 0) -> Record:

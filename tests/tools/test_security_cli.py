@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service import tokens
-from device_sdk.bundle import load_bundle
-from device_sdk.errors import EXIT_CONFIG, SignatureError
-from device_sdk.signing import SIGNATURE, generate_signing_key
+from edgecascade.cloud_service import tokens
+from edgecascade.device_sdk.errors import EXIT_CONFIG, SignatureError
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.model.signing import SIGNATURE, generate_signing_key
+from edgecascade.tools import security_cli
+from edgecascade.tools.cli import main
 from tests.fake_bundle import make_bundle
-from tools import security_cli
-from tools.cli import main
 
 
 def test_tokens_create_prints_the_token_once_and_list_never_shows_it(

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import load_bundle
-from device_sdk.cache import load_embedder
-from device_sdk.errors import BundleError, ConfigError
-from training.augment import near_duplicates
-from training.cache_calibration import (
+from edgecascade.device_sdk.cache import load_embedder
+from edgecascade.device_sdk.errors import BundleError, ConfigError
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.training.augment import near_duplicates
+from edgecascade.training.cache_calibration import (
     CurvePoint,
     HitRule,
     Precision,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from training.calibration import (
+from edgecascade.training.calibration import (
     DEFAULT_GRID,
     NEVER_EXIT,
     cascade_predictions,
@@ -130,7 +130,10 @@ def test_cascade_takes_first_confident_exit() -> None:
 
 
 def test_calibration_does_not_import_tensorflow() -> None:
-    code = "import sys, training.calibration, training.data; print('tensorflow' in sys.modules)"
+    code = (
+        "import sys, edgecascade.training.calibration, edgecascade.training.data; "
+        "print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -166,7 +169,7 @@ def test_absolute_target_is_met_on_the_samples_that_exit(score: str, target: flo
     probs = softmax(logits, fit_temperature(logits, labels))
     t = choose_threshold(probs, labels, np.ones(len(labels), bool), score=score, target=target)
     assert t <= 1.0
-    from device_sdk.policy import SCORES
+    from edgecascade.device_sdk.core.policy import SCORES
 
     answered = SCORES[score](probs) >= t
     assert (probs[answered].argmax(1) == labels[answered]).mean() >= target

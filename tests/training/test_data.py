@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.errors import DatasetError
-from training.data import (
+from edgecascade.device_sdk.errors import DatasetError
+from edgecascade.training.data import (
     FASHION_MNIST_CLASSES,
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import MANIFEST, TIERS, Manifest, load_bundle
-from device_sdk.errors import BundleError, ModelError
-from device_sdk.runtime import PartitionRunner
-from tools.cli import main
-from training import export
-from training.calibration import NEVER_EXIT, softmax
-from training.data import Dataset
-from training.train import TrainedModel
+from edgecascade.device_sdk.errors import BundleError, ModelError
+from edgecascade.device_sdk.model.bundle import MANIFEST, TIERS, Manifest, load_bundle
+from edgecascade.device_sdk.model.runtime import PartitionRunner
+from edgecascade.tools.cli import main
+from edgecascade.training import export
+from edgecascade.training.calibration import NEVER_EXIT, softmax
+from edgecascade.training.data import Dataset
+from edgecascade.training.train import TrainedModel
 
 
 def test_manifest_round_trips_and_is_complete(tiny_bundle: Path) -> None:
@@ -199,7 +199,7 @@ def test_export_rejects_bad_threshold_override(tiny_trained: TrainedModel, tmp_p
 
 def test_train_and_export_is_the_whole_pipeline(fmnist: Dataset, tmp_path: Path) -> None:
     """What `edgecascade train` runs: train, save the checkpoint, measure variants, calibrate caches."""
-    from training.train import TrainConfig, load_trained
+    from edgecascade.training.train import TrainConfig, load_trained
 
     config = TrainConfig(epochs=1, batch_size=64, train_subset=1500, model=TrainConfig.tiny().model)
     manifest = export.train_and_export(

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.bundle import MANIFEST, load_bundle
-from device_sdk.client import DeviceClient
-from device_sdk.errors import BundleError, RollbackError, SignatureError
-from device_sdk.signing import SIGNATURE, generate_signing_key, load_verified_update, sign_bundle
-from training import export
-from training.data import Dataset
-from training.train import TrainedModel
+from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.errors import BundleError, RollbackError, SignatureError
+from edgecascade.device_sdk.model.bundle import MANIFEST, load_bundle, load_verified_update, sign_bundle
+from edgecascade.device_sdk.model.signing import SIGNATURE, generate_signing_key
+from edgecascade.training import export
+from edgecascade.training.data import Dataset
+from edgecascade.training.train import TrainedModel
 
 
 def test_signed_export_and_refused_updates_keep_the_running_model(

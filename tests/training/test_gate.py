@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from training.gate import GateRule, Scores, decide, in_holdout, pooled_accuracy
+from edgecascade.training.gate import GateRule, Scores, decide, in_holdout, pooled_accuracy
 
 RULE = GateRule(min_gain=0.5, tolerance=0.5, min_holdout=20)
 CURRENT = Scores(original=(0.80, 0.85, 0.90), new=0.60, n_original=1000, n_new=50)

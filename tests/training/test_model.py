@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import BinarySign, ModelConfig, Stages, build_stages
+from edgecascade.training.model import BinarySign, ModelConfig, Stages, build_stages
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_service.intake import Checked, VersionSpec
-from cloud_service.jobs import JobStore
-from cloud_service.store import open_example_store
-from device_sdk import codec
-from device_sdk.bundle import load_bundle
-from device_sdk.runtime import run_partitions
+from edgecascade.cloud_service.intake import Checked, VersionSpec
+from edgecascade.cloud_service.jobs import JobStore
+from edgecascade.cloud_service.store import open_example_store
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.wire import codec
+from edgecascade.tools import cli
+from edgecascade.training.data import Dataset
 from tests.learning_kit import device_examples, make_learning_cloud, tree_digest, wait_for_job
-from tools import cli
-from training.data import Dataset
 
 FAST: dict[str, Any] = {
     "replay_size": 256,
@@ -174,7 +174,7 @@ def test_edgecascade_retrain_that_crashes_fails_the_job_and_leaves_no_trace(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise MemoryError("injected: out of memory while fine-tuning")
 
-    monkeypatch.setattr("training.finetune.finetune", crash)
+    monkeypatch.setattr("edgecascade.training.finetune.finetune", crash)
     assert cli.main(["retrain", "--config", str(config)]) == 1
 
     job = JobStore(store.engine).get(1)
@@ -196,9 +196,9 @@ def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
     wrong_many: tuple[np.ndarray, np.ndarray],
     auto_promote: bool,
 ) -> None:
-    from cloud_service.announce import InMemoryAnnouncer
-    from cloud_service.config import RegistrySettings
-    from device_sdk.signing import generate_signing_key
+    from edgecascade.cloud_service.announce import InMemoryAnnouncer
+    from edgecascade.cloud_service.config import RegistrySettings
+    from edgecascade.device_sdk.model.signing import generate_signing_key
 
     signing_key, _ = generate_signing_key(tmp_path / "keys")
     announcer = InMemoryAnnouncer()

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.errors import ConfigError, ModelError
-from training.calibration import NEVER_EXIT
-from training.data import Dataset
-from training.model import ModelConfig, build_stages
-from training.train import (
+from edgecascade.device_sdk.errors import ConfigError, ModelError
+from edgecascade.training.calibration import NEVER_EXIT
+from edgecascade.training.data import Dataset
+from edgecascade.training.model import ModelConfig, build_stages
+from edgecascade.training.train import (
     TqdmProgress,
     TrainConfig,
     TrainedModel,
@@ -124,7 +124,7 @@ def test_bad_train_config_is_a_config_error_naming_the_file(tmp_path: Path, text
 def test_train_cli_refuses_a_bad_config_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tools.cli import main
+    from edgecascade.tools.cli import main
 
     path = tmp_path / "train.toml"
     path.write_text("[model]\ndropout = 'high'\n")

@@ -1,0 +1,1 @@
+"""The hard-example loop on a node: select, keep durably, upload, relay."""

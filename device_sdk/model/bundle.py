@@ -1,0 +1,324 @@
+"""Model bundles: a directory with ``manifest.json`` and one ``.tflite`` per partition.
+
+The manifest is the contract between training and every runtime tier. It names the model
+and its version, the classes, how raw inputs are normalised, and for each partition its
+file, sha256, input tensor, output tensors and exit settings. :func:`load_bundle` refuses a
+bundle whose manifest is malformed or whose files do not match their hashes; given the
+cloud's public key it also refuses one whose ``manifest.sig`` does not verify (see
+:mod:`edgecascade.device_sdk.model.signing`) or that would roll back the running version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecascade.device_sdk.errors import BundleError, ConfigError, RollbackError
+from edgecascade.device_sdk.files import atomic_write, sha256_file
+from edgecascade.device_sdk.model.signing import (
+    SIGNATURE,
+    PrivateKeySource,
+    PublicKeySource,
+    load_private_key,
+    sign_manifest,
+    verify_manifest,
+)
+from edgecascade.device_sdk.wire.codec import Encoding
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TIERS = ("device", "gateway", "cloud")
+PRECISIONS = ("float32", "float16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a partition: its name in the TFLite graph, shape without batch, dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    """How a partition's exit decides: temperature for its logits and a confidence threshold.
+
+    A max-probability threshold above 1.0 means the exit never answers (every input moves on).
+    """
+
+    threshold: float
+    temperature: float = 1.0
+    score: str = "max_prob"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Calibrated settings of a tier's neural cache: its keys, hit rule and what it keeps.
+
+    ``embedding`` names the file in the bundle holding the key projection
+    (:class:`edgecascade.device_sdk.cache.similarity.Embedder`), hashed like the partition files; without it
+    the cache keys are 2x2-pooled features. Besides the answers of the tiers above, the
+    cache keeps the tier's own exit answers with a confidence below ``keep_exits_below``:
+    a near-duplicate of such an input may fall under the exit threshold, and then the
+    confident answer given to its original is at hand (0 keeps none).
+    """
+
+    tau: float
+    k: int = 3
+    min_votes: int = 2
+    accuracy_ratio: float = 0.0  # on validation hits (at the expected repeat share): cache / tiers' accuracy
+    hit_rate: float = 0.0  # share of validation queries answered by the cache at this tau
+    embedding: str | None = None  # key projection file in the bundle, or None: pooled features
+    embedding_sha256: str = ""
+    keep_exits_below: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """One partition of the multi-exit model and where it runs."""
+
+    tier: str
+    file: str
+    sha256: str
+    input: TensorSpec
+    logits: TensorSpec
+    exit: ExitSpec
+    features: TensorSpec | None = None  # cut features for the next tier; None on the last
+    cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
+    encoding: str = (
+        "float32"  # how ``features`` travel to the next tier (edgecascade.device_sdk.wire.codec.Encoding)
+    )
+    precision: str = "float32"  # weights and arithmetic of the .tflite: float32, float16 or int8
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """The bundle files this tier needs, with their sha256: the partition, the cache's key projection."""
+        if self.cache is not None and self.cache.embedding is not None:
+            return ((self.file, self.sha256), (self.cache.embedding, self.cache.embedding_sha256))
+        return ((self.file, self.sha256),)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Raw input shape and normalisation: ``x = raw * scale + offset`` as float32."""
+
+    shape: tuple[int, ...]
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Raw images (uint8 or float) to the model's float32 input."""
+        return (np.asarray(raw, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
+            np.float32
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a tier needs to know about a model version."""
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    input: InputSpec
+    partitions: tuple[PartitionSpec, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+    rollback_of: int | None = None  # set on a signed rollback: the newest version it may replace
+
+    def partition(self, tier: str) -> PartitionSpec:
+        """The partition that runs on ``tier``."""
+        for p in self.partitions:
+            if p.tier == tier:
+                return p
+        raise BundleError(f"manifest has no {tier!r} partition")
+
+    def to_json(self) -> str:
+        """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
+
+        Sorted keys, fixed indent and separators, ASCII only, floats as their shortest
+        round-trip repr. ``rollback_of`` is left out when unset, so manifests written before
+        the field existed keep their exact bytes.
+        """
+        data = asdict(self)
+        if data["rollback_of"] is None:
+            del data["rollback_of"]
+        return json.dumps(data, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Parse and validate a manifest dictionary; any problem is a BundleError."""
+        try:
+            if data.get("format") != MANIFEST_FORMAT:
+                raise BundleError(f"unsupported manifest format {data.get('format')!r}")
+            parts = tuple(_partition(p) for p in data["partitions"])
+            manifest = cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                input=InputSpec(
+                    shape=tuple(int(d) for d in data["input"]["shape"]),
+                    scale=float(data["input"]["scale"]),
+                    offset=float(data["input"]["offset"]),
+                ),
+                partitions=parts,
+                metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+                rollback_of=None if data.get("rollback_of") is None else int(data["rollback_of"]),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed manifest: {exc!r}") from None
+        tiers = tuple(p.tier for p in manifest.partitions)
+        if tiers != TIERS:
+            raise BundleError(f"manifest partitions must be {TIERS}, got {tiers}")
+        if manifest.version < 1:
+            raise BundleError("manifest version must be >= 1")
+        if manifest.rollback_of is not None and manifest.rollback_of <= manifest.version:
+            raise BundleError(
+                f"rollback_of ({manifest.rollback_of}) must be newer than the version ({manifest.version})"
+            )
+        problems = []
+        for p, nxt in zip(manifest.partitions, (*manifest.partitions[1:], None), strict=True):
+            if p.logits.shape != (len(manifest.classes),):
+                problems.append(f"{p.tier} logits shape {p.logits.shape} != ({len(manifest.classes)},)")
+            if nxt is not None and (p.features is None or p.features.shape != nxt.input.shape):
+                problems.append(f"{p.tier} features do not match the {nxt.tier} partition's input")
+            if not (math.isfinite(p.exit.threshold) and p.exit.threshold >= 0 and p.exit.temperature > 0):
+                problems.append(f"{p.tier} exit needs a finite threshold >= 0 and a temperature > 0")
+            for name, _ in p.files:
+                if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+                    problems.append(f"{p.tier} file {name!r} must be a plain file name inside the bundle")
+        if problems:
+            raise BundleError("invalid manifest: " + "; ".join(problems))
+        return manifest
+
+
+def _tensor(d: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d.get("dtype", "float32")))
+
+
+def _partition(d: dict[str, Any]) -> PartitionSpec:
+    return PartitionSpec(
+        tier=str(d["tier"]),
+        file=str(d["file"]),
+        sha256=str(d["sha256"]),
+        input=_tensor(d["input"]),
+        logits=_tensor(d["logits"]),
+        exit=ExitSpec(**d["exit"]),
+        features=_tensor(d["features"]) if d.get("features") else None,
+        cache=CacheSpec(**d["cache"]) if d.get("cache") else None,
+        encoding=Encoding(d.get("encoding", "float32")).value,
+        precision=_one_of(d.get("precision", "float32"), PRECISIONS, "precision"),
+    )
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise BundleError(f"unknown {what} {value!r} (known: {', '.join(allowed)})")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, tier: str) -> Path:
+        return self.path / self.manifest.partition(tier).file
+
+
+def load_bundle(
+    path: str | Path,
+    tiers: tuple[str, ...] = TIERS,
+    *,
+    public_key: PublicKeySource | None = None,
+    min_version: int | None = None,
+) -> Bundle:
+    """Read and verify a bundle; only the files of ``tiers`` need to be present.
+
+    With ``public_key`` (a key or its PEM file) ``manifest.sig`` must verify over the exact
+    manifest bytes before they are parsed (:class:`~edgecascade.device_sdk.errors.SignatureError`), so
+    every sha256 checked below is one the cloud signed. With ``min_version`` (the running
+    version) an older bundle is refused (:class:`~edgecascade.device_sdk.errors.RollbackError`) unless
+    its manifest is a rollback whose ``rollback_of`` reaches the running version.
+    """
+    root = Path(path)
+    try:
+        raw = (root / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"no {MANIFEST} in {root}") from None
+    if public_key is not None:
+        verify_manifest(root, raw, public_key)
+    try:
+        data = json.loads(raw.decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{root / MANIFEST}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{root / MANIFEST}: expected a JSON object")
+    manifest = Manifest.from_dict(data)
+    allowed_back = manifest.rollback_of is not None and manifest.rollback_of >= (min_version or 0)
+    if min_version is not None and manifest.version < min_version and not allowed_back:
+        raise RollbackError(
+            f"bundle {root} is version {manifest.version}, older than the running version "
+            f"{min_version}, and its manifest is not a rollback from version {min_version} or newer"
+        )
+    for tier in tiers:
+        for name, sha256 in manifest.partition(tier).files:
+            if not (root / name).is_file():
+                raise BundleError(f"bundle {root} is missing {name}")
+            if sha256_file(root / name) != sha256:
+                raise BundleError(f"{name} does not match its sha256 in the manifest")
+    return Bundle(root, manifest)
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` into the bundle directory ``path`` atomically."""
+    atomic_write(Path(path) / MANIFEST, manifest.to_json().encode())
+
+
+def sign_bundle(path: str | Path, private_key: PrivateKeySource) -> Path:
+    """Verify a bundle's files against its manifest, then write ``manifest.sig``; returns its path.
+
+    A manifest not in canonical form (hand-edited) is rewritten canonically first, so the
+    signed bytes are exactly what :meth:`Manifest.to_json` gives for what the runtime parses.
+    """
+    root = Path(path)
+    key = load_private_key(private_key)  # a bad key fails before anything is written
+    bundle = load_bundle(root)  # every file present and matching its sha256
+    canonical = bundle.manifest.to_json().encode()
+    if (root / MANIFEST).read_bytes() != canonical:
+        logger.info("rewriting %s in canonical form before signing", root / MANIFEST)
+        atomic_write(root / MANIFEST, canonical)
+    target = root / SIGNATURE
+    atomic_write(target, sign_manifest(canonical, key))
+    return target
+
+
+def load_verified_update(
+    path: str | Path,
+    public_key: PublicKeySource,
+    running_version: int,
+    tiers: tuple[str, ...] = TIERS,
+) -> Bundle:
+    """A new bundle for a node that already runs ``running_version``, fully verified, or an error.
+
+    Signature, every file's sha256 and the version rule (no older version unless the signed
+    manifest is a rollback reaching ``running_version``) are all checked before the bundle
+    is returned. Nothing is changed on a failure, so the caller keeps serving its current
+    bundle; only after this returns may it swap.
+    """
+    if public_key is None:
+        raise ConfigError("an update must be verified: a public key is required")
+    return load_bundle(path, tiers, public_key=public_key, min_version=running_version)
