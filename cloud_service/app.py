@@ -148,17 +148,20 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
 def infer() -> Any:
     inference = _inference()
     payload = request.get_data(cache=False)
-    auth.check_device_identity(payload, auth.current_token())
     inference.counters.add("requests")
     inference.counters.add("bytes_in", len(payload))
     try:
-        reply = inference.infer(payload)
+        envelope = wire.envelope_from_bytes(payload)  # the only parse of this request
+        auth.check_device_identity(envelope.header, auth.current_token())
+        reply = inference.infer(envelope)
+    except AuthError:
+        raise  # answered 401/403 by its handler
     except EdgeCascadeError as exc:
         code = serving.error_code(exc)
         inference.counters.add(f"rejected_{code.name.lower()}")
         logger.warning("rejected inference request: %s", exc)
         return _json_error(int(code), code.name.lower(), str(exc))
-    return Response(reply, status=200, content_type=wire.CONTENT_TYPE)
+    return Response(wire.envelope_to_bytes(reply), status=200, content_type=wire.CONTENT_TYPE)
 
 
 @api.get(wire.ROUTE_HEALTH)

@@ -24,7 +24,7 @@ from flask import Flask, current_app, g, request
 
 from edgecascade.cloud_service.tokens import TokenInfo, TokenStore
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import AuthError, ScopeError, WireError
+from edgecascade.device_sdk.errors import AuthError, ScopeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXTENSION = "edgecascade.tokens"
@@ -75,17 +75,10 @@ def current_token() -> TokenInfo:
     return cast(TokenInfo, g.edgecascade_token)
 
 
-def check_device_identity(envelope: bytes, info: TokenInfo) -> None:
-    """A device token may only speak for its own device: the envelope's device id must be its name.
-
-    An envelope that does not parse is left for the inference code to reject with its
-    usual error reply.
-    """
+def check_device_identity(header: wire.Header, info: TokenInfo) -> None:
+    """A device token may only speak for its own device: the envelope's device id must be its name."""
     if info.scope != "device":
         return
-    try:
-        device_id = wire.envelope_from_bytes(envelope).header.device_id
-    except WireError:
-        return
+    device_id = header.device_id
     if device_id != info.name:
         raise ScopeError(f"the token of device {info.name!r} cannot send requests as {device_id!r}")

@@ -5,7 +5,7 @@ through :class:`~edgecascade.edge_gateway.service.GatewayService`, and a small t
 unconfident requests to the cloud so a slow cloud never stalls confident answers.
 Replies always go to the requesting device's own response topic. The broker link is TLS
 with the gateway's client certificate; payloads are end-to-end encrypted with each device
-(:mod:`edgecascade.device_sdk.wire.crypto`), and unencrypted requests are refused unless the ``[crypto]``
+(:mod:`.crypto`), and unencrypted requests are refused unless the ``[crypto]``
 settings say otherwise.
 
 With ``[update] enabled`` the daemon follows the cloud's model announcements on the same
@@ -38,12 +38,12 @@ from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
 from edgecascade.device_sdk.model.updater import ModelUpdater, installed_bundle
 from edgecascade.device_sdk.transport.fetch import HttpFetcher
 from edgecascade.device_sdk.transport.mqtt import MqttLink
-from edgecascade.device_sdk.wire.crypto import GatewayCrypto
-from edgecascade.device_sdk.wire.keys import load_gateway_crypto
 from edgecascade.edge_gateway.cloud_link import CloudLink, HttpCloudLink
 from edgecascade.edge_gateway.config import CryptoSettings, GatewayConfig
+from edgecascade.edge_gateway.crypto import GatewayCrypto, load_gateway_crypto
+from edgecascade.edge_gateway.messages import Message
 from edgecascade.edge_gateway.relay import HardExampleRelay
-from edgecascade.edge_gateway.service import Forward, GatewayService, Request
+from edgecascade.edge_gateway.service import Forward, GatewayService
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class GatewayDaemon:
         service = self.service
         self.relay: HardExampleRelay | None = None
         self.uploader: Uploader | None = None
-        self._hx_queue: queue.Queue[Request | None] = queue.Queue(hx.relay_queue)
+        self._hx_queue: queue.Queue[Message | None] = queue.Queue(hx.relay_queue)
         self._relay_thread = threading.Thread(target=self._relay_work, name="gateway-relay", daemon=True)
         if self.outbox is not None:
             self.relay = HardExampleRelay(self.outbox, service.crypto, service.counters)
@@ -115,7 +115,7 @@ class GatewayDaemon:
                 fetcher=fetcher,
                 name=settings.gateway_id,
             )
-        self._queue: queue.Queue[Request | None] = queue.Queue(settings.queue_size)
+        self._queue: queue.Queue[Message | None] = queue.Queue(settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
         self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
@@ -234,7 +234,7 @@ class GatewayDaemon:
             self.service.counters.add("rejected_foreign_response_topic")
             logger.warning("device %s asked for replies on a foreign topic %s", device_id, response_topic)
         try:
-            self._queue.put_nowait(Request(payload, device_id, correlation))
+            self._queue.put_nowait(Message(payload, device_id, correlation))
         except queue.Full:
             self.service.counters.add("dropped_queue_full")
             logger.warning("request queue full; dropping a request from %s", device_id)
@@ -247,7 +247,7 @@ class GatewayDaemon:
             self.service.counters.add("hx_rejected_bad_topic")
             return
         try:
-            self._hx_queue.put_nowait(Request(payload, device_id, correlation))
+            self._hx_queue.put_nowait(Message(payload, device_id, correlation))
         except queue.Full:  # not acknowledged: the device keeps the records and retries
             self.service.counters.add("hx_dropped_queue_full")
             logger.warning("upload queue full; dropping an upload batch from %s", device_id)
@@ -294,13 +294,16 @@ class GatewayDaemon:
                 elif decision is not None:
                     self._reply(request, decision)
 
-    def _forward(self, request: Request, job: Forward) -> None:
+    def _forward(self, request: Message, job: Forward) -> None:
         try:
-            self._reply(request, self.service.forward(job))
+            reply = self.service.forward(job)
         except Exception:
             logger.exception("forwarding failed")
+            return
+        if reply is not None:
+            self._reply(request, reply)
 
-    def _reply(self, request: Request, payload: bytes) -> None:
+    def _reply(self, request: Message, payload: bytes) -> None:
         assert request.device_id is not None
         self._link.publish(
             wire.response_topic(request.device_id), payload, correlation_data=request.correlation

@@ -25,7 +25,8 @@ from edgecascade.device_sdk.counters import Counters
 from edgecascade.device_sdk.errors import BatchError, CryptoError, EdgeCascadeError, StorageError, WireError
 from edgecascade.device_sdk.learning.batch import Receipt, Rejection, parse_batch
 from edgecascade.device_sdk.learning.outbox import AddStatus, Outbox
-from edgecascade.device_sdk.wire.crypto import GatewayCrypto
+from edgecascade.edge_gateway.crypto import GatewayCrypto
+from edgecascade.edge_gateway.messages import Message, Opened, open_message, read, refusal, seal_reply
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +45,28 @@ class HardExampleRelay:
         """The receipt (or error) envelope answering one upload; None if nobody can be addressed."""
         self.counters.add("hx_batches")
         self.counters.add("hx_bytes_in", len(payload))
-        key_id: int | None = None
-        reply: bytes | None
+        message = Message(payload, device_id, correlation)
+        envelope: wire.Envelope | None = None
+        upload: Opened | None = None
         try:
-            plain, key_id = self._open(payload, device_id)
-            envelope = wire.envelope_from_bytes(plain)
-            if envelope.header.msg_type != wire.MessageType.HARD_EXAMPLES:
-                kind = envelope.header.msg_type.name
+            envelope = read(message)
+            upload = open_message(self.crypto, envelope)
+            if upload.header.msg_type != wire.MessageType.HARD_EXAMPLES:
+                kind = upload.header.msg_type.name
                 raise WireError(f"expected HARD_EXAMPLES on an upload topic, got {kind}")
-            receipt = self._store(envelope.header, envelope.body)
-            reply = wire.envelope_to_bytes(
-                wire.Envelope(envelope.header.reply(wire.MessageType.HARD_EXAMPLES_ACK), receipt.to_bytes())
-            )
+            receipt = self._store(upload.header, upload.envelope.body)
+            reply = wire.Envelope(upload.header.reply(wire.MessageType.HARD_EXAMPLES_ACK), receipt.to_bytes())
         except EdgeCascadeError as exc:
-            reply = self._reject(payload, device_id, correlation, exc)
-            if reply is None or isinstance(exc, CryptoError):
-                return reply  # never seal an answer to what did not authenticate
-        if key_id is None or self.crypto is None or reply is None:
-            return reply
+            refused = self._reject(message, envelope, exc)
+            if upload is None or refused is None:  # never seal an answer to what did not authenticate
+                return wire.envelope_to_bytes(refused) if refused is not None else None
+            reply = refused
         try:
-            return self.crypto.seal_reply(reply, key_id)
+            return seal_reply(self.crypto, reply, upload.key_id)
         except EdgeCascadeError as exc:
             self.counters.add("hx_reply_seal_failed")
             logger.warning("cannot encrypt an upload receipt for %s: %s", device_id, exc)
             return None
-
-    def _open(self, payload: bytes, device_id: str) -> tuple[bytes, int | None]:
-        if self.crypto is None:
-            envelope = wire.envelope_from_bytes(payload)
-            if envelope.header.device_id != device_id:
-                raise WireError(f"envelope device id {envelope.header.device_id!r} does not match its topic")
-            return payload, None
-        return self.crypto.open_request(payload, device_id)
 
     def _store(self, header: wire.Header, body: bytes) -> Receipt:
         """Validate a batch, store what is valid (one fsync), and say what happened to each id."""
@@ -108,8 +99,8 @@ class HardExampleRelay:
         return Receipt(tuple(accepted), tuple(duplicates), tuple(rejected))
 
     def _reject(
-        self, payload: bytes, device_id: str, correlation: bytes | None, exc: EdgeCascadeError
-    ) -> bytes | None:
+        self, message: Message, envelope: wire.Envelope | None, exc: EdgeCascadeError
+    ) -> wire.Envelope | None:
         """An ERROR envelope for an upload refused as a whole (400 split, 401/503 retry later)."""
         if isinstance(exc, CryptoError | BatchError):
             reason = exc.reason
@@ -118,13 +109,6 @@ class HardExampleRelay:
         else:
             reason = serving.error_code(exc).name.lower()
         self.counters.add(f"hx_rejected_batch_{reason}")
-        logger.warning("refused an upload from %s: %s", device_id, exc)
-        code = serving.error_code(exc)  # BatchError: MALFORMED (split); crypto: 401; storage: 503
-        try:
-            header = wire.envelope_from_bytes(payload).header
-        except EdgeCascadeError:
-            if correlation is None or len(correlation) != 16:
-                return None
-            header = wire.Header(wire.MessageType.HARD_EXAMPLES, device_id, 0, 0, correlation)
-        body = wire.encode_error(code, str(exc))
-        return wire.envelope_to_bytes(wire.Envelope(header.reply(wire.MessageType.ERROR), body))
+        logger.warning("refused an upload from %s: %s", message.device_id, exc)
+        # BatchError: MALFORMED (split); crypto: 401; storage: 503
+        return refusal(message, envelope, exc, wire.MessageType.HARD_EXAMPLES)

@@ -1,7 +1,9 @@
-"""Request handling shared by the tiers that answer others (gateway and cloud).
+"""The rules of answering another tier's request, shared by the gateway and the cloud.
 
-Pure functions over bytes and numpy: parse and validate an inference request against the
-partition that will run it, build result and error replies, and map errors to wire codes.
+Pure functions over envelopes and numpy: read an INFER_REQUEST's features for the model
+that will run them (nothing invalid reaches a model), build result and error replies, and
+map errors to wire codes. Envelopes are parsed once per hop and passed as objects; the
+caller serialises (or seals) a reply once.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core.tier import TierModel
 from edgecascade.device_sdk.errors import (
     CryptoError,
     EdgeCascadeError,
@@ -17,39 +20,30 @@ from edgecascade.device_sdk.errors import (
     TensorSpecError,
     WireError,
 )
-from edgecascade.device_sdk.model.bundle import PartitionSpec
 from edgecascade.device_sdk.wire import codec
 
 
-def parse_infer_request(
-    payload: bytes, model_version: int, spec: PartitionSpec, encoding: str
-) -> tuple[wire.Header, np.ndarray]:
-    """Decode an INFER_REQUEST for ``spec``'s partition, its features in ``encoding``.
+def request_features(envelope: wire.Envelope, model: TierModel) -> np.ndarray:
+    """The cut features an INFER_REQUEST carries for ``model``'s partition.
 
     Raises a WireError (TensorSpecError for a wrong encoding, shape or non-finite values)
-    or a ModelVersionError; nothing invalid reaches a model.
+    or a ModelVersionError.
     """
-    return check_infer_request(wire.envelope_from_bytes(payload), model_version, spec, encoding)
-
-
-def check_infer_request(
-    envelope: wire.Envelope, model_version: int, spec: PartitionSpec, encoding: str
-) -> tuple[wire.Header, np.ndarray]:
-    """:func:`parse_infer_request` for an envelope already parsed (to pick the model by its version)."""
     header = envelope.header
     if header.msg_type != wire.MessageType.INFER_REQUEST:
         raise WireError(f"expected an INFER_REQUEST, got {header.msg_type.name}")
-    if header.model_version != model_version:
+    if header.model_version != model.version:
         raise ModelVersionError(
-            f"model version {header.model_version} is not served here (serving {model_version})"
+            f"model version {header.model_version} is not served here (serving {model.version})"
         )
-    tensor = codec.decode_features(envelope.body, encoding)
-    if tensor.shape != spec.input.shape or tensor.dtype != np.dtype(spec.input.dtype):
+    tensor = codec.decode_features(envelope.body, model.cut_encoding)
+    spec = model.spec.input
+    if tensor.shape != spec.shape or tensor.dtype != np.dtype(spec.dtype):
         raise TensorSpecError(
-            f"{spec.tier} partition takes {spec.input.dtype}{list(spec.input.shape)}, "
+            f"{model.tier} partition takes {spec.dtype}{list(spec.shape)}, "
             f"got {tensor.dtype}{list(tensor.shape)}"
         )
-    return header, tensor
+    return tensor
 
 
 def unknown_version(requested: int, served: tuple[int, ...]) -> ModelVersionError:
@@ -75,14 +69,11 @@ def error_code(exc: Exception) -> wire.ErrorCode:
     return wire.ErrorCode.INTERNAL
 
 
-def error_reply(header: wire.Header, exc: Exception) -> bytes:
+def error_reply(header: wire.Header, exc: Exception) -> wire.Envelope:
     """An ERROR envelope answering ``header``'s request."""
-    body = wire.encode_error(error_code(exc), str(exc))
-    return wire.envelope_to_bytes(wire.Envelope(header.reply(wire.MessageType.ERROR), body))
+    return wire.Envelope(header.reply(wire.MessageType.ERROR), wire.encode_error(error_code(exc), str(exc)))
 
 
-def result_reply(header: wire.Header, result: wire.Result) -> bytes:
+def result_reply(header: wire.Header, result: wire.Result) -> wire.Envelope:
     """A RESULT envelope answering ``header``'s request."""
-    return wire.envelope_to_bytes(
-        wire.Envelope(header.reply(wire.MessageType.RESULT), wire.encode_result(result))
-    )
+    return wire.Envelope(header.reply(wire.MessageType.RESULT), wire.encode_result(result))

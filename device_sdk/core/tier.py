@@ -1,14 +1,47 @@
-"""What one tier loaded for one model version."""
+"""The tier core: what one tier decides for a batch, apart from how the batch reached it.
+
+Every tier does the same on a batch of inputs (:func:`decide`): run its partition,
+calibrate its exit, let the confident inputs exit, keep its own unsure exits in its cache,
+and look the others up in the cache. What neither answers goes to the tier above; the
+answer that comes back is learned (:func:`learn`), and when the tier above cannot be
+reached the tier answers with its own exit, flagged degraded (:meth:`Decision.fallback`).
+The last tier's exit answers everything.
+
+Own exits are kept *before* the batch's lookups, so an input is looked up against every
+answer given before it, including the confident ones of its own batch: a micro-batch
+decides like the same inputs one at a time.
+
+No transport, no threads: the device client, the gateway service and the cloud's inference
+are I/O shells around this module. :class:`TierModels` is what each of them serves: the
+current model version and, for a grace period, the one it replaced.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache
-from edgecascade.device_sdk.core.policy import ExitPolicy
+from edgecascade.device_sdk.core.policy import ExitPolicy, policy_from_spec, softmax
 from edgecascade.device_sdk.model.bundle import TIERS, Bundle, Manifest, PartitionSpec
 from edgecascade.device_sdk.model.hotswap import ServedModels
 from edgecascade.device_sdk.model.runtime import PartitionRunner
+
+logger = logging.getLogger(__name__)
+
+#: the wire tier of each tier's exit answers and of its cache's answers
+ANSWERING: dict[str, tuple[wire.Tier, wire.Tier | None]] = {
+    "device": (wire.Tier.DEVICE, wire.Tier.DEVICE_CACHE),
+    "gateway": (wire.Tier.GATEWAY, wire.Tier.GATEWAY_CACHE),
+    "cloud": (wire.Tier.CLOUD, None),
+}
+
+#: builds a tier's cache for a model version it starts serving (None: no cache)
+CacheFactory = Callable[[Bundle], NeuralCache | None]
 
 
 @dataclass(frozen=True)
@@ -20,6 +53,14 @@ class TierModel:
     runner: PartitionRunner
     policy: ExitPolicy  # the manifest's exit rule for this tier (an explicit override wins over it)
     cache: NeuralCache | None = None
+
+    @classmethod
+    def load(
+        cls, bundle: Bundle, tier: str, *, num_threads: int = 1, cache: NeuralCache | None = None
+    ) -> TierModel:
+        """Build the interpreter and exit policy of ``tier``'s partition (the bundle is verified)."""
+        runner = PartitionRunner.from_bundle(bundle, tier, num_threads)
+        return cls(tier, bundle, runner, policy_from_spec(bundle.manifest.partition(tier).exit), cache)
 
     @property
     def version(self) -> int:
@@ -42,25 +83,144 @@ class TierModel:
         return self.bundle.manifest.partition(TIERS[index - 1]).encoding
 
 
-class ServesModels:
-    """What every tier shows of the models it serves, read from its ``_models``.
+@dataclass(frozen=True)
+class Decision:
+    """What a tier decided for one input: its own answer, or a question for the tier above."""
 
-    Mixed into the device client, the gateway service and the cloud's inference, which
-    each set ``self._models`` to their :class:`ServedModels` of :class:`TierModel`.
+    tier: wire.Tier  # the tier's exit
+    probs: np.ndarray  # calibrated exit probabilities: the tier's own best answer
+    features: np.ndarray | None  # cut features for the tier above (None on the last tier)
+    answer: wire.Result | None = None  # the exit's or the cache's answer; None: ask the tier above
+    embedding: np.ndarray | None = None  # cache key of a miss, to learn the answer from above
+
+    def fallback(self) -> wire.Result:
+        """The tier's own exit answer, flagged degraded: the tier above could not be asked."""
+        return wire.Result(int(self.probs.argmax()), self.probs, self.tier, degraded=True)
+
+
+def decide(model: TierModel, x: np.ndarray, policy: ExitPolicy | None = None) -> list[Decision]:
+    """Run ``model``'s partition on the batch ``x`` and decide each input (exit, cache, or ask above).
+
+    ``policy`` overrides the manifest's exit rule (``model.policy``).
+    """
+    out = model.runner.run(x)
+    probs = softmax(out.logits, model.spec.exit.temperature)
+    exit_tier, cache_tier = ANSWERING[model.tier]
+    if out.features is None:  # the last tier
+        return [Decision(exit_tier, p, None, wire.Result(int(p.argmax()), p, exit_tier)) for p in probs]
+    exits = (policy or model.policy).should_exit(probs)
+    undecided = np.flatnonzero(~exits)
+    cache = model.cache
+    keys: np.ndarray | None = None
+    hits: list = [None] * len(undecided)
+    if cache is not None:
+        cache.keep_exits(out.features, probs, exits, exit_tier.label)
+        if len(undecided):
+            keys = cache.embed(out.features[undecided])
+            hits = cache.lookup_batch(keys)
+    decisions = [
+        Decision(exit_tier, p, f, wire.Result(int(p.argmax()), p, exit_tier) if leave else None)
+        for p, f, leave in zip(probs, out.features, exits, strict=True)
+    ]
+    for k, i in enumerate(undecided):
+        hit = hits[k]
+        if hit is not None:
+            assert cache_tier is not None
+            answer = wire.Result(hit.label, hit.probabilities, cache_tier)
+            decisions[i] = Decision(exit_tier, probs[i], out.features[i], answer)
+        elif keys is not None:
+            decisions[i] = Decision(exit_tier, probs[i], out.features[i], embedding=keys[k])
+    return decisions
+
+
+def learn(model: TierModel, decision: Decision, result: wire.Result) -> bool:
+    """Keep the answer the tiers above gave an input this tier's cache missed; False if not kept.
+
+    Degraded answers are not kept: they are a lower tier's guess, not the tiers above's.
+    """
+    if model.cache is None or decision.embedding is None or result.degraded:
+        return False
+    confidence = float(result.probabilities.max())
+    return model.cache.insert(
+        decision.embedding, result.label, result.probabilities, result.tier.label, confidence
+    )
+
+
+def answered(result: wire.Result) -> str:
+    """The counter of an answer: ``answered_<tier>``, with ``_degraded`` when it is."""
+    return f"answered_{result.tier.label}{'_degraded' if result.degraded else ''}"
+
+
+class TierModels:
+    """The model versions one tier serves: the current one and, for ``grace`` seconds, the one it replaced.
+
+    Each version's :class:`TierModel` (interpreter, exit policy, cache from
+    ``cache_factory``) is built by :meth:`swap` before it replaces the current one, on the
+    caller's thread (an updater), so requests never wait for a load; a request resolves
+    its model once (:meth:`get`) and finishes on it (:class:`ServedModels`).
     """
 
-    _models: ServedModels[TierModel]
+    def __init__(
+        self,
+        tier: str,
+        bundle: Bundle,
+        *,
+        num_threads: int = 1,
+        grace: float = 300.0,
+        cache: NeuralCache | None = None,
+        cache_factory: CacheFactory | None = None,
+    ) -> None:
+        self.tier = tier
+        self.num_threads = num_threads
+        self._cache_factory = cache_factory
+        self._served = ServedModels(TierModel.load(bundle, tier, num_threads=num_threads, cache=cache), grace)
+
+    @property
+    def current(self) -> TierModel:
+        """The model new requests use."""
+        return self._served.current
+
+    def get(self, version: int) -> TierModel | None:
+        """The model serving ``version``: the current one, or a replaced one still in its grace."""
+        return self._served.get(version)
+
+    def previous(self) -> TierModel | None:
+        """The most recently replaced model still in its grace period, if any."""
+        return self._served.previous()
+
+    def versions(self) -> tuple[int, ...]:
+        """Versions answered right now: the current first, then those in grace."""
+        return self._served.versions()
+
+    def swap(self, bundle: Bundle) -> TierModel:
+        """Serve ``bundle`` from now on; returns the model it replaced (servable during its grace)."""
+        cache = self._cache_factory(bundle) if self._cache_factory is not None else None
+        model = TierModel.load(bundle, self.tier, num_threads=self.num_threads, cache=cache)
+        old = self._served.swap(model)
+        logger.info("%s now serves model v%d (replacing v%d)", self.tier, model.version, old.version)
+        return old
+
+
+class ServesModels:
+    """What every tier shows of the models it serves, read from its ``models``."""
+
+    models: TierModels
 
     @property
     def bundle(self) -> Bundle:
         """The bundle of the current model version."""
-        return self._models.current.bundle
+        return self.models.current.bundle
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest of the current model version."""
+        return self.models.current.manifest
 
     @property
     def version(self) -> int:
         """The current model version."""
-        return self._models.current.version
+        return self.models.current.version
 
     def versions(self) -> tuple[int, ...]:
         """Model versions answered right now, the current one first."""
-        return self._models.versions()
+        return self.models.versions()

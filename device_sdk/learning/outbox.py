@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,25 @@ class Outbox:
     def add(self, example: HardExample) -> AddStatus:
         """Store one example durably (see :meth:`add_many`)."""
         return self.add_many([example])[0]
+
+    def keep(self, examples: Sequence[HardExample], counters: Counters) -> list[bool]:
+        """Store examples selected on a request path; per example, whether it is kept (now or before).
+
+        A storage failure is logged and counted in ``counters`` (``hard_examples_not_stored``),
+        never raised: the answer still goes out.
+        """
+        try:
+            statuses = self.add_many(examples)
+        except StorageError as exc:
+            counters.add("hard_examples_not_stored", len(examples))
+            logger.error("cannot store %d hard example(s): %s", len(examples), exc)
+            return [False] * len(examples)
+        kept = [status is not AddStatus.FULL for status in statuses]
+        if any(kept):
+            counters.add("hard_examples_kept", sum(kept))
+        if not all(kept):
+            counters.add("hard_examples_not_stored", len(kept) - sum(kept))
+        return kept
 
     def add_many(self, examples: Iterable[HardExample]) -> list[AddStatus]:
         """Store examples in one transaction (one fsync); per example: stored, duplicate or full."""

@@ -19,7 +19,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgecascade.device_sdk.errors import WireError
+from edgecascade.device_sdk.wire.bodies import encode_tensor
 from edgecascade.device_sdk.wire.codec import Encoding
 
 MAX_BATCH = 256
@@ -48,6 +51,13 @@ def content_id(model_version: int, cut: str, encoding: str, features: bytes, raw
     return h.hexdigest()
 
 
+def raw_body(x: np.ndarray) -> bytes | None:
+    """An input as a record's raw tensor body (uint8 as given, else float32); None if too large."""
+    x = np.asarray(x)
+    body = encode_tensor(x if x.dtype == np.uint8 else x.astype(np.float32))
+    return body if len(body) <= MAX_TENSOR_BYTES else None
+
+
 @dataclass(frozen=True)
 class HardExample:
     """One hard example: features at a cut (never the raw input unless the app opts in)."""
@@ -63,6 +73,37 @@ class HardExample:
     tier: str  # the tier that answered
     created_at: float  # unix seconds on the selecting node
     raw: bytes | None = None  # uint8 tensor body of the input, only when the app enables it
+
+    @classmethod
+    def answered(
+        cls,
+        *,
+        device_id: str,
+        model_version: int,
+        encoding: str,
+        features: bytes,
+        reasons: tuple[str, ...],
+        label: int,
+        probabilities: np.ndarray,
+        tier: str,
+        created_at: float,
+        raw: bytes | None = None,
+    ) -> HardExample:
+        """The record a node keeps of an input it answered: cut-1 features, why, and the answer."""
+        confidence = min(1.0, max(0.0, float(np.max(probabilities))))
+        return cls(
+            device_id,
+            model_version,
+            "cut1",
+            encoding,
+            features,
+            reasons,
+            label,
+            confidence,
+            tier,
+            created_at,
+            raw,
+        )
 
     @property
     def example_id(self) -> str:

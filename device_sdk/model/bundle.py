@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecascade.device_sdk.errors import BundleError, ConfigError, RollbackError
+from edgecascade.device_sdk.errors import BundleError, ConfigError, RollbackError, TensorSpecError
 from edgecascade.device_sdk.files import atomic_write, sha256_file
 from edgecascade.device_sdk.model.signing import (
     SIGNATURE,
@@ -120,6 +120,21 @@ class InputSpec:
         return (np.asarray(raw, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)).astype(
             np.float32
         )
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of raw inputs as the model's input: shape checked (a missing channel axis
+        added), normalised, finite; anything else is a :class:`TensorSpecError`."""
+        batch = np.asarray(batch)
+        if batch.shape[1:] != self.shape and (*batch.shape[1:], 1) == self.shape:
+            batch = batch[..., None]
+        if batch.ndim != len(self.shape) + 1 or batch.shape[1:] != self.shape or len(batch) == 0:
+            raise TensorSpecError(
+                f"expected inputs of shape {self.shape}, got a batch of shape {batch.shape}"
+            )
+        x = self.normalise(batch)
+        if not np.isfinite(x).all():
+            raise TensorSpecError("input holds NaN or infinite values")
+        return x
 
 
 @dataclass(frozen=True)

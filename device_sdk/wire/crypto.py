@@ -25,7 +25,7 @@ in-memory view. GCM with a repeated nonce leaks the XOR of two plaintexts and th
 authentication key. Random 96-bit nonces collide with probability about n²/2⁹⁷, which stays
 negligible for the 2³² messages NIST SP 800-38D allows per key; rotation starts a new key.
 
-Replays. A gateway keeps a sliding window (:mod:`edgecascade.device_sdk.wire.replay`) of the last 64
+Replays. A gateway keeps a sliding window (``edgecascade.edge_gateway.replay``) of the last 64
 sequence numbers per device: a number seen before raises
 :class:`~edgecascade.device_sdk.errors.ReplayError`, one older than the window
 :class:`~edgecascade.device_sdk.errors.SequenceTooOldError`. The window moves only after the tag
@@ -37,9 +37,10 @@ a gateway restart, or on another gateway of a share group, an old message is acc
 the broker ACL (only the device itself may publish on its request topic) is the other half
 of the defence.
 
-Key files and the gateways' keyring are in :mod:`edgecascade.device_sdk.wire.keys`. Every failure is a
-:class:`~edgecascade.device_sdk.errors.CryptoError`, or another ``WireError`` for an envelope that does
-not parse; nothing else escapes :meth:`GatewayCrypto.open_request` or :meth:`DeviceCrypto.open`.
+A device's key files are read by :mod:`.keys`; the gateways' side (their keyring, opening
+requests with replay windows, sealing replies) is ``edgecascade.edge_gateway.crypto``. Every
+failure is a :class:`~edgecascade.device_sdk.errors.CryptoError`, or another ``WireError``
+for an envelope that does not parse; nothing else escapes :meth:`DeviceCrypto.open`.
 """
 
 from __future__ import annotations
@@ -48,12 +49,10 @@ import dataclasses
 import os
 import re
 import struct
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.errors import (
@@ -64,7 +63,6 @@ from edgecascade.device_sdk.errors import (
     UnknownKeyError,
     WireError,
 )
-from edgecascade.device_sdk.wire.replay import WINDOW, ReplayWindow
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -246,60 +244,6 @@ class DeviceCrypto:
         if keys is None:
             raise UnknownKeyError(f"reply sealed with key id {key_id}, which this device does not hold")
         return open_sealed(envelope, keys.to_device)
-
-
-# -------------------------------------------------------------------------- gateway side
-class KeySource(Protocol):
-    """Where a gateway finds a device's keys by key id (:class:`~.keys.GatewayKeyring`)."""
-
-    def get(self, device_id: str, key_id: int) -> PairKeys:
-        """The keys, or UnknownKeyError."""
-        ...
-
-
-class GatewayCrypto:
-    """The gateway's opening of requests (with replay windows) and sealing of replies."""
-
-    def __init__(self, keyring: KeySource, *, required: bool = True, window: int = WINDOW) -> None:
-        self.keyring = keyring
-        self.required = required
-        self.window = window
-        self._windows: dict[str, ReplayWindow] = {}
-        self._lock = threading.Lock()
-
-    def open_request(self, payload: bytes, topic_device: str | None = None) -> tuple[bytes, int | None]:
-        """Plain envelope bytes of a request and the key id it used (None if it was plaintext).
-
-        ``topic_device`` is the device id the broker vouches for (the topic); an envelope
-        naming another device is refused before any key is looked up.
-        """
-        envelope = wire.envelope_from_bytes(payload)
-        header = envelope.header
-        if topic_device is not None and header.device_id != topic_device:
-            raise WireError(f"envelope device id {header.device_id!r} does not match its topic")
-        if not header.flags & wire.FLAG_ENCRYPTED:
-            if self.required:
-                raise NotEncryptedError(
-                    f"unencrypted request from {header.device_id!r}: encryption is required"
-                )
-            return payload, None
-        key_id = key_id_of(envelope)
-        keys = self.keyring.get(header.device_id, key_id)
-        with self._lock:
-            window = self._windows.get(header.device_id)
-            if window is not None:
-                window.check(header.seq)
-        plain = open_sealed(envelope, keys.to_gateway)
-        with self._lock:  # only an authentic message moves the window
-            window = self._windows.setdefault(header.device_id, ReplayWindow(self.window))
-            window.accept(header.seq)
-        return wire.envelope_to_bytes(plain), key_id
-
-    def seal_reply(self, reply: bytes, key_id: int) -> bytes:
-        """Encrypt a reply envelope to its device under ``key_id`` (the request's)."""
-        envelope = wire.envelope_from_bytes(reply)
-        keys = self.keyring.get(envelope.header.device_id, key_id)
-        return seal(envelope, keys.to_device, key_id)
 
 
 # ------------------------------------------------------------------------------ PEM files

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -26,16 +27,17 @@ from edgecascade.device_sdk.counters import Counters
 
 
 class EchoInference:
-    """Answers every request with ``b"ok"``, counting like :class:`CloudInference`."""
+    """Answers every request with a one-class result, counting like :class:`CloudInference`."""
 
     def __init__(self) -> None:
         self.bundle = SimpleNamespace(manifest=SimpleNamespace(name="stub", version=1))
         self.counters = Counters()
-        self.payloads: list[bytes] = []
+        self.payloads: list[wire.Envelope] = []
 
-    def infer(self, payload: bytes) -> bytes:
-        self.payloads.append(payload)
-        return b"ok"
+    def infer(self, request: wire.Envelope) -> wire.Envelope:
+        self.payloads.append(request)
+        result = wire.Result(0, np.ones(1, np.float32), wire.Tier.CLOUD)
+        return wire.Envelope(request.header.reply(wire.MessageType.RESULT), wire.encode_result(result))
 
 
 @dataclass

@@ -27,9 +27,10 @@ from edgecascade.device_sdk.learning.selection import Degraded, HardExampleSelec
 from edgecascade.device_sdk.learning.uploader import Uploader
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.transport import InMemoryTransport
-from edgecascade.device_sdk.wire import codec, crypto, keys
+from edgecascade.device_sdk.wire import codec, crypto
 from edgecascade.edge_gateway.cloud_link import InMemoryCloudLink
 from edgecascade.edge_gateway.config import load_gateway_config
+from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring
 from edgecascade.edge_gateway.relay import HardExampleRelay
 from edgecascade.edge_gateway.service import GatewayService
 from tests.hard_example_fakes import example
@@ -37,12 +38,12 @@ from tests.hard_example_fakes import example
 DEVICE = "hx-device"
 
 
-def _keys(device_id: str = DEVICE) -> tuple[crypto.DeviceCrypto, crypto.GatewayCrypto]:
+def _keys(device_id: str = DEVICE) -> tuple[crypto.DeviceCrypto, GatewayCrypto]:
     gateway_key, device_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    keyring = keys.GatewayKeyring(gateway_key)
+    keyring = GatewayKeyring(gateway_key)
     keyring.add(device_id, 1, device_key.public_key())
     pair = crypto.device_pair_keys(device_key, gateway_key.public_key(), device_id, 1)
-    return crypto.DeviceCrypto(device_id, {1: pair}), crypto.GatewayCrypto(keyring)
+    return crypto.DeviceCrypto(device_id, {1: pair}), GatewayCrypto(keyring)
 
 
 def _failing_cloud(envelope: bytes) -> bytes:
@@ -61,7 +62,7 @@ def test_offline_device_keeps_degraded_inputs_before_predict_returns(
     with Outbox(tmp_path / "device.db") as other:
         assert other.counts()["pending"] == 8
     spec = bundle.manifest.partition("device")
-    features = client._runner.run(client._prepare(images)).features
+    features = client.models.current.runner.run(client.manifest.input.prepare(images)).features
     for prediction, pending, f in zip(predictions, outbox.pending(10), features, strict=True):
         assert prediction.degraded and prediction.hard_example == pending.id
         record = HardExample.from_json(pending.record)  # the shared format, id checked
@@ -95,7 +96,7 @@ def test_cascade_selects_cloud_answers_and_relays_them_through_the_gateway(
     cloud = CloudInference(bundle)
     device_crypto, gateway_crypto = _keys()
     gateway_box = Outbox(tmp_path / "gateway.db")
-    gateway = GatewayService(bundle, InMemoryCloudLink(cloud.infer), crypto=gateway_crypto)
+    gateway = GatewayService(bundle, InMemoryCloudLink(cloud.handle), crypto=gateway_crypto)
     relay = HardExampleRelay(gateway_box, gateway_crypto, gateway.counters)
     transport = InMemoryTransport(gateway.handle, lambda payload: relay.handle(payload, DEVICE) or b"")
     device_box = Outbox(tmp_path / "device.db")

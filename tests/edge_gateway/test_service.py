@@ -15,13 +15,14 @@ from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.transport import InMemoryTransport
 from edgecascade.device_sdk.wire import codec
 from edgecascade.edge_gateway.cloud_link import InMemoryCloudLink
-from edgecascade.edge_gateway.service import Forward, GatewayService, Request
+from edgecascade.edge_gateway.messages import Message
+from edgecascade.edge_gateway.service import Forward, GatewayService
 
 
 def _services(bundle_dir: Path) -> tuple[GatewayService, CloudInference]:
     bundle = load_bundle(bundle_dir)
     cloud = CloudInference(bundle)
-    return GatewayService(bundle, InMemoryCloudLink(cloud.infer)), cloud
+    return GatewayService(bundle, InMemoryCloudLink(cloud.handle)), cloud
 
 
 def test_in_memory_cascade_uses_every_tier(tiny_bundle: Path, fmnist) -> None:
@@ -38,10 +39,10 @@ def test_in_memory_cascade_uses_every_tier(tiny_bundle: Path, fmnist) -> None:
 def test_micro_batch_decides_like_single_requests(tiny_bundle: Path, fmnist) -> None:
     gateway, _ = _services(tiny_bundle)
     client = DeviceClient(load_bundle(tiny_bundle), "batch-device", None, policy=NeverExit())
-    features = client._runner.run(client._prepare(fmnist.x_test[:16])).features
+    features = client.models.current.runner.run(client.manifest.input.prepare(fmnist.x_test[:16])).features
     assert features is not None
     requests = [
-        Request(
+        Message(
             wire.envelope_to_bytes(
                 wire.Envelope(
                     wire.Header(wire.MessageType.INFER_REQUEST, "batch-device", client.manifest.version),
@@ -56,7 +57,7 @@ def test_micro_batch_decides_like_single_requests(tiny_bundle: Path, fmnist) -> 
     for a, b in zip(batched, single, strict=True):
         assert type(a) is type(b)
         if isinstance(a, Forward) and isinstance(b, Forward):
-            np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+            np.testing.assert_allclose(a.decision.probs, b.decision.probs, atol=1e-5)
         else:
             assert isinstance(a, bytes) and isinstance(b, bytes)
             ra = wire.decode_result(wire.envelope_from_bytes(a).body)

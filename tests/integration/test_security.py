@@ -78,7 +78,7 @@ def test_eavesdroppers_on_the_broker_see_only_ciphertext(
     images = fmnist.x_test[:20]
     predictions = client.predict_batch(images)
     assert not any(p.degraded for p in predictions)
-    features = client._runner.run(client._prepare(images)).features
+    features = client.models.current.runner.run(client.manifest.input.prepare(images)).features
     assert features is not None
     deadline = time.monotonic() + 5
     while len(everything.payloads("/res")) < len(images) and time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 Pure logic, no I/O and no crypto (RFC 4303's anti-replay window): the newest number
 accepted and a bitmap of the ``size`` numbers below it. A number seen before raises
 :class:`~edgecascade.device_sdk.errors.ReplayError`; one too old to be checked,
-:class:`~.errors.SequenceTooOldError`. :class:`~.crypto.GatewayCrypto`
+:class:`~edgecascade.device_sdk.errors.SequenceTooOldError`. :class:`~.crypto.GatewayCrypto`
 keeps one per device and only records numbers of messages that authenticated.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecascade.device_sdk.errors import ReplayError, SequenceTooOldError
-from edgecascade.device_sdk.wire import replay
+from edgecascade.edge_gateway import replay
 
 
 def test_replay_window_logic() -> None:

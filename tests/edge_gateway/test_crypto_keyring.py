@@ -10,7 +10,8 @@ import pytest
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.errors import ConfigError, UnknownKeyError
 from edgecascade.device_sdk.wire.crypto import load_x25519_private, load_x25519_public
-from edgecascade.device_sdk.wire.keys import load_device_crypto, load_gateway_crypto
+from edgecascade.device_sdk.wire.keys import load_device_crypto
+from edgecascade.edge_gateway.crypto import load_gateway_crypto
 from edgecascade.tools.certs import init_pki, issue_device
 
 DEVICE = "cam-01"
@@ -28,19 +29,22 @@ def test_keys_load_from_files_and_the_keyring_rescans(tmp_path: Path) -> None:
     issue_device(pki.root, DEVICE)
     device = load_device_crypto(pki.device_dir(DEVICE), DEVICE)
     gateway = load_gateway_crypto(pki.gateway_x25519_key, pki.device_keys, rescan_interval=0)
-    assert gateway.open_request(device.seal(request()))[1] == 1
+    assert gateway.open_request(wire.envelope_from_bytes(device.seal(request())))[1] == 1
 
     issue_device(pki.root, "cam-02")  # registered while the gateway runs
     newcomer = load_device_crypto(pki.device_dir("cam-02"), "cam-02")
-    assert gateway.open_request(newcomer.seal(request(device="cam-02")))[1] == 1
+    assert gateway.open_request(wire.envelope_from_bytes(newcomer.seal(request(device="cam-02"))))[1] == 1
 
     issue_device(pki.root, DEVICE, rotate=True)
     rotated = load_device_crypto(pki.device_dir(DEVICE), DEVICE)
-    assert rotated.key_id == 2 and gateway.open_request(rotated.seal(request()))[1] == 2
+    assert (
+        rotated.key_id == 2
+        and gateway.open_request(wire.envelope_from_bytes(rotated.seal(request())))[1] == 2
+    )
     (pki.device_keys / f"{DEVICE}.k1.pub").unlink()  # retire generation 1
     gateway.keyring.rescan()
     with pytest.raises(UnknownKeyError):
-        gateway.open_request(device.seal(request()))
+        gateway.open_request(wire.envelope_from_bytes(device.seal(request())))
 
     with pytest.raises(ConfigError, match="no payload key"):
         load_device_crypto(tmp_path, DEVICE, gateway_public=pki.gateway_x25519_pub)

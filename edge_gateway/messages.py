@@ -1,0 +1,77 @@
+"""Devices' messages as the gateway receives them: parsed once, sender checked, opened, answered.
+
+Inference requests and hard-example uploads arrive alike: an envelope on a device's own
+topic (the broker vouches for the device id in the topic), encrypted end to end unless the
+``[crypto]`` settings allow plaintext. :func:`open_message` parses the payload once,
+refuses an envelope naming another device than its topic, and decrypts it (checking the
+device's replay window); the :class:`Opened` message travels on as an object.
+:func:`seal_reply` serialises a reply once, encrypted under the key id the request used,
+and :func:`refusal` addresses an error reply even to a message that could not be read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core import serving
+from edgecascade.device_sdk.errors import WireError
+from edgecascade.edge_gateway.crypto import GatewayCrypto
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as it arrived: payload, and what the transport knows of its sender."""
+
+    payload: bytes
+    device_id: str | None = None  # from the MQTT topic; must match the envelope
+    correlation: bytes | None = None  # MQTT v5 correlation data: the request id
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An authenticated message: its plain envelope, and the key id its reply is sealed with."""
+
+    envelope: wire.Envelope
+    key_id: int | None = None  # None: the message came in plaintext (encryption not required)
+
+    @property
+    def header(self) -> wire.Header:
+        return self.envelope.header
+
+
+def read(message: Message) -> wire.Envelope:
+    """Parse a message's envelope and check it names the device of its topic."""
+    envelope = wire.envelope_from_bytes(message.payload)
+    if message.device_id is not None and envelope.header.device_id != message.device_id:
+        raise WireError(f"envelope device id {envelope.header.device_id!r} does not match its topic")
+    return envelope
+
+
+def open_message(crypto: GatewayCrypto | None, envelope: wire.Envelope) -> Opened:
+    """Decrypt a parsed envelope (with replay checks), or take it as it is when crypto is off."""
+    if crypto is None:
+        return Opened(envelope)
+    return Opened(*crypto.open_request(envelope))
+
+
+def seal_reply(crypto: GatewayCrypto | None, reply: wire.Envelope, key_id: int | None) -> bytes:
+    """The reply's bytes, sealed under ``key_id`` when the request was encrypted."""
+    if key_id is None or crypto is None:
+        return wire.envelope_to_bytes(reply)
+    return crypto.seal_reply(reply, key_id)
+
+
+def refusal(
+    message: Message, envelope: wire.Envelope | None, exc: Exception, kind: wire.MessageType
+) -> wire.Envelope | None:
+    """A plain ERROR reply to a message that cannot be served; None if nobody can be addressed.
+
+    ``envelope`` is the message as parsed, if it parsed; otherwise the reply is addressed by
+    the topic's device id and the correlation data (a request id), when both are known.
+    """
+    if envelope is not None:
+        return serving.error_reply(envelope.header, exc)
+    if message.device_id is None or message.correlation is None or len(message.correlation) != 16:
+        return None
+    return serving.error_reply(wire.Header(kind, message.device_id, 0, 0, message.correlation), exc)
