@@ -111,7 +111,7 @@ class DeviceClient(ServesModels):
         self.selector = selector or HardExampleSelector.default()
         self.keep_raw = keep_raw
         self.counters = Counters()
-        self._policy = policy  # an explicit policy outlives model swaps; None: each manifest's own
+        self._policy = policy
         self._seq = itertools.count(initial_sequence())  # above what gateways saw before a restart
         self._seq_lock = threading.Lock()
         self._updater: ModelUpdater | None = None
@@ -142,18 +142,6 @@ class DeviceClient(ServesModels):
         return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------- the model it serves
-    @property
-    def cache(self) -> NeuralCache | None:
-        return self.models.current.cache
-
-    @property
-    def policy(self) -> ExitPolicy:
-        return self._policy or self.models.current.policy
-
-    @policy.setter
-    def policy(self, policy: ExitPolicy | None) -> None:
-        self._policy = policy
-
     @property
     def updater(self) -> ModelUpdater | None:
         """The updater :meth:`follow_updates` started, if any (its counters say what it refused)."""

@@ -78,17 +78,9 @@ class GatewayService(ServesModels):
         self.crypto = crypto
         self.cloud = cloud
         self.outbox = outbox  # where degraded answers are kept as hard examples (None: nowhere)
-        self._policy = policy  # an explicit policy outlives swaps; None: each manifest's own
+        self._policy = policy
         self.counters = Counters()
         self.models = TierModels("gateway", bundle, grace=grace, cache=cache, cache_factory=cache_factory)
-
-    @property
-    def cache(self) -> NeuralCache | None:
-        return self.models.current.cache
-
-    @property
-    def policy(self) -> ExitPolicy:
-        return self._policy or self.models.current.policy
 
     def swap(self, bundle: Bundle) -> None:
         """Serve ``bundle`` for new requests; the replaced version stays servable for the grace period."""

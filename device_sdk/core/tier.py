@@ -205,6 +205,21 @@ class ServesModels:
     """What every tier shows of the models it serves, read from its ``models``."""
 
     models: TierModels
+    _policy: ExitPolicy | None = None  # an explicit exit policy outlives swaps; None: each manifest's own
+
+    @property
+    def policy(self) -> ExitPolicy:
+        """The exit policy in force: the explicit one, else the current manifest's."""
+        return self._policy or self.models.current.policy
+
+    @policy.setter
+    def policy(self, policy: ExitPolicy | None) -> None:
+        self._policy = policy
+
+    @property
+    def cache(self) -> NeuralCache | None:
+        """The current model version's cache, if the tier has one."""
+        return self.models.current.cache
 
     @property
     def bundle(self) -> Bundle:
