@@ -4,7 +4,7 @@ A job moves ``queued`` → ``running`` → ``succeeded`` | ``rejected`` | ``fail
 ``succeeded`` means a candidate version passed the evaluation gate and was published for
 promotion, ``rejected`` that the gate (or a lack of data) kept the current version, and
 ``failed`` that the job crashed, timed out or was killed; in no case does a job touch the
-version being served. The job process itself (``python -m edgecascade.training.retrain_job SPEC``)
+version being served. The job process itself (``python -m edgecascade.cloud_service.retrain_job SPEC``)
 updates its row: state, progress (0..1), the stage it is in, a heartbeat, and at the end
 the gate's numbers or the error. Its log goes to a file beside the spec.
 

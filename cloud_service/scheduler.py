@@ -6,7 +6,7 @@ one): ``count_threshold`` hard examples received since the last job
 ``interval_seconds`` when at least one new example arrived (:meth:`RetrainScheduler.tick`,
 run by a background thread), and the API or CLI (:meth:`RetrainScheduler.submit`).
 
-A job runs in its own process, ``python -m edgecascade.training.retrain_job <spec.json>``, in a new
+A job runs in its own process, ``python -m edgecascade.cloud_service.retrain_job <spec.json>``, in a new
 session so that it outlives a restarted web worker and never shares TensorFlow with it
 (the cloud API does not import TensorFlow at all). A watcher thread waits for the process
 and marks the job ``failed`` if it ended without reporting an outcome (a crash, a kill,
@@ -36,7 +36,7 @@ from edgecascade.cloud_service.store import ExampleStore
 
 logger = logging.getLogger(__name__)
 
-JOB_MODULE = "edgecascade.training.retrain_job"
+JOB_MODULE = "edgecascade.cloud_service.retrain_job"
 Launcher = Callable[[Path, Path], "subprocess.Popen[bytes] | None"]
 """Starts the job process for a spec file, its output appended to a log file."""
 JobHook = Callable[[JobRow], None]

@@ -91,8 +91,9 @@ def tiny_model_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fmnist: Any
 ) -> Path:
     """A directory with ``trained/`` (Keras checkpoint) and ``bundle/`` of the tiny model."""
+    from edgecascade.training.config import TrainConfig
     from edgecascade.training.export import export_bundle
-    from edgecascade.training.train import TrainConfig, train
+    from edgecascade.training.train import train
 
     config = TrainConfig.tiny()
     key = _cache_key(config)

@@ -36,9 +36,9 @@ def retrain(args: argparse.Namespace) -> int:
     from edgecascade.cloud_service.app import open_registry
     from edgecascade.cloud_service.config import load_cloud_config
     from edgecascade.cloud_service.jobs import JobStore
+    from edgecascade.cloud_service.retrain_job import run_job
     from edgecascade.cloud_service.scheduler import RetrainScheduler
     from edgecascade.cloud_service.store import open_example_store
-    from edgecascade.training.retrain_job import run_job
 
     config = load_cloud_config(args.config)
     registry = open_registry(config) if config.registry.models_dir is not None else None

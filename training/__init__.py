@@ -30,7 +30,7 @@ _EXPORTS = {
     "NEVER_EXIT": "edgecascade.training.calibration",
     "ModelConfig": "edgecascade.training.model",
     "build_stages": "edgecascade.training.model",
-    "TrainConfig": "edgecascade.training.train",
+    "TrainConfig": "edgecascade.training.config",
     "TrainedModel": "edgecascade.training.train",
     "load_trained": "edgecascade.training.train",
     "export_bundle": "edgecascade.training.export",

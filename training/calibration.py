@@ -11,20 +11,32 @@ validation data, it is as accurate as the final exit would have been on the same
 Because the cascade's accuracy is ``acc_exit`` on the samples that exit plus ``acc_final``
 on the rest, meeting the rule with ``max_loss=0`` means the cascade is at least as accurate
 as the full model on that validation set.
+
+:func:`calibrate` applies both to a trained model's three exits on validation data (exit 2's
+threshold is chosen on what exit 1 leaves, :func:`choose_thresholds`). It calls the model,
+so it runs Keras, but this module never imports TensorFlow itself.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecascade.device_sdk.core.policy import confidence_score, softmax
 
+if TYPE_CHECKING:
+    from edgecascade.training.train import TrainedModel
+
 __all__ = [
     "NEVER_EXIT",
+    "accuracy_metrics",
+    "calibrate",
+    "cascade_metrics",
     "cascade_predictions",
     "choose_threshold",
+    "choose_thresholds",
     "exit_share",
     "fit_temperature",
     "nll",
@@ -167,3 +179,61 @@ def cascade_predictions(
         pending &= ~fire
     stacked = np.stack([np.asarray(p).argmax(axis=1) for p in probs])  # (exits, n)
     return stacked[taken, np.arange(n)], taken
+
+
+def accuracy_metrics(prefix: str, probs: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """``<prefix>_accuracy_exit<i>``: each exit's accuracy on its own."""
+    return {f"{prefix}_accuracy_exit{i}": float((p.argmax(1) == y).mean()) for i, p in enumerate(probs, 1)}
+
+
+def cascade_metrics(
+    prefix: str, probs: list[np.ndarray], y: np.ndarray, thresholds: tuple[float, ...], score: str
+) -> dict[str, float]:
+    """``<prefix>_cascade_accuracy`` at ``thresholds``, and ``<prefix>_exit_share_exit<i>`` per exit."""
+    pred, taken = cascade_predictions(probs, thresholds, score)
+    metrics = {f"{prefix}_cascade_accuracy": float((pred == y).mean())}
+    for i in range(len(probs)):
+        metrics[f"{prefix}_exit_share_exit{i + 1}"] = float((taken == i).mean())
+    return metrics
+
+
+def choose_thresholds(
+    probs: list[np.ndarray],
+    y: np.ndarray,
+    max_loss: float,
+    score: str = "max_prob",
+    target: float | None = None,
+) -> tuple[float, float, float]:
+    """Thresholds for exits 1 and 2 (exit 3 answers everything left, threshold 0).
+
+    Exit 2 only ever sees what exit 1 did not answer, so its threshold is chosen on those
+    samples; together the two choices keep the cascade's accuracy ≥ the final exit's
+    (minus ``max_loss``) on this data, or each early exit at ``target`` accuracy.
+    """
+    final_correct = probs[2].argmax(1) == y
+    t1 = choose_threshold(probs[0], y, final_correct, max_loss, score=score, target=target)
+    rest = confidence_score(score)(probs[0]) < t1
+    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss, score=score, target=target)
+    return t1, t2, 0.0
+
+
+def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
+    """Fit each exit's temperature, then choose the thresholds, on validation data; returns val metrics."""
+    config = trained.config
+    logits = trained.exit_logits(x_val)
+    trained.temperatures = tuple(fit_temperature(z, y_val) for z in logits)  # type: ignore[assignment]
+    metrics = {
+        f"val_nll_exit{i}_{when}": nll(z, y_val, t)
+        for i, (z, t0) in enumerate(zip(logits, trained.temperatures, strict=True), 1)
+        for when, t in (("raw", 1.0), ("calibrated", t0))
+    }
+    probs = trained.exit_probs(x_val)
+    trained.thresholds = choose_thresholds(
+        probs, y_val, config.max_loss, config.exit_score, config.exit_target
+    )
+    metrics |= accuracy_metrics("val", probs, y_val)
+    metrics |= cascade_metrics("val", probs, y_val, trained.thresholds, config.exit_score)
+    logger.info(
+        "temperatures %s, thresholds %s on %s", trained.temperatures, trained.thresholds, config.exit_score
+    )
+    return metrics

@@ -44,8 +44,9 @@ from edgecascade.device_sdk.model.bundle import (
 from edgecascade.device_sdk.model.runtime import interpreter_class
 from edgecascade.device_sdk.model.signing import PrivateKeySource
 from edgecascade.training.calibration import softmax
+from edgecascade.training.config import TrainConfig
 from edgecascade.training.data import Dataset, load_fashion_mnist
-from edgecascade.training.train import TrainConfig, TrainedModel, train
+from edgecascade.training.train import TrainedModel, train, training_split
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +290,6 @@ def train_and_export(
     validation split; both are stored in the manifest.
     """
     from edgecascade.training.cache_calibration import calibrate_cache
-    from edgecascade.training.train import training_split
 
     data = dataset if dataset is not None else load_fashion_mnist()
     trained = train(train_config, data, progress=progress)

@@ -20,7 +20,8 @@ only harmless when zero rows cannot move the statistics.
 
 :func:`finetune` changes the stages of the :class:`~edgecascade.training.train.TrainedModel` it is
 given; load a fresh copy of the checkpoint for it. :func:`gate_scores` measures a model the
-way the evaluation gate (:mod:`edgecascade.training.gate`) compares them.
+way the evaluation gate (:mod:`edgecascade.training.gate`) compares them. Hard examples come
+as a :class:`~edgecascade.training.hard_examples.HardSet`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from keras import layers
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.calibration import cascade_predictions, softmax
 from edgecascade.training.gate import Scores, pooled_accuracy
+from edgecascade.training.hard_examples import HardSet
 from edgecascade.training.train import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -55,43 +57,6 @@ class FinetuneConfig:
     hard_weight: float = 2.0
     train_device: bool = True  # allowed only when every hard example carries its raw input
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class HardSet:
-    """Labelled hard examples by what they carry: raw inputs, cut-1 or cut-2 features."""
-
-    raw: np.ndarray  # uint8 (n, H, W, C)
-    raw_y: np.ndarray
-    cut1: np.ndarray  # float32, as decoded from the wire
-    cut1_y: np.ndarray
-    cut2: np.ndarray
-    cut2_y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.raw_y) + len(self.cut1_y) + len(self.cut2_y)
-
-    @classmethod
-    def build(
-        cls,
-        items: list[tuple[str, np.ndarray, np.ndarray | None, int]],
-        shapes: dict[str, tuple[int, ...]],
-    ) -> HardSet:
-        """From ``(cut, features, raw or None, label)`` items; ``shapes`` of ``raw``, ``cut1``, ``cut2``.
-
-        An item with a raw input is used as raw (its features are recomputed by the model).
-        """
-        groups: dict[str, tuple[list[np.ndarray], list[int]]] = {k: ([], []) for k in ("raw", "cut1", "cut2")}
-        for cut, features, raw, label in items:
-            key, x = ("raw", raw) if raw is not None else (cut, features)
-            groups[key][0].append(x)
-            groups[key][1].append(label)
-        arrays = {}
-        for key, (xs, ys) in groups.items():
-            dtype = np.uint8 if key == "raw" else np.float32
-            arrays[key] = np.stack(xs).astype(dtype) if xs else np.zeros((0, *shapes[key]), dtype)
-            arrays[f"{key}_y"] = np.asarray(ys, dtype=np.int64)
-        return cls(**arrays)
 
 
 def trains_device(hard: HardSet, config: FinetuneConfig) -> bool:

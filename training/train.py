@@ -1,13 +1,13 @@
-"""Joint training of the multi-exit network and the choice of its exit thresholds.
+"""Joint training of the multi-exit network, and the :class:`TrainedModel` it produces.
 
 All three exits are trained together (weighted sum of per-exit cross-entropies on
 logits), so the early stages learn features that serve both their own exit and the tiers
-after them. On a held-out validation split each exit then gets a temperature
-(:func:`edgecascade.training.calibration.fit_temperature`) and exits 1 and 2 a threshold on the
-configured confidence score (:func:`edgecascade.training.calibration.choose_threshold`), so that by
-default the cascade loses no accuracy against the full model on that split. A
-:class:`TrainedModel` can be saved and loaded so that training and export can run as
-separate steps.
+after them. On a held-out validation split each exit then gets a temperature and exits 1
+and 2 a threshold on the configured confidence score
+(:func:`edgecascade.training.calibration.calibrate`), so that by default the cascade loses
+no accuracy against the full model on that split. The run's hyper-parameters are a
+:class:`~edgecascade.training.config.TrainConfig`. A :class:`TrainedModel` can be saved and
+loaded (:func:`load_trained`) so that training and export can run as separate steps.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import tomllib
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,126 +24,18 @@ import numpy as np
 from keras import layers
 from tqdm.auto import tqdm
 
-from edgecascade.device_sdk.core.policy import SCORES, confidence_score
-from edgecascade.device_sdk.errors import ConfigError, ModelError
+from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.model.bundle import InputSpec
 from edgecascade.device_sdk.wire.codec import through_wire
-from edgecascade.training.calibration import (
-    NEVER_EXIT,
-    cascade_predictions,
-    choose_threshold,
-    fit_temperature,
-    nll,
-    softmax,
-)
+from edgecascade.training.calibration import NEVER_EXIT, accuracy_metrics, calibrate, cascade_metrics, softmax
+from edgecascade.training.config import TrainConfig
 from edgecascade.training.data import Dataset, split_validation
-from edgecascade.training.model import ModelConfig, Stages, build_stages, chain, is_fraction, is_whole
+from edgecascade.training.model import Stages, build_stages, chain
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trained.json"
 _TIERS = ("device", "gateway", "cloud")
-
-
-def _per_exit(value: object, valid: Callable[[Any], bool]) -> bool:
-    """A tuple of one valid value per exit: what loss weights and label smoothing must be."""
-    return isinstance(value, tuple) and len(value) == 3 and all(map(valid, value))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run. ``TrainConfig()`` is the full-quality preset."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    val_fraction: float = 0.1
-    train_subset: int | None = None  # use only this many training images (before the validation split)
-    seed: int = 0
-    max_loss: float = 0.0  # accuracy an early exit may lose vs the final exit on the samples it answers
-    augment: bool = True  # random horizontal flips (and shifts, see max_shift), in training only
-    max_shift: int = 0  # augmentation also shifts by up to this many pixels (0: flips only)
-    label_smoothing: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per exit: target share spread evenly
-    exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
-    exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    def __post_init__(self) -> None:
-        """ValueError on a wrong setting, before any training time is spent."""
-        problems = [
-            f"{name} must be a whole number >= {low}, got {getattr(self, name)!r}"
-            for name, low in (("epochs", 1), ("batch_size", 1), ("max_shift", 0))
-            if not is_whole(getattr(self, name), low)
-        ]
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not is_fraction(self.val_fraction):
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not _per_exit(self.label_smoothing, is_fraction):
-            problems.append(f"label_smoothing must be three numbers in [0, 1), got {self.label_smoothing!r}")
-        if not _per_exit(self.loss_weights, lambda w: isinstance(w, int | float) and w >= 0):
-            problems.append(f"loss_weights must be three numbers >= 0, got {self.loss_weights!r}")
-        if self.exit_score not in SCORES:
-            problems.append(f"exit_score must be one of {', '.join(SCORES)}, got {self.exit_score!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @classmethod
-    def quick(cls) -> TrainConfig:
-        """A shorter run for the demo: same network, fewer epochs."""
-        return cls(epochs=2)
-
-    @classmethod
-    def tiny(cls) -> TrainConfig:
-        """Seconds, not minutes: a small network on 3000 images, for tests."""
-        return cls(epochs=2, batch_size=64, train_subset=3000, model=ModelConfig.tiny())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict` (JSON turns tuples into lists)."""
-        model: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.get("model", {}).items()
-        }
-        top: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"
-        }
-        top.setdefault("max_shift", 2)  # checkpoints written before the setting existed were trained so
-        if isinstance(top.get("label_smoothing"), int | float):  # one number: the same for every exit
-            top["label_smoothing"] = (top["label_smoothing"],) * 3
-        return cls(**top, model=ModelConfig(**model))
-
-
-def load_train_config(path: str | Path, base: TrainConfig) -> TrainConfig:
-    """``base`` with what a TOML file sets: top-level keys are :class:`TrainConfig` fields,
-    a ``[model]`` table sets :class:`~edgecascade.training.model.ModelConfig` fields.
-
-    Unknown keys, wrong types and unreadable files raise :class:`ConfigError`, naming the
-    file, before any training time is spent.
-    """
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    model = data.pop("model", {})
-    if not isinstance(model, dict):
-        raise ConfigError(f"{path}: model must be a table")
-    unknown = [k for k in data if k not in {f.name for f in fields(TrainConfig)}] + [
-        f"model.{k}" for k in model if k not in {f.name for f in fields(ModelConfig)}
-    ]
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    merged = base.to_dict() | data
-    merged["model"] = base.to_dict()["model"] | model
-    try:
-        return TrainConfig.from_dict(merged)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
 
 
 @dataclass
@@ -272,62 +162,6 @@ class TqdmProgress(keras.callbacks.Callback):
             self._bar = None
 
 
-def _accuracies(prefix: str, probs: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
-    return {f"{prefix}_accuracy_exit{i}": float((p.argmax(1) == y).mean()) for i, p in enumerate(probs, 1)}
-
-
-def _cascade_metrics(
-    prefix: str, probs: list[np.ndarray], y: np.ndarray, thresholds: tuple[float, ...], score: str
-) -> dict[str, float]:
-    pred, taken = cascade_predictions(probs, thresholds, score)
-    metrics = {f"{prefix}_cascade_accuracy": float((pred == y).mean())}
-    for i in range(len(probs)):
-        metrics[f"{prefix}_exit_share_exit{i + 1}"] = float((taken == i).mean())
-    return metrics
-
-
-def choose_thresholds(
-    probs: list[np.ndarray],
-    y: np.ndarray,
-    max_loss: float,
-    score: str = "max_prob",
-    target: float | None = None,
-) -> tuple[float, float, float]:
-    """Thresholds for exits 1 and 2 (exit 3 answers everything left, threshold 0).
-
-    Exit 2 only ever sees what exit 1 did not answer, so its threshold is chosen on those
-    samples; together the two choices keep the cascade's accuracy ≥ the final exit's
-    (minus ``max_loss``) on this data, or each early exit at ``target`` accuracy.
-    """
-    final_correct = probs[2].argmax(1) == y
-    t1 = choose_threshold(probs[0], y, final_correct, max_loss, score=score, target=target)
-    rest = confidence_score(score)(probs[0]) < t1
-    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss, score=score, target=target)
-    return t1, t2, 0.0
-
-
-def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
-    """Fit each exit's temperature, then choose the thresholds, on validation data; returns val metrics."""
-    config = trained.config
-    logits = trained.exit_logits(x_val)
-    trained.temperatures = tuple(fit_temperature(z, y_val) for z in logits)  # type: ignore[assignment]
-    metrics = {
-        f"val_nll_exit{i}_{when}": nll(z, y_val, t)
-        for i, (z, t0) in enumerate(zip(logits, trained.temperatures, strict=True), 1)
-        for when, t in (("raw", 1.0), ("calibrated", t0))
-    }
-    probs = trained.exit_probs(x_val)
-    trained.thresholds = choose_thresholds(
-        probs, y_val, config.max_loss, config.exit_score, config.exit_target
-    )
-    metrics |= _accuracies("val", probs, y_val)
-    metrics |= _cascade_metrics("val", probs, y_val, trained.thresholds, config.exit_score)
-    logger.info(
-        "temperatures %s, thresholds %s on %s", trained.temperatures, trained.thresholds, config.exit_score
-    )
-    return metrics
-
-
 def augmented(joint: keras.Model, max_shift: int) -> keras.Model:
     """``joint`` behind random horizontal flips and shifts (±``max_shift`` pixels), active only in training.
 
@@ -409,8 +243,8 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
         logger.warning("no validation data: early exits get threshold %s (never answer)", NEVER_EXIT)
     if len(dataset.x_test):
         test_probs = trained.exit_probs(dataset.x_test)
-        metrics |= _accuracies("test", test_probs, dataset.y_test)
-        metrics |= _cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds, config.exit_score)
+        metrics |= accuracy_metrics("test", test_probs, dataset.y_test)
+        metrics |= cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds, config.exit_score)
     trained.metrics = metrics
     trained.train_seconds = time.monotonic() - start
     logger.info(

@@ -428,7 +428,7 @@ def test_edgecascade_retrain_promotes_and_announces_like_the_cloud_with_auto_pro
         )
         return "succeeded"
 
-    monkeypatch.setattr("edgecascade.training.retrain_job.run_job", job)
+    monkeypatch.setattr("edgecascade.cloud_service.retrain_job.run_job", job)
     mqtt = site.broker.mqtt_config("cloud")
     config = tmp_path / "cloud.toml"
     config.write_text(

@@ -13,6 +13,7 @@ from edgecascade.training.calibration import (
     NEVER_EXIT,
     cascade_predictions,
     choose_threshold,
+    choose_thresholds,
     exit_share,
     fit_temperature,
     nll,
@@ -175,3 +176,15 @@ def test_absolute_target_is_met_on_the_samples_that_exit(score: str, target: flo
     assert (probs[answered].argmax(1) == labels[answered]).mean() >= target
     assert exit_share(probs, t, score) == pytest.approx(answered.mean())
     assert 0.0 < answered.mean() < 1.0  # 70 % accurate overall: a real threshold, not all or nothing
+
+
+def test_choose_thresholds_uses_only_what_exit1_left_for_exit2() -> None:
+    y = np.array([0, 0, 1, 1])
+    # exit 1: sure and right on the first two, unsure and wrong on the last two
+    p1 = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    # exit 2: wrong where exit 1 answers, right on what exit 1 leaves
+    p2 = np.array([[0.1, 0.9], [0.1, 0.9], [0.3, 0.7], [0.3, 0.7]])
+    p3 = np.eye(2)[y]
+    t1, t2, t3 = choose_thresholds([p1, p2, p3], y, max_loss=0.0)
+    assert t1 == pytest.approx(0.56, abs=0.006) and t3 == 0.0
+    assert t2 == 0.0  # judged only on the two samples exit 1 left, where exit 2 is right (else: NEVER_EXIT)

@@ -199,7 +199,8 @@ def test_export_rejects_bad_threshold_override(tiny_trained: TrainedModel, tmp_p
 
 def test_train_and_export_is_the_whole_pipeline(fmnist: Dataset, tmp_path: Path) -> None:
     """What `edgecascade train` runs: train, save the checkpoint, measure variants, calibrate caches."""
-    from edgecascade.training.train import TrainConfig, load_trained
+    from edgecascade.training.config import TrainConfig
+    from edgecascade.training.train import load_trained
 
     config = TrainConfig(epochs=1, batch_size=64, train_subset=1500, model=TrainConfig.tiny().model)
     manifest = export.train_and_export(

@@ -1,248 +1,113 @@
-"""Retraining end to end on the tiny model: a job process, its gate, its failures.
-
-Hard examples are training images the tiny model gets wrong, uploaded as a device sends
-them (cut-1 features) and labelled by a human with their true class. The jobs fine-tune for
-one epoch with a small replay sample, so each takes seconds plus TensorFlow's start-up.
-"""
+"""Incremental retraining's model steps on the tiny model: loading, data slices, calibration, gate, export."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import time
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from edgecascade.cloud_service.intake import Checked, VersionSpec
-from edgecascade.cloud_service.jobs import JobStore
-from edgecascade.cloud_service.store import open_example_store
-from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.model.bundle import load_bundle
-from edgecascade.device_sdk.wire import codec
-from edgecascade.tools import cli
+from edgecascade.device_sdk.model.signing import generate_signing_key
+from edgecascade.training.config import TrainConfig
 from edgecascade.training.data import Dataset
-from tests.learning_kit import device_examples, make_learning_cloud, tree_digest, wait_for_job
+from edgecascade.training.gate import GateRule
+from edgecascade.training.hard_examples import HardSet
+from edgecascade.training.retrain import (
+    export_candidate,
+    gate_candidate,
+    load_for_finetuning,
+    original_slices,
+    recalibrate,
+)
+from edgecascade.training.train import load_trained, training_split
 
-FAST: dict[str, Any] = {
-    "replay_size": 256,
-    "epochs": 1,
-    "batch_size": 32,
-    "test_size": 500,
-    "val_size": 300,
-    "min_holdout": 1,
-    "min_gain": 0.0,
-    "tolerance": 5.0,
-}
-
-
-@pytest.fixture(scope="module")
-def hard(tiny_bundle: Path, fmnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """40 training images whose final-exit answer is wrong, with their true labels."""
-    x, y = fmnist.x_train[50000:51500], fmnist.y_train[50000:51500]
-    wrong = run_partitions(load_bundle(tiny_bundle), x).probs[2].argmax(1) != y
-    assert wrong.sum() >= 40
-    return x[wrong][:40], y[wrong][:40]
+SHAPES = {"raw": (28, 28, 1), "cut1": (7, 7, 16), "cut2": (4, 4, 16)}
 
 
-@pytest.fixture(scope="module")
-def wrong_many(tiny_bundle: Path, fmnist: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """150 training images whose final-exit answer is wrong: enough for a candidate to learn them."""
-    x, y = fmnist.x_train[50000:53000], fmnist.y_train[50000:53000]
-    wrong = run_partitions(load_bundle(tiny_bundle), x).probs[2].argmax(1) != y
-    assert wrong.sum() >= 150
-    return x[wrong][:150], y[wrong][:150]
+def _raw_only(x: np.ndarray, y: np.ndarray) -> HardSet:
+    return HardSet.build(
+        [("cut1", np.zeros(SHAPES["cut1"]), image, int(label)) for image, label in zip(x, y, strict=True)],
+        SHAPES,
+    )
 
 
-def test_a_job_runs_in_its_own_process_and_reports_through_the_api(
-    tmp_path: Path, tiny_model_dir: Path, hard: tuple[np.ndarray, np.ndarray]
+def test_the_checkpoint_loads_twice_and_must_have_the_served_classes(tiny_model_dir: Path) -> None:
+    manifest = load_bundle(tiny_model_dir / "bundle").manifest
+    current, candidate = load_for_finetuning(tiny_model_dir / "trained", manifest)
+    assert current.device is not candidate.device and current.classes == candidate.classes
+    fewer = dataclasses.replace(manifest, classes=manifest.classes[:5])
+    with pytest.raises(ModelError, match="has 10 classes, the served bundle 5"):
+        load_for_finetuning(tiny_model_dir / "trained", fewer)
+
+
+def test_replay_comes_from_the_training_split_only() -> None:
+    n = 400
+    x = (np.arange(n) % 256).astype(np.uint8)[:, None, None, None] * np.ones((1, 28, 28, 1), np.uint8)
+    ids = np.arange(n)  # labels that name each image, to see where every slice came from
+    data = Dataset(x, ids, x[:100], ids[:100], classes=("a", "b"))
+    config = TrainConfig(val_fraction=0.25, seed=3)
+    slices = original_slices(data, config, replay_size=50, val_size=40, test_size=30, seed=1)
+    _, y_train, _, y_val = training_split(config, data)
+    replay_ids = slices.replay[1]
+    assert len(replay_ids) == 50 and set(replay_ids) <= set(y_train) and not set(replay_ids) & set(y_val)
+    np.testing.assert_array_equal(slices.replay[0][:, 0, 0, 0], replay_ids % 256)  # images stay with labels
+    assert slices.validation[1].tolist() == y_val[:40].tolist()
+    assert slices.test[1].tolist() == list(range(30))
+    again = original_slices(data, config, replay_size=50, val_size=40, test_size=30, seed=1)
+    other = original_slices(data, config, replay_size=50, val_size=40, test_size=30, seed=2)
+    assert again.replay[1].tolist() == replay_ids.tolist() != other.replay[1].tolist()
+
+
+def test_recalibration_uses_the_calibration_slice_and_the_gate_records_test_accuracy(
+    tiny_model_dir: Path, fmnist: Dataset
 ) -> None:
-    x, y = hard
-    lc = make_learning_cloud(
-        tmp_path, tiny_model_dir / "bundle", checkpoint=tiny_model_dir / "trained", **FAST
+    current, candidate = load_for_finetuning(
+        tiny_model_dir / "trained", load_bundle(tiny_model_dir / "bundle").manifest
     )
-    served, checkpoint = tree_digest(lc.served), tree_digest(tiny_model_dir / "trained")
-    examples = device_examples(lc.served, x)
-    response = lc.client.post(
-        "/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=lc.auth("gateway")
-    )
-    assert len(response.json["accepted"]) == 40
-    admin = lc.auth("admin")
-    for example, label in zip(examples, y, strict=True):
-        url = f"/v1/hard-examples/{example.example_id}/label"
-        assert lc.client.put(url, json={"label": int(label)}, headers=admin).status_code == 200
+    x, y = fmnist.x_train[50000:50300], fmnist.y_train[50000:50300]
+    no_validation = (x[:0], y[:0])  # so every number below comes from the calibration slice
+    metrics = recalibrate(candidate, no_validation, _raw_only(x, y))
+    assert candidate.metrics is metrics and candidate.temperatures != (1.0, 1.0, 1.0)
+    final = candidate.exit_probs(x)[2].argmax(1)
+    assert metrics["val_accuracy_exit3"] == pytest.approx(float((final == y).mean()))
+    assert metrics["val_cascade_accuracy"] >= metrics["val_accuracy_exit3"] - 1e-9  # the accuracy rule
 
-    start = time.monotonic()
-    job = lc.client.post("/v1/retrain", headers=admin).json
-    seen = {job["state"]}
-    status = wait_for_job(lc.client, admin, job["id"], timeout=300)
-    seen.add(status["state"])
-    seconds = time.monotonic() - start
-    print(f"\n[retrain] tiny model, 1 epoch, 256 replay: {status['state']} in {seconds:.1f} s")
-
-    assert status["state"] in ("succeeded", "rejected"), status
-    assert status["progress"] == 1.0 and status["error"] is None
-    metrics = status["metrics"]
-    assert metrics["examples"]["train"] + metrics["examples"]["holdout"] == 40
-    assert metrics["examples"]["holdout"] > 0 and metrics["finetune"]["stages"] == "gateway+cloud"
-    decision = metrics["gate"]
-    assert decision["current"]["n_new"] == metrics["examples"]["holdout"]
-    assert len(decision["current"]["original"]) == len(decision["candidate"]["original"]) == 3
-    assert decision["current"]["n_original"] == 500
-    for model in ("current", "candidate"):  # the deployed cascade is measured on both sets too
-        assert (
-            0.0 <= decision[model]["cascade_original"] <= 1.0 and 0.0 <= decision[model]["cascade_new"] <= 1.0
-        )
-    assert set(decision["cascade_drop_points"]) == {"original", "new"}
-    assert decision["promote"] is (status["state"] == "succeeded")
-    assert any("fine-tuning: epoch 1/1" in line for line in status["log"])
-    candidate = lc.config.models_dir / "v2"
-    if status["state"] == "succeeded":
-        assert status["candidate_version"] == 2
-        bundle = load_bundle(candidate)
-        assert bundle.manifest.version == 2 and bundle.manifest.name == load_bundle(lc.served).manifest.name
-        assert (candidate / "device.tflite").read_bytes() == (lc.served / "device.tflite").read_bytes()
-        assert (candidate / "checkpoint" / "trained.json").is_file()
-        record = json.loads((candidate / "metrics.json").read_text())
-        assert record["status"] == "candidate" and record["metrics"]["gate"]["promote"] is True
-    else:
-        assert not candidate.exists() and status["candidate_version"] is None
-    assert tree_digest(lc.served) == served and tree_digest(tiny_model_dir / "trained") == checkpoint
-    assert not (lc.config.retrain.jobs_dir / f"job-{job['id']}" / "candidate").exists()
+    test = (fmnist.x_test[:200], fmnist.y_test[:200])
+    decision = gate_candidate(current, candidate, test, _raw_only(x[:0], y[:0]), GateRule(0.5, 0.5, 20))
+    assert not decision.promote  # no held-out hard examples: the gate cannot judge
+    accuracies = [candidate.metrics[f"test_accuracy_exit{i}"] for i in (1, 2, 3)]
+    assert accuracies == list(decision.candidate.original) and decision.candidate.n_original == 200
 
 
-def test_a_killed_job_is_failed_and_the_served_version_stays(
-    tmp_path: Path, tiny_model_dir: Path, hard: tuple[np.ndarray, np.ndarray]
+def test_a_frozen_device_keeps_the_served_partition_byte_for_byte_and_signs_last(
+    tiny_model_dir: Path, fmnist: Dataset, tmp_path: Path
 ) -> None:
-    lc = make_learning_cloud(
-        tmp_path, tiny_model_dir / "bundle", checkpoint=tiny_model_dir / "trained", **FAST
+    served = load_bundle(tiny_model_dir / "bundle")
+    candidate = load_trained(tiny_model_dir / "trained")
+    candidate.device.set_weights([w + 0.01 for w in candidate.device.get_weights()])  # exports differently
+    candidate.thresholds = (0.9, 0.8, 0.0)
+    private, public = generate_signing_key(tmp_path / "keys")
+    out = tmp_path / "candidate"
+    manifest = export_candidate(
+        candidate,
+        out,
+        served,
+        7,
+        replay=(fmnist.x_train[:128], fmnist.y_train[:128]),
+        validation=(fmnist.x_train[128:256], fmnist.y_train[128:256]),
+        device_frozen=True,
+        signing_key=private,
     )
-    served = tree_digest(lc.served)
-    examples = device_examples(lc.served, hard[0][:10])
-    lc.client.post(
-        "/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=lc.auth("gateway")
+    assert (manifest.version, manifest.name, manifest.classes) == (
+        7,
+        served.manifest.name,
+        served.manifest.classes,
     )
-    admin = lc.auth("admin")
-    job_id = lc.client.post("/v1/retrain", headers=admin).json["id"]
-    deadline = time.monotonic() + 60
-    while lc.client.get(f"/v1/jobs/{job_id}", headers=admin).json["state"] == "queued":
-        assert time.monotonic() < deadline, "the job process never reported itself running"
-        time.sleep(0.1)
-    process = lc.learning.scheduler.processes[job_id]  # started by this test, through the API
-    os.kill(process.pid, signal.SIGKILL)
-    status = wait_for_job(lc.client, admin, job_id, timeout=30)
-    assert status["state"] == "failed" and status["error"] == "the job process ended with signal SIGKILL"
-    assert tree_digest(lc.served) == served
-    assert not (lc.config.models_dir / "v2").exists()
-    assert lc.learning.scheduler.jobs.active() is None  # a new job may start
-
-
-def test_edgecascade_retrain_that_crashes_fails_the_job_and_leaves_no_trace(
-    tmp_path: Path,
-    tiny_model_dir: Path,
-    hard: tuple[np.ndarray, np.ndarray],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    served_dir = tmp_path / "served"
-    served_dir.mkdir()
-    for file in (tiny_model_dir / "bundle").iterdir():
-        (served_dir / file.name).write_bytes(file.read_bytes())
-    database = f"sqlite:///{tmp_path / 'state' / 'cloud.db'}"
-    config = tmp_path / "cloud.toml"
-    retrain = FAST | {
-        "checkpoint": str(tiny_model_dir / "trained"),
-        "models_dir": str(tmp_path / "models"),
-        "jobs_dir": str(tmp_path / "jobs"),
-    }
-    config.write_text(
-        f'[cloud]\nbundle = "{served_dir}"\ndatabase_url = "{database}"\nblob_dir = "{tmp_path / "blobs"}"\n'
-        f'token_store = "{tmp_path / "state" / "tokens.db"}"\n[retrain]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in retrain.items())
-    )
-    store = open_example_store(database, tmp_path / "blobs")
-    manifest = load_bundle(served_dir).manifest
-    store.record_version(VersionSpec.from_manifest(manifest))
-    examples = device_examples(served_dir, hard[0])
-    checked = [Checked(e, codec.decode_features(e.features, e.encoding)) for e in examples]
-    store.add(checked, [int(label) for label in hard[1]])
-    served = tree_digest(served_dir)
-
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise MemoryError("injected: out of memory while fine-tuning")
-
-    monkeypatch.setattr("edgecascade.training.finetune.finetune", crash)
-    assert cli.main(["retrain", "--config", str(config)]) == 1
-
-    job = JobStore(store.engine).get(1)
-    assert job is not None and job.state == "failed"
-    assert job.error == "MemoryError: injected: out of memory while fine-tuning"
-    assert job.candidate_version is None and job.finished_at is not None
-    assert "job 1 failed" in capsys.readouterr().out
-    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
-    assert not (tmp_path / "jobs" / "job-1" / "candidate").exists()
-    assert tree_digest(served_dir) == served
-    log = (tmp_path / "jobs" / "job-1" / "job.log").read_text()
-    assert "[ 15%] fine-tuning" in log and "injected: out of memory" in log
-
-
-@pytest.mark.parametrize("auto_promote", [False, True], ids=["registered", "auto-promoted"])
-def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
-    tmp_path: Path,
-    tiny_model_dir: Path,
-    wrong_many: tuple[np.ndarray, np.ndarray],
-    auto_promote: bool,
-) -> None:
-    from edgecascade.cloud_service.announce import InMemoryAnnouncer
-    from edgecascade.cloud_service.config import RegistrySettings
-    from edgecascade.device_sdk.model.signing import generate_signing_key
-
-    signing_key, _ = generate_signing_key(tmp_path / "keys")
-    announcer = InMemoryAnnouncer()
-    lc = make_learning_cloud(
-        tmp_path,
-        tiny_model_dir / "bundle",
-        checkpoint=tiny_model_dir / "trained",
-        registry=RegistrySettings(models_dir=tmp_path / "registry", signing_key=signing_key),
-        announcer=announcer,
-        auto_promote=auto_promote,
-        **(FAST | {"epochs": 2, "hard_weight": 4.0}),
-    )
-    x, y = wrong_many
-    examples = device_examples(lc.served, x)
-    gateway, admin = lc.auth("gateway"), lc.auth("admin")
-    lc.client.post("/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=gateway)
-    for example, label in zip(examples, y, strict=True):
-        lc.client.put(
-            f"/v1/hard-examples/{example.example_id}/label", json={"label": int(label)}, headers=admin
-        )
-
-    job = lc.client.post("/v1/retrain", headers=admin).json
-    status = wait_for_job(lc.client, admin, job["id"], timeout=300)
-    assert status["state"] == "succeeded", status
-    assert status["candidate_version"] == 2
-    assert (tmp_path / "registry" / "v2" / "checkpoint" / "trained.json").is_file()  # the next job's start
-    deadline = time.monotonic() + 30  # the watcher promotes once the job process has exited
-    while True:
-        listing = lc.client.get("/v1/models", headers=admin).json
-        entries = {m["version"]: m for m in listing["models"]}
-        if not auto_promote or listing["current"]["version"] == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert sorted(entries) == [1, 2] and entries[2]["signed"]
-    status = "promoted" if auto_promote else "candidate"
-    assert entries[2]["metrics"]["status"] == status and entries[2]["metrics"]["job_id"] == job["id"]
-    if auto_promote:
-        assert listing["current"]["version"] == 2 and entries[2]["current"]
-        assert [a.version for a in announcer.published] == [2]
-        assert lc.client.get("/healthz").json["version"] == 2  # the cloud serves it
-        assert lc.learning.served_bundle() == tmp_path / "registry" / "v2"  # the next job's base
-    else:
-        assert listing["current"]["version"] == 1 and announcer.published == []
-        promoted = lc.client.post("/v1/models/2/promote", headers=admin)
-        assert promoted.status_code == 200 and promoted.json["current"]["version"] == 2
-        entries = {m["version"]: m for m in lc.client.get("/v1/models", headers=admin).json["models"]}
-        assert entries[2]["metrics"]["status"] == "promoted"
+    assert (out / "device.tflite").read_bytes() == (tiny_model_dir / "bundle" / "device.tflite").read_bytes()
+    device = manifest.partition("device")
+    assert device.exit.threshold == pytest.approx(0.9) != served.manifest.partition("device").exit.threshold
+    assert [p.precision for p in manifest.partitions] == [p.precision for p in served.manifest.partitions]
+    assert load_bundle(out, public_key=public).manifest == manifest  # the signature covers the final manifest

@@ -1,0 +1,163 @@
+"""Incremental retraining, the model's side: the steps a retraining job runs between its I/O.
+
+A job (the cloud runs one in its own process) takes the served bundle and the Keras
+checkpoint it came from, and
+
+1. loads the checkpoint twice, the current model and the candidate to fine-tune
+   (:func:`load_for_finetuning`);
+2. reads the labelled hard examples into training, held-out and calibration sets
+   (:mod:`edgecascade.training.hard_examples`) and takes a replay sample, a validation
+   subset and a test subset of the original data (:func:`original_slices`);
+3. fine-tunes the candidate (:func:`edgecascade.training.finetune.finetune`), then fits its
+   temperatures and thresholds again (:func:`recalibrate`) on the original validation subset
+   plus the calibration slice: thresholds must hold on what the nodes see now, not only on
+   what they saw before;
+4. compares current and candidate in the evaluation gate (:func:`gate_candidate`);
+5. exports a candidate that passed as a bundle for the served model's name and classes
+   (:func:`export_candidate`), its device partition the served one byte for byte when the
+   device stage stayed frozen (:func:`reuse_device_partition`), its caches calibrated when
+   the served model has caches, signed when a key is given.
+
+The served bundle and the checkpoint are only read; everything is written under the
+directory the caller names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecascade.device_sdk.errors import ModelError
+from edgecascade.device_sdk.model.bundle import Bundle, Manifest, load_bundle, sign_bundle, write_manifest
+from edgecascade.device_sdk.model.signing import PrivateKeySource
+from edgecascade.training.calibration import calibrate
+from edgecascade.training.config import TrainConfig
+from edgecascade.training.data import Dataset
+from edgecascade.training.export import export_bundle
+from edgecascade.training.finetune import gate_scores
+from edgecascade.training.gate import GateDecision, GateRule, decide
+from edgecascade.training.hard_examples import HardSet
+from edgecascade.training.train import TrainedModel, load_trained, training_split
+
+logger = logging.getLogger(__name__)
+
+Labelled = tuple[np.ndarray, np.ndarray]
+"""Raw images (uint8) and their labels."""
+
+
+@dataclass(frozen=True)
+class OriginalSlices:
+    """What a retraining run takes from the original data."""
+
+    replay: Labelled  # from the training split: mixed into fine-tuning against forgetting
+    validation: Labelled  # from the validation split: temperatures and thresholds are fitted on it
+    test: Labelled  # from the test split: the gate compares exits on it
+
+
+def load_for_finetuning(checkpoint: str | Path, served: Manifest) -> tuple[TrainedModel, TrainedModel]:
+    """The current model and a second copy to fine-tune, both from ``checkpoint``.
+
+    Raises :class:`ModelError` when the checkpoint does not have the served model's classes.
+    """
+    current, candidate = load_trained(checkpoint), load_trained(checkpoint)
+    if len(current.classes) != len(served.classes):
+        raise ModelError(
+            f"checkpoint {checkpoint} has {len(current.classes)} classes, "
+            f"the served bundle {len(served.classes)}"
+        )
+    return current, candidate
+
+
+def original_slices(
+    data: Dataset, config: TrainConfig, *, replay_size: int, val_size: int, test_size: int, seed: int = 0
+) -> OriginalSlices:
+    """A random replay sample of the training split ``config`` trained on, and the first
+    ``val_size`` validation and ``test_size`` test images."""
+    x_train, y_train, x_val, y_val = training_split(config, data)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(x_train))[:replay_size])
+    return OriginalSlices(
+        replay=(x_train[pick], y_train[pick]),
+        validation=(x_val[:val_size], y_val[:val_size]),
+        test=(data.x_test[:test_size], data.y_test[:test_size]),
+    )
+
+
+def recalibrate(candidate: TrainedModel, validation: Labelled, calibration: HardSet) -> dict[str, float]:
+    """Fit the candidate's temperatures and thresholds on ``validation`` plus the calibration
+    slice's raw inputs (the same accuracy rule as training); these become its metrics."""
+    x_val, y_val = validation
+    candidate.metrics = calibrate(
+        candidate, np.concatenate([x_val, calibration.raw]), np.concatenate([y_val, calibration.raw_y])
+    )
+    return candidate.metrics
+
+
+def gate_candidate(
+    current: TrainedModel, candidate: TrainedModel, test: Labelled, holdout: HardSet, rule: GateRule
+) -> GateDecision:
+    """The gate's decision on both models measured alike; the candidate's metrics gain its test accuracies."""
+    decision = decide(gate_scores(current, test, holdout), gate_scores(candidate, test, holdout), rule)
+    logger.info("gate: %s", decision.reason)
+    candidate.metrics |= {f"test_accuracy_exit{i}": a for i, a in enumerate(decision.candidate.original, 1)}
+    return decision
+
+
+def export_candidate(
+    candidate: TrainedModel,
+    out: Path,
+    served: Bundle,
+    version: int,
+    *,
+    replay: Labelled,
+    validation: Labelled,
+    device_frozen: bool,
+    signing_key: PrivateKeySource | None = None,
+) -> Manifest:
+    """Export ``candidate`` to ``out`` as version ``version`` of the served model.
+
+    Same name, classes and partition precisions as ``served``. With ``device_frozen`` (the
+    device stage did not learn) the served device partition is kept byte for byte. Caches
+    are calibrated on ``validation`` (projections fitted on the replay images) when the
+    served model has any; the bundle is signed last, after every manifest change.
+    """
+    manifest = served.manifest
+    export_bundle(
+        candidate,
+        out,
+        name=manifest.name,
+        version=version,
+        classes=manifest.classes,
+        representative=replay[0],
+        precisions={p.tier: p.precision for p in manifest.partitions},
+    )
+    if device_frozen:
+        reuse_device_partition(out, served)
+    if any(p.cache is not None for p in manifest.partitions):
+        from edgecascade.training.cache_calibration import calibrate_cache
+
+        calibrate_cache(out, *validation, fit_images=replay[0])
+    if signing_key is not None:
+        sign_bundle(out, signing_key)
+    return load_bundle(out).manifest
+
+
+def reuse_device_partition(out: Path, served: Bundle) -> Manifest:
+    """Put the served device partition into the exported bundle ``out``, keeping the new exit settings.
+
+    The device stage did not change, so devices keep their partition byte for byte and the
+    cut-1 features they send stay exactly what the new gateway partition was trained on.
+    """
+    exported = load_bundle(out).manifest
+    new_device, old_device = exported.partition("device"), served.manifest.partition("device")
+    if new_device.file != old_device.file:
+        (out / new_device.file).unlink()
+    shutil.copyfile(served.file("device"), out / old_device.file)
+    device = dataclasses.replace(old_device, exit=new_device.exit, cache=None)
+    manifest = dataclasses.replace(exported, partitions=(device, *exported.partitions[1:]))
+    write_manifest(out, manifest)
+    return load_bundle(out).manifest
