@@ -38,8 +38,8 @@ def _dataset(npz: str | None) -> Dataset:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from edgecascade.training.config import TrainConfig, load_train_config
     from edgecascade.training.export import train_and_export
-    from edgecascade.training.train import TrainConfig, load_train_config
 
     config = TrainConfig.quick() if args.quick else TrainConfig()
     if args.config:
@@ -96,8 +96,10 @@ def _print_manifest(manifest: Manifest, out: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edgecascade.tools.demo import run_demo
+    from edgecascade.tools.demo import DEFAULT_SITE, run_demo
 
+    if args.site and not args.serve:
+        raise ConfigError("--site is where --serve keeps the stack; add --serve")
     report = run_demo(
         Path(args.model),
         limit=args.limit,
@@ -106,14 +108,18 @@ def _demo(args: argparse.Namespace) -> int:
         retrain=args.retrain,
         progress=not args.no_progress,
         caches=args.caches,
+        serve_site=Path(args.site or DEFAULT_SITE) if args.serve else None,
     )
+    if args.serve:  # every process of the stack must have stopped cleanly too
+        return 0 if report["n"] and not any(report["exit_codes"].values()) else 1
     return 0 if report["n"] else 1
 
 
 def _calibration_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images, validation images and labels of the default training run's split."""
+    from edgecascade.training.config import TrainConfig
     from edgecascade.training.data import load_fashion_mnist
-    from edgecascade.training.train import TrainConfig, training_split
+    from edgecascade.training.train import training_split
 
     x_train, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
     return x_train, x_val, y_val
@@ -266,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--caches", action="store_true", help="turn on the device and gateway neural caches")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the report, keep the stack up with an example device provisioned for "
+        "examples/device_predict.py, until Ctrl-C or SIGTERM",
+    )
+    p.add_argument(
+        "--site", help="where --serve keeps the stack and the device's files (default artifacts/demo-site)"
+    )
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("calibrate-cache", help="calibrate the neural caches' hit rule on validation data")
