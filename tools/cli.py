@@ -20,7 +20,7 @@ from edgecascade.device_sdk.cache import load_embedder
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
 from edgecascade.device_sdk.model.bundle import Manifest, load_bundle
-from edgecascade.tools import certs_cli, retrain_cli, security_cli
+from edgecascade.tools import bench_gateway, certs_cli, retrain_cli, security_cli
 from edgecascade.training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
 
 if TYPE_CHECKING:
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench_drift)
     certs_cli.register(sub, bench)
+    bench_gateway.register(bench, str(DEFAULT_MODEL))
 
     from edgecascade.tools.planner import add_plan_command
 
