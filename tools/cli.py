@@ -196,7 +196,7 @@ def _bench_drift(args: argparse.Namespace) -> int:
 
 
 def _bench_cache(args: argparse.Namespace) -> int:
-    from edgecascade.tools.bench_cache import bench_index, format_cache_report
+    from edgecascade.tools.bench_cache import bench_index, format_cache_report, index_crossover
     from edgecascade.tools.bench_stream import bench_cache_stream
     from edgecascade.tools.report import write_json
     from edgecascade.training.data import load_fashion_mnist
@@ -210,8 +210,10 @@ def _bench_cache(args: argparse.Namespace) -> int:
     data = load_fashion_mnist()
     features = run_partitions(bundle, data.x_train).features[0]  # the device cache's keys
     sizes = tuple(int(s) for s in args.sizes.split(","))
+    index = bench_index(load_embedder(bundle, "device")(features), sizes=sizes)
     report = {
-        "index": bench_index(load_embedder(bundle, "device")(features), sizes=sizes),
+        "index": index,
+        "index_crossover": index_crossover(index),
         "stream": bench_cache_stream(
             model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
         ),
@@ -308,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks; results as JSON")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser(
-        "cache", help="HNSW index vs brute force, and a stream of repeats through the cascade"
+        "cache", help="exact vs HNSW index by size, and a stream of repeats through the cascade"
     )
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--sizes", default="10000,100000", help="index sizes (default %(default)s)")
+    p.add_argument(
+        "--sizes", default="1000,5000,10000,20000,50000,100000", help="index sizes (default %(default)s)"
+    )
     p.add_argument("--n", type=int, default=5000, help="stream length (default %(default)s)")
     p.add_argument("--repeat-share", type=float, default=0.3, help="share of near-duplicates (%(default)s)")
     p.add_argument("--seed", type=int, default=0)

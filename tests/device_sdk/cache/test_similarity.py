@@ -1,4 +1,4 @@
-"""Cache keys: the Embedder (pooled and projected), its file, and fitting the projection."""
+"""Cache keys (the Embedder: pooled and projected, its file, fitting the projection) and the hit rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from edgecascade.device_sdk.cache.similarity import Embedder
+from edgecascade.device_sdk.cache.similarity import Embedder, hit_rule
 from edgecascade.device_sdk.errors import TensorSpecError
 from edgecascade.training.cache_embedding import fit_embedder
 
@@ -102,3 +102,36 @@ def test_fit_refuses_mismatched_inputs() -> None:
         fit_embedder(a, a[:5])
     with pytest.raises(ValueError):
         fit_embedder(a, a, dim=5)
+
+
+# ------------------------------------------------------------------------------ hit rule
+def test_hit_rule_miss_when_nearest_is_too_far() -> None:
+    assert hit_rule(np.array([0.05, 0.06, 0.07]), np.array([1, 1, 1]), tau=0.02, min_votes=2) is None
+
+
+def test_hit_rule_miss_when_close_neighbours_disagree() -> None:
+    assert hit_rule(np.array([0.001, 0.005, 0.01]), np.array([1, 2, 2]), tau=0.02, min_votes=2) is None
+
+
+def test_hit_rule_hit_when_close_neighbours_agree() -> None:
+    assert hit_rule(np.array([0.001, 0.005, 0.01]), np.array([3, 3, 2]), tau=0.02, min_votes=2) == 3
+
+
+def test_hit_rule_neighbours_beyond_tau_do_not_vote() -> None:
+    # far neighbours with another label do not count against the close one
+    assert hit_rule(np.array([0.001, 0.5, 0.6]), np.array([3, 1, 1]), tau=0.02, min_votes=2) == 3
+    # one close vote for 3, one close vote for 1: not enough votes and not unanimous
+    assert hit_rule(np.array([0.001, 0.01, 0.6]), np.array([3, 1, 3]), tau=0.02, min_votes=2) is None
+
+
+def test_hit_rule_needs_enough_neighbours_and_no_stronger_rival() -> None:
+    assert hit_rule(np.array([0.001]), np.array([3]), tau=0.02, min_votes=2) == 3  # lone and unopposed
+    # nearest's label has 2 votes but another label has 3 within tau
+    d = np.array([0.001, 0.002, 0.003, 0.004, 0.005])
+    assert hit_rule(d, np.array([1, 2, 2, 2, 1]), tau=0.02, min_votes=2) is None
+    assert hit_rule(d, np.array([1, 2, 1, 2, 1]), tau=0.02, min_votes=2) == 1
+
+
+def test_hit_rule_handles_empty_and_nan() -> None:
+    assert hit_rule(np.array([]), np.array([]), tau=0.02, min_votes=1) is None
+    assert hit_rule(np.array([np.nan, 0.0]), np.array([1, 1]), tau=0.02, min_votes=1) is None
