@@ -1,7 +1,7 @@
 """The one exception tree of EdgeCascade.
 
 Every error the project raises on purpose derives from :class:`EdgeCascadeError`, so an
-application can catch one type. Third-party errors (paho, requests, LiteRT, TensorFlow)
+application can catch one type. Third-party errors (paho, http.client and ssl, LiteRT, TensorFlow)
 are translated at the boundary where they occur.
 
 ::

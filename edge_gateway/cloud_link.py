@@ -1,7 +1,9 @@
 """The gateway's link to the cloud: post an envelope, get an envelope back; upload hard examples.
 
-:class:`HttpCloudLink` is the real one (a keep-alive HTTP session to ``POST /v1/infer``, and
-an :class:`~edgecascade.device_sdk.learning.uploader.UploadLink` to ``POST /v1/hard-examples``);
+:class:`HttpCloudLink` is the real one (``POST /v1/infer`` and, as an
+:class:`~edgecascade.device_sdk.learning.uploader.UploadLink`, ``POST /v1/hard-examples``),
+speaking through :class:`~edgecascade.device_sdk.transport.http.CloudHttp`: one keep-alive
+connection per forwarding thread, the gateway's bearer token, TLS to the site CA.
 :class:`InMemoryCloudLink` calls a handler in-process for unit tests. Failures surface as
 :class:`~edgecascade.device_sdk.errors.TransportError` (unreachable, timeout) or
 :class:`~edgecascade.device_sdk.errors.RemoteError` (the cloud answered with an error).
@@ -11,15 +13,15 @@ from __future__ import annotations
 
 import abc
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import DependencyError, RemoteError, TransportError, TransportTimeout
 from edgecascade.device_sdk.learning.batch import Receipt, encode_batch
+from edgecascade.device_sdk.learning.links import MAX_RECEIPT_BYTES
 from edgecascade.device_sdk.learning.uploader import UploadLink
+from edgecascade.device_sdk.transport.http import CloudHttp
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class InMemoryCloudLink(CloudLink):
 
 
 class HttpCloudLink(CloudLink, UploadLink):
-    """HTTP(S) client for the cloud service; one keep-alive session per forwarding thread.
+    """HTTP(S) client of the cloud service; one keep-alive connection per forwarding thread.
 
     ``token`` is the gateway's bearer token (``gateway`` scope); the cloud answers 401 to
     requests without one, which surface as :class:`RemoteError` and degraded answers.
@@ -51,57 +53,24 @@ class HttpCloudLink(CloudLink, UploadLink):
     def __init__(
         self, base_url: str, timeout: float = 5.0, token: str = "", ca_file: str | Path | None = None
     ) -> None:
-        try:
-            import requests
-        except ImportError as exc:
-            raise DependencyError("requests", "gateway") from exc
-        self._requests = requests
-        self.url = base_url.rstrip("/") + wire.ROUTE_INFER
-        self.upload_url = base_url.rstrip("/") + wire.ROUTE_HARD_EXAMPLES
+        self._http = CloudHttp(
+            base_url, token, timeout=timeout, ca_file=ca_file, user_agent="edgecascade-gateway"
+        )
+        self.url = self._http.url(wire.ROUTE_INFER)
+        self.upload_url = self._http.url(wire.ROUTE_HARD_EXAMPLES)
         self.timeout = timeout
-        self._headers = {"Content-Type": wire.CONTENT_TYPE}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        else:
+        if not token:
             logger.warning("no cloud token configured (gateway.cloud_token): the cloud will refuse requests")
-        self._verify: str | bool = str(ca_file) if ca_file is not None else True  # HTTPS: check the cloud
-        self._local = threading.local()
-
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = self._requests.Session()
-            session.headers.update(self._headers)
-        return session
 
     def infer(self, envelope: bytes) -> bytes:
-        response = self._post(self.url, envelope, {})
-        if response.status_code != 200:
-            raise RemoteError(response.status_code, _message(response))
-        return bytes(response.content)
+        return self._http.post(wire.ROUTE_INFER, envelope, wire.CONTENT_TYPE)
 
     def upload(self, records: Sequence[Mapping[str, Any]]) -> Receipt:
         """``POST /v1/hard-examples`` with the gateway's token; the cloud's receipt."""
-        response = self._post(self.upload_url, encode_batch(records), {"Content-Type": "application/json"})
-        if not 200 <= response.status_code < 300:
-            raise RemoteError(response.status_code, _message(response))
-        return Receipt.from_bytes(response.content)
+        body = self._http.post(
+            wire.ROUTE_HARD_EXAMPLES, encode_batch(records), "application/json", MAX_RECEIPT_BYTES
+        )
+        return Receipt.from_bytes(body)
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
-        try:
-            # verify per request: a session-wide setting loses to REQUESTS_CA_BUNDLE in the environment
-            return self._session().post(
-                url, data=body, headers=headers, timeout=self.timeout, verify=self._verify
-            )
-        except self._requests.Timeout as exc:
-            raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from exc
-        except self._requests.RequestException as exc:
-            raise TransportError(f"cloud unreachable: {exc}") from exc
-
-
-def _message(response: Any) -> str:
-    """The ``message`` of a JSON error body, else the start of the text."""
-    try:
-        return str(response.json().get("message", response.text))[:200]
-    except (ValueError, AttributeError):
-        return str(response.text[:200])
+    def close(self) -> None:
+        self._http.close()

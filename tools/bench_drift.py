@@ -30,18 +30,18 @@ thresholds on.
 
 Accuracy and the device share on the shifted stream are measured live; on the original
 test set the cascade of the old and new bundles is run offline
-(:func:`edgecascade.device_sdk.model.runtime.run_partitions`) with each manifest's thresholds.
+(:func:`edgecascade.device_sdk.core.chain.run_partitions`) with each manifest's thresholds.
+
+The calls to the cloud's admin routes are in :mod:`.bench_drift_cloud`, the report's numbers
+and table in :mod:`.bench_drift_report`; this module runs the flow.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import ssl
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,17 +51,19 @@ from typing import Any
 import numpy as np
 
 from edgecascade.device_sdk.client import DeviceClient, Prediction
-from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.core.policy import NeverExit
 from edgecascade.device_sdk.learning.links import RelayUploadLink
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.selection import AuditSample, HardExampleSelector
 from edgecascade.device_sdk.learning.uploader import Uploader
-from edgecascade.device_sdk.model.bundle import Bundle, load_bundle, sign_bundle
+from edgecascade.device_sdk.model.bundle import load_bundle, sign_bundle
 from edgecascade.device_sdk.model.updater import UpdateSettings
 from edgecascade.device_sdk.transport import MqttTransport
+from edgecascade.tools.bench_drift_cloud import DriftAdmin
+from edgecascade.tools.bench_drift_report import format_drift_report, offline_cascade, phase_summary
 from edgecascade.tools.stack import LocalStack
-from edgecascade.training.calibration import cascade_predictions
+
+__all__ = ["DriftOptions", "bench_drift", "format_drift_report", "shift"]
 
 DEVICE_ID = "drift-site-device-01"
 CONTRAST, OFFSET = 0.5, 60.0
@@ -95,64 +97,6 @@ class DriftOptions:
 
 def log(message: str) -> None:
     print(f"[bench drift] {message}", file=sys.stderr, flush=True)
-
-
-def offline_cascade(bundle: Bundle, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Cascade accuracy and device share of ``bundle`` at its manifest's thresholds, in-process."""
-    probs = run_partitions(bundle, x).probs
-    thresholds = tuple(p.exit.threshold for p in bundle.manifest.partitions)
-    score = bundle.manifest.partitions[0].exit.score
-    labels, taken = cascade_predictions(probs, thresholds, score)
-    return {"accuracy": float(np.mean(labels == y)), "device_share": float(np.mean(taken == 0))}
-
-
-def phase_summary(predictions: list[Prediction], y: np.ndarray) -> dict[str, Any]:
-    """Live numbers of one phase."""
-    labels = np.array([p.label for p in predictions])
-    tiers = [p.tier for p in predictions]
-    n = max(len(predictions), 1)
-    return {
-        "n": len(predictions),
-        "accuracy": float(np.mean(labels == y)),
-        "device_share": tiers.count("device") / n,
-        "share": {t: tiers.count(t) / n for t in ("device", "gateway", "cloud")},
-        "degraded": sum(p.degraded for p in predictions),
-        "bytes_per_input": {
-            "device_gateway": sum(p.bytes_sent for p in predictions) / n,
-            "gateway_cloud": sum(p.bytes_upstream for p in predictions) / n,
-        },
-        "model_versions": sorted({p.model_version for p in predictions}),
-        "hard_examples": sum(p.hard_example is not None for p in predictions),
-    }
-
-
-class _Admin:
-    """The cloud's admin API over HTTPS (standard library), trusting the site CA."""
-
-    def __init__(self, url: str, token: str, ca_file: Path) -> None:
-        self.url, self.token = url.rstrip("/"), token
-        self._tls = ssl.create_default_context(cafile=str(ca_file))
-
-    def call(self, method: str, route: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.url + route,
-            data=data,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30, context=self._tls) as response:
-            return json.loads(response.read() or b"null")
-
-    def example_ids(self, device_id: str) -> set[str]:
-        ids: set[str] = set()
-        cursor = ""
-        while True:
-            page = self.call("GET", f"/v1/hard-examples?device_id={device_id}&limit=1000&cursor={cursor}")
-            ids.update(e["id"] for e in page["examples"])
-            cursor = page.get("next_cursor") or ""
-            if not cursor:
-                return ids
 
 
 def _stream(client: DeviceClient, x: np.ndarray, batch: int, desc: str, progress: bool) -> list[Prediction]:
@@ -291,7 +235,7 @@ def _run(
     options: DriftOptions,
 ) -> dict[str, Any]:
     tokens = stack.tokens
-    admin = _Admin(stack.cloud_url, tokens.create("admin", "drift-bench")[0], stack.pki.ca_cert)
+    admin = DriftAdmin(stack.cloud_url, tokens.create("admin", "drift-bench")[0], stack.pki.ca_cert)
     mqtt, crypto = stack.device(DEVICE_ID)
     transport = MqttTransport(mqtt, DEVICE_ID)
     bundle = load_bundle(source)
@@ -345,17 +289,17 @@ def _run(
         log(f"{len(selected) - len(lost)} at the cloud, {len(lost)} lost; labelling them (operator stand-in)")
         for example_id, label in selected.items():
             if example_id in arrived:
-                admin.call("PUT", f"/v1/hard-examples/{example_id}/label", {"label": label})
+                admin.label(example_id, label)
 
         trigger = time.monotonic()
-        job = admin.call("POST", "/v1/retrain")
+        job = admin.retrain()
         log(f"retraining job {job['id']} started")
         last = ""
         while job["state"] in ("queued", "running"):
             if time.monotonic() - trigger > options.timeout:
                 raise TimeoutError(f"retraining job {job['id']} did not end within {options.timeout:.0f} s")
             time.sleep(1.0)
-            job = admin.call("GET", f"/v1/jobs/{job['id']}?log_lines=0")
+            job = admin.job(job["id"])
             if job["stage"] != last:
                 last = job["stage"]
                 log(f"job {job['id']}: {100 * job['progress']:3.0f}% {last}")
@@ -367,9 +311,8 @@ def _run(
         if job["state"] == "succeeded" and version is not None:
 
             def everyone_serves() -> bool:
-                health = admin.call("GET", "/healthz")
                 return (
-                    health["version"] == version
+                    admin.served_version() == version
                     and f"gateway now serves model v{version}" in stack.log("gateway")
                     and client.manifest.version == version
                 )
@@ -387,6 +330,7 @@ def _run(
             uploader.stop()
         client.close()
         outbox.close()
+        admin.close()
     return {
         "shift": {"contrast": CONTRAST, "offset": OFFSET},
         "before": {"version": v1, "shifted": phase_summary(before, y[a])},
@@ -407,30 +351,3 @@ def _run(
         "promotion_seconds": None if rollout_seconds is None else rollout_seconds - job_seconds,
         "options": {k: v for k, v in vars(options).items() if k != "progress"},
     }
-
-
-def format_drift_report(report: dict[str, Any]) -> str:
-    """A short before → after table."""
-    rows = []
-    for name, key in (
-        ("shifted accuracy", ("shifted", "accuracy")),
-        ("shifted device share", ("shifted", "device_share")),
-        ("original accuracy (offline)", ("original", "accuracy")),
-        ("original device share (offline)", ("original", "device_share")),
-    ):
-        old, new = (report[p][key[0]][key[1]] for p in ("before", "after"))
-        rows.append(f"{name:<32} {old:>8.1%} {new:>8.1%} {100 * (new - old):+7.1f} pt")
-    bytes_old, bytes_new = (
-        report[p]["shifted"]["bytes_per_input"]["device_gateway"] for p in ("before", "after")
-    )
-    rows.append(f"{'bytes/input device->gateway':<32} {bytes_old:>8.0f} {bytes_new:>8.0f}")
-    rollout = report["rollout_seconds"]
-    lines = [
-        f"drift benchmark: shift contrast x{report['shift']['contrast']} + {report['shift']['offset']:.0f}",
-        f"{'':<32} {'v' + str(report['before']['version']):>8} {'v' + str(report['after']['version']):>8}",
-        *rows,
-        f"hard examples: {report['hard_examples_uploaded']} uploaded, {report['hard_examples_lost']} lost; "
-        f"job {report['job']['state']} in {report['job']['seconds']:.0f} s; "
-        f"rollout {'-' if rollout is None else f'{rollout:.1f} s'} from the trigger",
-    ]
-    return "\n".join(lines)

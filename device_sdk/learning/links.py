@@ -4,36 +4,26 @@
 (``ec/v1/dev/<id>/hx``), encrypted end to end like a request, and waits for the gateway's
 ``HARD_EXAMPLES_ACK``, which the gateway sends only once the records are durable in its own
 outbox. :class:`HttpUploadLink` posts ``{"examples": [...]}`` to the cloud's
-``POST /v1/hard-examples`` with the device's bearer token; it uses only the standard
-library, so a device needs no HTTP client package. :class:`InMemoryUploadLink` calls a
-handler in-process, for tests.
+``POST /v1/hard-examples`` with the device's bearer token through
+:class:`~edgecascade.device_sdk.transport.http.CloudHttp` (standard library only, so a device
+needs no HTTP client package). :class:`InMemoryUploadLink` calls a handler in-process, for tests.
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
-import json
-import ssl
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import (
-    ConfigError,
-    RemoteError,
-    TransportError,
-    TransportTimeout,
-    WireError,
-)
+from edgecascade.device_sdk.errors import ConfigError, TransportTimeout
 from edgecascade.device_sdk.learning.batch import Receipt, encode_batch
 from edgecascade.device_sdk.learning.uploader import UploadLink
 from edgecascade.device_sdk.transport import Transport
+from edgecascade.device_sdk.transport.http import CloudHttp
 from edgecascade.device_sdk.transport.offload import open_reply
 from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
 
@@ -108,49 +98,25 @@ class HttpUploadLink(UploadLink):
     def __init__(
         self, base_url: str, token: str, *, timeout: float = 10.0, ca_file: str | Path | None = None
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"upload URL must be http(s), got {base_url!r}")
-        if not token or any(c.isspace() for c in token):
-            raise ConfigError("an upload token is required and must not contain whitespace")
-        self.url = base_url.rstrip("/") + wire.ROUTE_HARD_EXAMPLES
+        if not token:
+            raise ConfigError("an upload token is required")
+        self._http = CloudHttp(
+            base_url,
+            token,
+            timeout=timeout,
+            ca_file=ca_file,
+            user_agent="edgecascade-uploader",
+            max_bytes=MAX_RECEIPT_BYTES,
+        )
+        self.url = self._http.url(wire.ROUTE_HARD_EXAMPLES)
         self.timeout = timeout
-        self._token = token
-        self._context: ssl.SSLContext | None = None
-        if base_url.startswith("https://"):
-            self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def upload(self, records: Sequence[Mapping[str, Any]]) -> Receipt:
-        request = urllib.request.Request(
-            self.url,
-            data=encode_batch(records),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
-                body = response.read(MAX_RECEIPT_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            raise RemoteError(exc.code, _error_message(exc)) from None
-        except TimeoutError:
-            raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise TransportTimeout(f"cloud did not answer within {self.timeout:.3g} s") from None
-            raise TransportError(f"cloud unreachable: {exc.reason}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise TransportError(f"cloud connection failed: {exc}") from None
-        if len(body) > MAX_RECEIPT_BYTES:
-            raise WireError("receipt too large")
+        body = self._http.post(wire.ROUTE_HARD_EXAMPLES, encode_batch(records), "application/json")
         return Receipt.from_bytes(body)
 
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        data = json.loads(exc.read(64 * 1024))
-        return str(data.get("message", data))[:200]
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)[:200]
+    def close(self) -> None:
+        self._http.close()
 
 
 class InMemoryUploadLink(UploadLink):

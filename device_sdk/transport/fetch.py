@@ -1,28 +1,23 @@
 """Download release files from the cloud over HTTP(S) with the node's bearer token.
 
-:class:`HttpFetcher` uses only the standard library (a device installs no HTTP client for
-this). It never follows redirects, so the token goes to the configured cloud and nowhere
-else; it streams to disk with a size cap; failures become
+:class:`HttpFetcher` speaks through :class:`~edgecascade.device_sdk.transport.http.CloudHttp`
+(standard library only: a device installs no HTTP client for this), so it never follows
+redirects, streams to disk with a size cap and raises
 :class:`~edgecascade.device_sdk.errors.TransportError` (unreachable, timeout) or
-:class:`~edgecascade.device_sdk.errors.RemoteError` (an HTTP error status). :class:`InMemoryFetcher` is
-its in-process twin for tests.
+:class:`~edgecascade.device_sdk.errors.RemoteError` (an HTTP error status); a file over the
+cap is a :class:`~edgecascade.device_sdk.errors.BundleError`. :class:`InMemoryFetcher` is its
+in-process twin for tests.
 """
 
 from __future__ import annotations
 
 import abc
-import json
-import ssl
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from edgecascade.device_sdk.errors import BundleError, ConfigError, RemoteError, TransportError
-
-_CHUNK = 1 << 16
+from edgecascade.device_sdk.errors import BundleError, RemoteError, WireError
+from edgecascade.device_sdk.transport.http import CloudHttp
 
 
 class Fetcher(abc.ABC):
@@ -41,6 +36,9 @@ class Fetcher(abc.ABC):
                 raise BundleError(f"{path}: answer larger than {max_bytes} bytes")
             return target.read_bytes()
 
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
 
 class InMemoryFetcher(Fetcher):
     """Serves ``files[path]`` (bytes) or calls ``files(path)``; a missing path is a 404."""
@@ -56,13 +54,6 @@ class InMemoryFetcher(Fetcher):
             f.write(data)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: following one would hand the bearer token to another URL."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class HttpFetcher(Fetcher):
     """GET files of ``base_url`` with ``Authorization: Bearer <token>``, at most ``max_bytes`` each."""
 
@@ -75,45 +66,32 @@ class HttpFetcher(Fetcher):
         ca_file: Path | None = None,
         max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"cloud URL must be http(s), got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+        self._http = CloudHttp(
+            base_url,
+            token,
+            timeout=timeout,
+            ca_file=ca_file,
+            user_agent="edgecascade-updater",
+            max_bytes=max_bytes,
+        )
+        self.base_url = self._http.base_url
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self._headers = {"User-Agent": "edgecascade-updater", "Accept": "*/*"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        handlers: list[Any] = [_NoRedirect()]
-        if ca_file is not None:
-            try:
-                context = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"cannot use CA file {ca_file}: {exc}") from None
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        self._opener = urllib.request.build_opener(*handlers)
 
     def fetch(self, path: str, target: Path) -> None:
-        url = self.base_url + path
-        request = urllib.request.Request(url, headers=self._headers)
+        """Stream the file at ``path`` to ``target``; nothing is left there when it fails."""
         try:
-            with self._opener.open(request, timeout=self.timeout) as response, open(target, "xb") as f:
-                size = 0
-                while chunk := response.read(_CHUNK):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise BundleError(f"{url} is larger than {self.max_bytes} bytes")
-                    f.write(chunk)
-        except urllib.error.HTTPError as exc:
-            raise RemoteError(exc.code, _message(exc)) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise TransportError(f"download of {url} failed: {getattr(exc, 'reason', exc)}") from None
+            self._http.download(path, target, self.max_bytes)
+        except WireError as exc:  # over the cap: a release file this node will not take
+            raise BundleError(str(exc)) from None
 
+    def read(self, path: str, max_bytes: int) -> bytes:
+        """The body at ``path``, read in memory (no temporary file)."""
+        try:
+            return self._http.get(path, max_bytes)
+        except WireError as exc:
+            raise BundleError(f"{path}: {exc}") from None
 
-def _message(exc: urllib.error.HTTPError) -> str:
-    """The cloud's JSON error message, else the status text."""
-    try:
-        body = exc.read(4096)
-        message = json.loads(body.decode()).get("message")
-    except (OSError, ValueError, AttributeError):
-        message = None
-    return str(message or exc.reason)
+    def close(self) -> None:
+        """Close the keep-alive connections."""
+        self._http.close()
