@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,17 +130,14 @@ def format_gateway_report(report: dict[str, Any]) -> str:
 
 def _run(args: Any) -> int:
     from edgecascade.device_sdk.model.bundle import load_bundle
-    from edgecascade.tools.report import write_json
+    from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
     images = load_fashion_mnist().x_test[: args.n]
     report = bench_gateway(
         load_bundle(args.model), images, batch=args.batch, runs=args.runs, cache=args.cache
     )
-    print(format_gateway_report(report))
-    if args.report:
-        write_json(Path(args.report), report)
-        print(f"report written to {args.report}")
+    print_report(format_gateway_report(report), report, args.report)
     return 0
 
 

@@ -46,14 +46,11 @@ def _announcer(args: argparse.Namespace) -> int:
 
 def _bench_crypto(args: argparse.Namespace) -> int:
     from edgecascade.tools.bench_crypto import bench_crypto, format_crypto_report
-    from edgecascade.tools.report import write_json
+    from edgecascade.tools.report import print_report
 
     report = bench_crypto(n=args.n)
     print(json.dumps(report, indent=2))
-    print(format_crypto_report(report))
-    if args.report:
-        write_json(Path(args.report), report)
-        print(f"report written to {args.report}")
+    print_report(format_crypto_report(report), report, args.report)
     return 0
 
 

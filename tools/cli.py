@@ -148,7 +148,7 @@ def _calibrate_cache(args: argparse.Namespace) -> int:
 
 def _bench_accuracy(args: argparse.Namespace) -> int:
     from edgecascade.tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
-    from edgecascade.tools.report import write_json
+    from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
     bundle = load_bundle(Path(args.model))
@@ -159,16 +159,13 @@ def _bench_accuracy(args: argparse.Namespace) -> int:
     plot_sweep(report, plot)
     report["plot"] = str(plot)
     print(format_accuracy_report(report))
-    print(f"threshold sweep plotted to {plot}")
-    if args.report:
-        write_json(Path(args.report), report)
-        print(f"report written to {args.report}")
+    print_report(f"threshold sweep plotted to {plot}", report, args.report)
     return 0
 
 
 def _bench_drift(args: argparse.Namespace) -> int:
     from edgecascade.tools.bench_drift import DriftOptions, bench_drift, format_drift_report
-    from edgecascade.tools.report import write_json
+    from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
     options = DriftOptions(
@@ -188,17 +185,14 @@ def _bench_drift(args: argparse.Namespace) -> int:
     data = load_fashion_mnist()
     workdir = Path(args.workdir) if args.workdir else None
     report = bench_drift(Path(args.model), Path(args.checkpoint), data.x_test, data.y_test, options, workdir)
-    print(format_drift_report(report))
-    if args.report:
-        write_json(Path(args.report), report)
-        print(f"report written to {args.report}")
+    print_report(format_drift_report(report), report, args.report)
     return 0 if report["job"]["state"] == "succeeded" else 1
 
 
 def _bench_cache(args: argparse.Namespace) -> int:
     from edgecascade.tools.bench_cache import bench_index, format_cache_report, index_crossover
     from edgecascade.tools.bench_stream import bench_cache_stream
-    from edgecascade.tools.report import write_json
+    from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
     model = Path(args.model)
@@ -218,10 +212,7 @@ def _bench_cache(args: argparse.Namespace) -> int:
             model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
         ),
     }
-    print(format_cache_report(report))
-    if args.report:
-        write_json(Path(args.report), report)
-        print(f"report written to {args.report}")
+    print_report(format_cache_report(report), report, args.report)
     return 0
 
 

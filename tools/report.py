@@ -107,3 +107,11 @@ def write_predictions(path: Path, records: Iterable[Record]) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def print_report(text: str, report: dict[str, Any], path: str | Path | None) -> None:
+    """Print a benchmark's table and, given ``path``, write its JSON report there."""
+    print(text)
+    if path:
+        write_json(Path(path), report)
+        print(f"report written to {path}")
