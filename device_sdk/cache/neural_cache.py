@@ -290,10 +290,12 @@ class NeuralCache:
 
     def _victims(self, count: int) -> np.ndarray:
         """The ``count`` entries an insert evicts (see :func:`.entries.eviction_order`)."""
+        if count <= 0:  # room for every new entry: nothing to sort
+            return np.zeros(0, np.int64)
         last_used, confidence = self._last_used[: self._size], self._confidence[: self._size]
         if count == 1:
             return np.array([next_victim(last_used, confidence)], np.int64)
-        return eviction_order(last_used, confidence)[: max(count, 0)]
+        return eviction_order(last_used, confidence)[:count]
 
     def keep_exits(
         self, features: np.ndarray, probabilities: np.ndarray, exits: np.ndarray, source_tier: str

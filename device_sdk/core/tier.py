@@ -18,6 +18,7 @@ current model version and, for a grace period, the one it replaced.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ class TierModel:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
-    @property
+    @functools.cached_property
     def spec(self) -> PartitionSpec:
+        """This tier's partition in the manifest (read on every batch, so looked up once)."""
         return self.bundle.manifest.partition(self.tier)
 
     @property
@@ -105,31 +107,37 @@ def decide(model: TierModel, x: np.ndarray, policy: ExitPolicy | None = None) ->
     """
     out = model.runner.run(x)
     probs = softmax(out.logits, model.spec.exit.temperature)
+    labels = probs.argmax(axis=-1).tolist()
     exit_tier, cache_tier = ANSWERING[model.tier]
-    if out.features is None:  # the last tier
-        return [Decision(exit_tier, p, None, wire.Result(int(p.argmax()), p, exit_tier)) for p in probs]
+    features = out.features
+    if features is None:  # the last tier
+        return [
+            Decision(exit_tier, p, None, wire.Result(y, p, exit_tier))
+            for p, y in zip(probs, labels, strict=True)
+        ]
     exits = (policy or model.policy).should_exit(probs)
-    undecided = np.flatnonzero(~exits)
-    cache = model.cache
-    keys: np.ndarray | None = None
-    hits: list = [None] * len(undecided)
-    if cache is not None:
-        cache.keep_exits(out.features, probs, exits, exit_tier.label)
-        if len(undecided):
-            keys = cache.embed(out.features[undecided])
-            hits = cache.lookup_batch(keys)
+    leaves = exits.tolist()
     decisions = [
-        Decision(exit_tier, p, f, wire.Result(int(p.argmax()), p, exit_tier) if leave else None)
-        for p, f, leave in zip(probs, out.features, exits, strict=True)
+        Decision(
+            exit_tier, probs[i], features[i], wire.Result(labels[i], probs[i], exit_tier) if leave else None
+        )
+        for i, leave in enumerate(leaves)
     ]
-    for k, i in enumerate(undecided):
-        hit = hits[k]
+    cache = model.cache
+    if cache is None:
+        return decisions
+    cache.keep_exits(features, probs, exits, exit_tier.label)
+    undecided = [i for i, leave in enumerate(leaves) if not leave]
+    if not undecided:
+        return decisions
+    keys = cache.embed(features[undecided])
+    assert cache_tier is not None
+    for i, key, hit in zip(undecided, keys, cache.lookup_batch(keys), strict=True):
         if hit is not None:
-            assert cache_tier is not None
             answer = wire.Result(hit.label, hit.probabilities, cache_tier)
-            decisions[i] = Decision(exit_tier, probs[i], out.features[i], answer)
-        elif keys is not None:
-            decisions[i] = Decision(exit_tier, probs[i], out.features[i], embedding=keys[k])
+            decisions[i] = Decision(exit_tier, probs[i], features[i], answer)
+        else:
+            decisions[i] = Decision(exit_tier, probs[i], features[i], embedding=key)
     return decisions
 
 

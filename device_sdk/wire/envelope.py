@@ -113,7 +113,10 @@ class Tier(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _TIER_LABELS[self]
+
+
+_TIER_LABELS = {tier: tier.name.lower() for tier in Tier}
 
 
 class ErrorCode(enum.IntEnum):
