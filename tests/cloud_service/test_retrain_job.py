@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.wire import codec
 from edgecascade.tools import cli
 from edgecascade.training.data import Dataset
+from tests.imports import heavy_imports
 from tests.learning_kit import device_examples, make_learning_cloud, tree_digest, wait_for_job
 
 FAST: dict[str, Any] = {
@@ -48,13 +47,8 @@ FAST: dict[str, Any] = {
 
 def test_the_web_process_and_the_scheduler_import_no_tensorflow() -> None:
     """Only the job's own process imports TensorFlow, and only once the job runs."""
-    code = (
-        "import sys, edgecascade.cloud_service.app, edgecascade.cloud_service.scheduler, "
-        "edgecascade.cloud_service.retrain_job; "
-        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    modules = ("app", "scheduler", "retrain_job")
+    assert heavy_imports(*(f"edgecascade.cloud_service.{m}" for m in modules)) == []
     assert retrain_job.__name__ == scheduler.JOB_MODULE  # the module the scheduler starts
 
 

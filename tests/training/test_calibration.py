@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -19,6 +16,7 @@ from edgecascade.training.calibration import (
     nll,
     softmax,
 )
+from tests.imports import heavy_imports
 
 
 def test_softmax_is_a_stable_distribution() -> None:
@@ -131,12 +129,7 @@ def test_cascade_takes_first_confident_exit() -> None:
 
 
 def test_calibration_does_not_import_tensorflow() -> None:
-    code = (
-        "import sys, edgecascade.training.calibration, edgecascade.training.data; "
-        "print('tensorflow' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert heavy_imports("edgecascade.training.calibration", "edgecascade.training.data") == []
 
 
 def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from edgecascade.device_sdk import cache
+from tests.imports import heavy_imports
 
 
 def test_public_api_is_curated() -> None:
@@ -24,6 +22,4 @@ def test_public_api_is_curated() -> None:
 
 
 def test_importing_the_cache_does_not_import_hnswlib() -> None:
-    code = "import sys, edgecascade.device_sdk.cache; print('hnswlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert heavy_imports("edgecascade.device_sdk.cache") == []
