@@ -35,10 +35,6 @@ class ExactIndex(Index):
         self._blocks = np.zeros((blocks, self._block, dim), np.float32)
         self._matrix = self._blocks.reshape(blocks * self._block, dim)  # the same memory, by slot
         self._chunk = max(1, _GEMM_SINGLE_THREAD // (self._block * dim))  # queries per batched product
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
 
     def add(self, vectors: np.ndarray, slots: np.ndarray) -> None:
         slots = np.asarray(slots, np.int64)

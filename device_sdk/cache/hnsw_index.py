@@ -57,10 +57,6 @@ class HnswIndex(Index):
         self._graph = self._hnswlib.Index(space="cosine", dim=dim)
         self._graph.init_index(max_elements=capacity, M=M, ef_construction=ef_construction)
         self._graph.set_ef(ef)
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
 
     def add(self, vectors: np.ndarray, slots: np.ndarray) -> None:
         slots = np.asarray(slots, np.int64)

@@ -32,10 +32,11 @@ class Index(ABC):
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
         self.capacity = capacity
+        self._count = 0  # occupied slots: 0 .. _count-1 (implementations keep it up to date)
 
-    @abstractmethod
     def __len__(self) -> int:
         """How many slots are occupied (always ``0 .. len-1``)."""
+        return self._count
 
     @abstractmethod
     def add(self, vectors: np.ndarray, slots: np.ndarray) -> None:
