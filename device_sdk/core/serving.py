@@ -33,9 +33,7 @@ def request_features(envelope: wire.Envelope, model: TierModel) -> np.ndarray:
     if header.msg_type != wire.MessageType.INFER_REQUEST:
         raise WireError(f"expected an INFER_REQUEST, got {header.msg_type.name}")
     if header.model_version != model.version:
-        raise ModelVersionError(
-            f"model version {header.model_version} is not served here (serving {model.version})"
-        )
+        raise unknown_version(header.model_version, (model.version,))
     tensor = codec.decode_features(envelope.body, model.cut_encoding)
     spec = model.spec.input
     if tensor.shape != spec.shape or tensor.dtype != np.dtype(spec.dtype):

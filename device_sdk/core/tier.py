@@ -76,9 +76,9 @@ class TierModel:
         """This tier's partition in the manifest (read on every batch, so looked up once)."""
         return self.bundle.manifest.partition(self.tier)
 
-    @property
+    @functools.cached_property
     def cut_encoding(self) -> str:
-        """How this version's previous tier encodes the features this tier receives."""
+        """How this version's previous tier encodes the features this tier receives (read per request)."""
         index = TIERS.index(self.tier)
         if index == 0:
             raise ValueError(f"the {self.tier} partition receives raw inputs, not cut features")
