@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def _header(data: bytes, path: Path, magic: int, ndim: int) -> tuple[int, ...]:
     if found != magic:
         raise DatasetError(f"{path}: IDX magic number {found}, expected {magic}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = head + int(np.prod(dims, dtype=np.int64))
+    expected = head + math.prod(dims)  # Python ints: a forged header cannot wrap around to a small size
     if len(data) != expected:
         raise DatasetError(f"{path}: {len(data)} bytes, but header {dims} needs {expected}")
     return dims

@@ -86,6 +86,13 @@ def test_truncated_payload(idx_root: tuple[Path, np.ndarray, np.ndarray]) -> Non
         load_fashion_mnist(root)
 
 
+def test_header_whose_size_wraps_around_64_bits(idx_root: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, _ = idx_root  # 2**22 * 2**21 * 2**21 images = 2**64 bytes: 0 in int64 arithmetic
+    _write_gz(root / "train-images-idx3-ubyte.gz", _idx(IDX_IMAGES_MAGIC, (2**22, 2**21, 2**21), b""))
+    with pytest.raises(DatasetError, match="needs"):
+        load_fashion_mnist(root)
+
+
 def test_truncated_header(idx_root: tuple[Path, np.ndarray, np.ndarray]) -> None:
     root, _, _ = idx_root
     _write_gz(root / "train-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC.to_bytes(4, "big") + b"\0\0")
