@@ -1,4 +1,6 @@
-"""``python -m cloud_service --config cloud.toml``: run the cloud API (Werkzeug server).
+"""``edgecascade cloud --config cloud.toml`` (or ``python -m edgecascade.cloud_service``): the cloud API.
+
+This is the Werkzeug development server.
 
 Exit codes: 0 stopped cleanly; 2 bad configuration; 3 model bundle unusable; 1 otherwise.
 """
@@ -13,16 +15,21 @@ import sys
 from pathlib import Path
 
 from edgecascade.device_sdk.errors import EXIT_ERROR, EXIT_OK, ConfigError, EdgeCascadeError, exit_code
+from edgecascade.device_sdk.logs import LOG_FORMATS, configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecascade cloud", description="Run the cloud inference API.")
-    parser.add_argument("--config", help="cloud.toml (settings may also come from EC_CLOUD__*)")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--config",
+        help="cloud.toml, whose relative paths are relative to it (also: EC_<SECTION>__<KEY> variables)",
     )
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
+    )
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
     from werkzeug.serving import make_server
 
     from edgecascade.cloud_service.app import create_app

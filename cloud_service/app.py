@@ -1,8 +1,8 @@
 """Flask app factory for the cloud service.
 
 ``create_app(config)`` loads and verifies the bundle (with ``[registry]``: the registry's
-current release), opens the token store, registers the API, enrolment, learning-loop and
-model-registry blueprints (with ``retrain.auto_promote``, a succeeded retraining job's
+current release), opens the token store, registers the API, enrolment, learning-loop,
+model-registry and dashboard blueprints (with ``retrain.auto_promote``, a succeeded retraining job's
 candidate is promoted and announced by the process that started the job) and answers
 every error as JSON:
 ``{"error": <code>, "message": <text>}`` with a 4xx/5xx status (401 with
@@ -12,12 +12,14 @@ every error as JSON:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from edgecascade.cloud_service import auth, enroll, learning, models_api
+from edgecascade.cloud_service import auth, dashboard, enroll, learning, models_api, openapi, validation
+from edgecascade.cloud_service import metrics as cloud_metrics
 from edgecascade.cloud_service.announce import Announcer, MqttAnnouncer
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.config import CloudConfig
@@ -29,11 +31,13 @@ from edgecascade.cloud_service.tokens import TokenStore
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.core import serving
 from edgecascade.device_sdk.errors import AuthError, EdgeCascadeError, ScopeError
+from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.model.signing import PublicKeySource, load_private_key
 
 logger = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
+_LOG_LIMITER = "edgecascade.log_limiter"
 
 
 def create_app(
@@ -49,7 +53,8 @@ def create_app(
     ``launcher`` starts retraining job processes (tests inject one that starts nothing).
     """
     config = config or CloudConfig()
-    app = Flask("cloud_service")
+    app = Flask("cloud_service", static_folder=None)  # an API: no /static/<path> route
+    validation.bound_url_parameters(app)  # before any route: no path value reaches the database unbounded
     app.config["MAX_CONTENT_LENGTH"] = config.cloud.max_body_bytes
     registry = open_registry(config) if config.registry.models_dir is not None else None
     if inference is None:
@@ -63,6 +68,7 @@ def create_app(
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
     learning_loop = learning.init_app(app, config, inference, launcher)
+    dashboard.init_app(app, learning_loop, inference)  # the operator's page and the fleet API
     if registry is not None:
         if announcer is None and config.registry.announce:
             announcer = MqttAnnouncer(config.mqtt, config.registry.announce_timeout)
@@ -80,6 +86,9 @@ def create_app(
 
             learning_loop.on_job_succeeded = promote
     app.register_blueprint(api)
+    cloud_metrics.init_app(app, config)  # GET /metrics: Prometheus text, admin token
+    app.extensions[_LOG_LIMITER] = LogLimiter(logger)  # refusals a flood could repeat at will
+    openapi.init_app(app)  # GET /openapi.json, open like /healthz
     app.register_error_handler(AuthError, _auth_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -117,6 +126,12 @@ def _inference() -> CloudInference:
     return inference
 
 
+def _log_limited(level: int, key: tuple[str, ...], msg: str, *args: object, exc_info: bool = False) -> None:
+    """Log unless ``key`` logged its share of this minute (the counters keep every one)."""
+    limiter: LogLimiter = current_app.extensions[_LOG_LIMITER]
+    limiter.log(level, key, msg, *args, exc_info=exc_info)
+
+
 def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify(error=code, message=message), status
 
@@ -124,13 +139,24 @@ def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
     _inference().counters.add(f"http_{status}")
-    return _json_error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+    response, _ = _json_error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+    for name, value in exc.get_headers():  # e.g. the Allow of a 405, which RFC 9110 requires
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, status
 
 
 def _auth_error(exc: AuthError) -> tuple[Response, int]:
     status = 403 if isinstance(exc, ScopeError) else 401
     _inference().counters.add(f"http_{status}")
-    logger.warning("refused %s %s: %s", request.method, request.path, exc)
+    _log_limited(
+        logging.WARNING,
+        ("refused", str(status), request.remote_addr or "?"),
+        "refused %s %s: %s",
+        request.method,
+        request.path[:200],
+        exc,
+    )
     response, _ = _json_error(status, "forbidden" if status == 403 else "unauthorized", str(exc))
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="edgecascade"'
@@ -138,7 +164,16 @@ def _auth_error(exc: AuthError) -> tuple[Response, int]:
 
 
 def _unexpected_error(exc: Exception) -> tuple[Response, int]:
-    logger.exception("unexpected error")
+    """The safety net: an exception no view turned into a 4xx is a bug, but still a JSON 500
+    (never an HTML traceback), logged with its traceback and counted ``http_500``."""
+    _log_limited(
+        logging.ERROR,
+        ("unexpected", request.path[:200]),
+        "unexpected error in %s %s",
+        request.method,
+        request.path[:200],
+        exc_info=True,
+    )
     _inference().counters.add("http_500")
     return _json_error(500, "internal", "internal error")
 
@@ -147,21 +182,36 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
 @require_scope("gateway", "device")
 def infer() -> Any:
     inference = _inference()
-    payload = request.get_data(cache=False)
+    started = time.perf_counter()
+    payload = validation.read_body()  # 413 beyond cloud.max_body_bytes, chunked or not
     inference.counters.add("requests")
     inference.counters.add("bytes_in", len(payload))
     try:
         envelope = wire.envelope_from_bytes(payload)  # the only parse of this request
         auth.check_device_identity(envelope.header, auth.current_token())
+        decoded = time.perf_counter()
+        inference.counters.observe("decode", decoded - started)
         reply = inference.infer(envelope)
+        inference.counters.observe("inference", time.perf_counter() - decoded)
+        dashboard.saw_device(envelope.header.device_id, auth.current_token())
     except AuthError:
         raise  # answered 401/403 by its handler
     except EdgeCascadeError as exc:
         code = serving.error_code(exc)
         inference.counters.add(f"rejected_{code.name.lower()}")
-        logger.warning("rejected inference request: %s", exc)
+        token = auth.current_token()
+        _log_limited(
+            logging.WARNING,
+            ("rejected", code.name.lower(), token.name),
+            "rejected inference request from %s: %s",
+            token.name,
+            exc,
+        )
         return _json_error(int(code), code.name.lower(), str(exc))
-    return Response(wire.envelope_to_bytes(reply), status=200, content_type=wire.CONTENT_TYPE)
+    body = wire.envelope_to_bytes(reply)
+    inference.counters.add("bytes_out", len(body))
+    inference.counters.observe("total", time.perf_counter() - started)
+    return Response(body, status=200, content_type=wire.CONTENT_TYPE)
 
 
 @api.get(wire.ROUTE_HEALTH)
@@ -173,4 +223,4 @@ def healthz() -> Any:
 @api.get(wire.ROUTE_METRICS)
 @require_scope("admin")
 def metrics() -> Any:
-    return jsonify(dict(_inference().counters))
+    return jsonify(_inference().counters.snapshot())

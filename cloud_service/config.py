@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.config import MqttConfig, load_config, must_exist
 from edgecascade.device_sdk.errors import ConfigError
 
 DEFAULT_MODELS_DIR = Path("state/models")
@@ -26,10 +26,12 @@ class CloudSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1024 * 1024
-    verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
+    # cloud-signing.pub: when set, the bundle's signature must verify
+    verify_key: Path | None = field(default=None, metadata=must_exist("file"))
     token_store: Path = Path("state/tokens.db")  # hashed bearer tokens (SQLite)
     device_keyring: Path = Path("state/device-keys")  # X25519 keys of enrolled devices
-    gateway_public_key: Path | None = None  # X25519 key handed to enrolling devices; unset: no enrolment
+    # X25519 key handed to enrolling devices; unset: no enrolment
+    gateway_public_key: Path | None = field(default=None, metadata=must_exist("file"))
     gateway_name: str = "gateway"  # bound into the payload keys; what the gateways' crypto.gateway_name says
     database_url: str = "sqlite:///state/cloud.db"  # hard examples and jobs (SQLAlchemy URL; PostgreSQL too)
     blob_dir: Path = Path("state/blobs")  # hard-example tensors, one file per example id
@@ -77,7 +79,8 @@ class RetrainSettings:
     jobs_dir: Path = Path("state/jobs")  # one directory per job: spec.json and job.log
     count_threshold: int = 1000  # new examples since the last job that start one (0: off)
     interval_seconds: float = 0.0  # start a job this often when there are new examples (0: off)
-    data: Path | None = None  # .npz of the original data; unset: Debian's Fashion-MNIST
+    # .npz of the original data; unset: Debian's Fashion-MNIST
+    data: Path | None = field(default=None, metadata=must_exist("file"))
     replay_size: int = 5000  # original training images mixed into every fine-tune
     epochs: int = 3
     batch_size: int = 64
@@ -91,7 +94,8 @@ class RetrainSettings:
     tolerance: float = 0.5  # points any exit may lose on the original test data
     test_size: int = 10000  # original test images the gate compares on
     val_size: int = 6000  # original validation images the temperatures and thresholds are fitted on
-    signing_key: Path | None = None  # cloud-signing.key: candidates are signed when set
+    # cloud-signing.key: candidates are signed when set
+    signing_key: Path | None = field(default=None, metadata=must_exist("file"))
     stale_seconds: float = 600.0  # a running job without a heartbeat for this long is marked failed
     max_examples: int = 50000  # most recent labelled hard examples a job uses
     seed: int = 0

@@ -123,15 +123,14 @@ def check_record(record: Any, versions: dict[int, VersionSpec], device_name: str
     cut = spec.cuts[example.cut]
     if example.encoding != cut.encoding:
         raise Rejected("bad_tensor", f"{example.cut} of version {spec.version} is encoded as {cut.encoding}")
-    try:
-        features = codec.decode_features(example.features, cut.encoding)
-        raw = wire.decode_tensor(example.raw) if example.raw is not None else None
+    try:  # shapes are checked against the version's before any size is computed from them
+        features = codec.decode_features(example.features, cut.encoding, cut.shape)
     except WireError as exc:
-        raise Rejected("bad_tensor", str(exc)) from None
-    if features.shape != cut.shape:
-        raise Rejected(
-            "bad_tensor", f"{example.cut} features must be {list(cut.shape)}, got {list(features.shape)}"
-        )
+        raise Rejected("bad_tensor", f"{example.cut} features: {exc}") from None
+    try:
+        raw = wire.decode_tensor(example.raw, spec.input_shape) if example.raw is not None else None
+    except WireError as exc:
+        raise Rejected("bad_tensor", f"raw input: {exc}") from None
     if raw is not None and (raw.dtype != np.uint8 or raw.shape != spec.input_shape):
         raise Rejected(
             "bad_tensor", f"raw input must be uint8{list(spec.input_shape)}, got {raw.dtype}{list(raw.shape)}"

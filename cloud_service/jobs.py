@@ -92,11 +92,13 @@ class JobRow:
 
 
 class JobStore:
-    """The ``retrain_jobs`` table."""
+    """The ``retrain_jobs`` table, on an engine from :func:`~edgecascade.cloud_service.store.open_engine`.
+
+    That engine's database is migrated to the newest schema revision, this table included.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine)  # a no-op when open_engine already created every table
 
     def create(self, trigger: str, examples_until: float | None = None) -> JobRow | None:
         """A new queued job, or None when one is already queued or running."""
@@ -121,6 +123,9 @@ class JobStore:
         return self.get(int(key[0]))
 
     def get(self, job_id: int) -> JobRow | None:
+        """The job ``job_id``, or None; an id beyond what the database stores is no job (not an error)."""
+        if not 0 <= job_id < 2**63:
+            return None
         with self.engine.connect() as db:
             row = db.execute(sa.select(retrain_jobs).where(retrain_jobs.c.id == job_id)).first()
         return None if row is None else JobRow.from_row(row)

@@ -21,6 +21,7 @@ hard example creates neither.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -55,7 +56,7 @@ LABEL_SCHEMA = {
     "type": "object",
     "required": ["label"],
     "additionalProperties": False,
-    "properties": {"label": {"type": "integer", "minimum": 0}},
+    "properties": {"label": {"type": "integer", "minimum": 0, "maximum": 65535}},  # a wire label: uint16
 }
 
 learning_api = Blueprint("learning", __name__)
@@ -185,27 +186,20 @@ def list_examples() -> Any:
     args = request.args
     problems: list[str] = []
     where = ExampleFilter(
-        device_id=args.get("device_id") or None,
-        model_version=_arg(args, "model_version", int, problems),
+        device_id=_arg(args, "device_id", _DEVICE_ID, problems),
+        model_version=_arg(args, "model_version", validation.bounded_int(0, 2**32 - 1), problems),
         labelled=_arg(args, "labelled", _boolean, problems),
-        since=_arg(args, "since", float, problems),
+        since=_arg(args, "since", validation.finite_float, problems),
     )
-    limit = _arg(args, "limit", int, problems)
-    if limit is not None and not 1 <= limit <= MAX_LIST:
-        problems.append(f"limit must be in 1..{MAX_LIST}")
-    after = None
-    if args.get("cursor"):
-        try:
-            after = decode_cursor(args["cursor"])
-        except ValueError as exc:
-            problems.append(f"cursor: {exc}")
+    limit = _arg(args, "limit", validation.bounded_int(1, MAX_LIST), problems)
+    after = _arg(args, "cursor", _cursor, problems)
     if problems:
         raise BadRequest("invalid query: " + "; ".join(problems))
     rows, cursor = _learning().store.page(where, limit or 100, after)
     return jsonify(examples=[r.to_json() for r in rows], next_cursor=cursor)
 
 
-@learning_api.put(f"{ROUTE_HARD_EXAMPLES}/<example_id>/label")
+@learning_api.put(f"{ROUTE_HARD_EXAMPLES}/<string(maxlength=64):example_id>/label")
 @require_scope("admin")
 def label_example(example_id: str) -> Any:
     label = validation.json_body(LABEL_SCHEMA)["label"]
@@ -247,9 +241,9 @@ def list_jobs() -> Any:
 @require_scope("admin")
 def job_status(job_id: int) -> Any:
     problems: list[str] = []
-    lines = _arg(request.args, "log_lines", int, problems)
-    if problems or (lines is not None and not 0 <= lines <= 1000):
-        raise BadRequest("log_lines must be an integer in 0..1000")
+    lines = _arg(request.args, "log_lines", validation.bounded_int(0, 1000), problems)
+    if problems:
+        raise BadRequest("invalid query: " + "; ".join(problems))
     job = _learning().scheduler.jobs.get(job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -267,12 +261,30 @@ def _boolean(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _cursor(value: str) -> tuple[float, str]:
+    """A paging cursor this API returned: bounded, its time finite (ValueError otherwise)."""
+    refused = ValueError("cursor is not one this API returned")
+    if len(value) > 512:
+        raise refused
+    try:
+        received_at, example_id = decode_cursor(value)
+    except (ValueError, OverflowError):  # OverflowError: a number beyond a float
+        raise refused from None
+    if not math.isfinite(received_at) or not 0 < len(example_id) <= 64:
+        raise refused
+    return received_at, example_id
+
+
+_DEVICE_ID = validation.bounded_text(64, r"[A-Za-z0-9_.-]+")
+
+
 def _arg(args: Any, name: str, parse: Any, problems: list[str]) -> Any:
+    """Query value ``name`` read by ``parse``, None when absent; a value it refuses adds a problem."""
     value = args.get(name)
     if value is None or value == "":
         return None
     try:
         return parse(value)
-    except ValueError:
-        problems.append(f"{name}: cannot read {value!r}")
+    except ValueError as exc:
+        problems.append(f"{name}: cannot read {value[:40]!r} ({exc})")
         return None

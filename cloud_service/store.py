@@ -9,6 +9,8 @@ not in the database but in a :class:`~edgecascade.cloud_service.blobs.BlobStore`
 Tables: ``hard_examples`` (one row per example id, with its teacher and human labels),
 ``model_versions`` (every version the cloud has served, with its cuts; see
 :mod:`edgecascade.cloud_service.intake`) and ``retrain_jobs`` (see :mod:`edgecascade.cloud_service.jobs`).
+They are created and changed by migrations (:mod:`edgecascade.cloud_service.schema`), which
+:func:`open_engine` applies: a table changed here needs a new revision.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from edgecascade.cloud_service import schema
 from edgecascade.cloud_service.blobs import BlobStore
 from edgecascade.cloud_service.intake import Checked, VersionSpec
 from edgecascade.device_sdk.errors import ConfigError
@@ -68,18 +71,35 @@ model_versions = sa.Table(
 
 
 def open_engine(url: str) -> Engine:
-    """An engine for ``url`` with its tables created; an SQLite file's directory is made 0700."""
+    """An engine for ``url`` with its schema migrated to the newest revision (see :func:`connect`)."""
+    engine = connect(url)
+    try:
+        schema.upgrade(engine)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        engine.dispose()
+        raise ConfigError(f"cannot migrate the database {_redacted(url)}: {exc}") from None
+    except ConfigError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def connect(url: str) -> Engine:
+    """An engine for ``url``, schema untouched; an SQLite file's directory is made 0700.
+
+    Nothing connects yet: a wrong URL or an unknown driver is reported here, a database
+    that cannot be reached on first use.
+    """
     try:
         parsed = make_url(url)
         sqlite = parsed.get_backend_name() == "sqlite"
         if sqlite and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30} if sqlite else {})
-        if sqlite:
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-        metadata.create_all(engine)
-    except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
+    except (sa.exc.SQLAlchemyError, OSError, ValueError, ImportError) as exc:
         raise ConfigError(f"cannot open the database {_redacted(url)}: {exc}") from None
+    if sqlite:
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
@@ -346,5 +366,5 @@ class ExampleStore:
 
 
 def open_example_store(database_url: str, blob_dir: str | Path) -> ExampleStore:
-    """The example store of a database URL and blob directory (tables created when missing)."""
+    """The example store of a database URL and blob directory (its schema migrated when behind)."""
     return ExampleStore(open_engine(database_url), BlobStore(blob_dir))

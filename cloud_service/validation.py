@@ -1,20 +1,37 @@
-"""JSON request bodies: parse within the size limit and check them against a small schema.
+"""What a request brings, checked before a view uses it: body, JSON, path and query values.
 
-``jsonschema`` is not a dependency, and the API's bodies are small flat objects, so this
-is the subset of JSON Schema they need: ``type``, ``properties``, ``required``,
-``additionalProperties: false``, ``minLength``/``maxLength``, ``pattern`` and
-``minimum``/``maximum``. Every problem is reported, each with its JSON path, so a client
-learns everything wrong with a request at once.
+- Bodies (:func:`read_body`) are read whole or refused with 413 beyond their limit, with a
+  ``Content-Length`` or chunked, before any byte of them is used.
+- JSON bodies (:func:`json_body`) are checked against a small schema. ``jsonschema`` is
+  not a dependency, and the API's bodies are small flat objects, so this is the subset of
+  JSON Schema they need: ``type``, ``properties``, ``required``,
+  ``additionalProperties: false``, ``minLength``/``maxLength``, ``pattern`` and
+  ``minimum``/``maximum``. Every problem is reported, each with its JSON path, so a client
+  learns everything wrong with a request at once.
+- Path parameters (:func:`bound_url_parameters`): every ``<int:…>`` of the app is at most
+  :data:`MAX_INT` (what the database stores) and every ``<string>`` at most
+  :data:`MAX_PATH_TEXT` characters; a value outside is no route (404), never a database
+  error.
+- Query values are read with the parsers :func:`bounded_int`, :func:`finite_float` and
+  :func:`bounded_text` (each raises ValueError, which the view turns into a 400).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
-from flask import request
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from flask import Flask, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.routing import IntegerConverter, Map, UnicodeConverter
+
+MAX_INT = 2**63 - 1
+"""Largest integer a path or query value may hold: SQLite's INTEGER, PostgreSQL's BIGINT."""
+MAX_PATH_TEXT = 255
+"""Longest text a path parameter may hold unless its route says less (a file name's limit)."""
 
 Schema = dict[str, Any]
 
@@ -77,9 +94,9 @@ def json_body(schema: Schema) -> Any:
     """
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
-            f"expected Content-Type application/json, got {request.mimetype or 'none'}"
+            f"expected Content-Type application/json, got {(request.mimetype or 'none')[:100]}"
         )
-    raw = request.get_data(cache=False)
+    raw = read_body()
     try:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -88,9 +105,90 @@ def json_body(schema: Schema) -> Any:
         raise BadRequest(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise BadRequest(f"body is not acceptable JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
     found = problems(value, schema)
     if found:
         raise BadRequest("invalid request body: " + "; ".join(found))
     return value
+
+
+def read_body(limit: int | None = None) -> bytes:
+    """The whole request body; 413 when it is longer than ``limit`` (default: the request's limit).
+
+    Werkzeug stops a body without ``Content-Length`` (chunked) at the limit and hands over
+    what it read, so an oversized chunked body would arrive cut at the limit and be used as
+    if it were whole. Reading one byte more tells a body at the limit from one beyond it.
+    """
+    if limit is None:
+        limit = request.max_content_length
+    if limit is None:
+        return request.get_data(cache=False)
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestEntityTooLarge(f"the body of {declared} bytes exceeds the limit of {limit}")
+    request.max_content_length = limit + 1  # before the stream is opened: it is made with this limit
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise RequestEntityTooLarge(f"the body exceeds the limit of {limit} bytes")
+    return data
+
+
+class _BoundedInt(IntegerConverter):
+    """``<int:…>``: a non-negative integer of at most :data:`MAX_INT` unless the route says less."""
+
+    def __init__(self, map: Map, *args: Any, **kwargs: Any) -> None:
+        super().__init__(map, *args, **kwargs)
+        self.max = MAX_INT if self.max is None else min(self.max, MAX_INT)
+
+
+class _BoundedText(UnicodeConverter):
+    """``<name>`` and ``<string:…>``: one path segment of at most :data:`MAX_PATH_TEXT` characters."""
+
+    def __init__(
+        self, map: Map, minlength: int = 1, maxlength: int | None = MAX_PATH_TEXT, length: int | None = None
+    ) -> None:
+        super().__init__(map, minlength, maxlength, length)
+
+
+def bound_url_parameters(app: Flask) -> None:
+    """Bound every path parameter of ``app``'s routes; call before any route is registered."""
+    app.url_map.converters.update(int=_BoundedInt, string=_BoundedText, default=_BoundedText)
+
+
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """A query value parser: a decimal integer in ``lo..hi`` (at most :data:`MAX_INT`)."""
+    hi = min(hi, MAX_INT)
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"-?[0-9]{1,19}", text) or not lo <= int(text) <= hi:
+            raise ValueError(f"expected an integer in {lo}..{hi}")
+        return int(text)
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """A query value parser: a finite number (no ``nan``, no ``inf``, nothing that overflows)."""
+    try:
+        value = float(text) if len(text) <= 64 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def bounded_text(max_length: int, pattern: str | None = None) -> Callable[[str], str]:
+    """A query value parser: text of 1..``max_length`` characters, matching ``pattern`` if given."""
+
+    def parse(text: str) -> str:
+        if not 0 < len(text) <= max_length or (pattern is not None and not re.fullmatch(pattern, text)):
+            raise ValueError(
+                f"expected at most {max_length} characters" + (f" matching {pattern}" if pattern else "")
+            )
+        return text
+
+    return parse

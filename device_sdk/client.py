@@ -21,14 +21,16 @@ it. During a rollout the device may swap before its gateway does; the gateway th
 a request stamped with the new version with UNKNOWN_MODEL_VERSION, and the client asks
 again with the model it replaced (kept for ``grace`` seconds), so the answer is neither
 lost nor degraded.
+
+A gateway's sealed refusal of a request's sequence number (a clock that was off or jumped,
+a restarted gateway) moves the :class:`~.wire.sequence.SequenceCounter` and the request is
+asked again, not degraded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +54,8 @@ from edgecascade.device_sdk.transport import Transport
 from edgecascade.device_sdk.transport.fetch import HttpFetcher
 from edgecascade.device_sdk.transport.offload import Sender, exchange
 from edgecascade.device_sdk.wire import codec
-from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto
+from edgecascade.device_sdk.wire.sequence import SequenceCounter
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +115,7 @@ class DeviceClient(ServesModels):
         self.keep_raw = keep_raw
         self.counters = Counters()
         self._policy = policy
-        self._seq = itertools.count(initial_sequence())  # above what gateways saw before a restart
-        self._seq_lock = threading.Lock()
+        self.sequence = SequenceCounter()  # from the clock: above what gateways saw before a restart
         self._updater: ModelUpdater | None = None
         # a new model version starts with an empty cache of the same capacity (another model's
         # embeddings do not compare)
@@ -223,10 +225,14 @@ class DeviceClient(ServesModels):
         self.counters.add("inputs", len(results))
         return [r for r in results if r is not None]
 
-    def next_seq(self) -> int:
-        """The next sequence number of this device's messages (share it with a relay upload link)."""
-        with self._seq_lock:
-            return next(self._seq)
+    @property
+    def next_seq(self) -> SequenceCounter:
+        """This device's sequence counter: ``client.next_seq()`` is the next number.
+
+        Share it with a relay upload link (``sequence=client.next_seq``): the gateways keep
+        one window per device, and a resync either of them is told moves it for both.
+        """
+        return self.sequence
 
     def close(self) -> None:
         if self._updater is not None:
@@ -303,12 +309,16 @@ class DeviceClient(ServesModels):
         None instead (the caller asks again with the previous model).
         """
         assert self.transport is not None
-        sender = Sender(self.transport, self.crypto, self.device_id, self.next_seq, self.timeout)
+        sender = Sender(
+            self.transport, self.crypto, self.device_id, self.next_seq, self.timeout, resync=self._resync
+        )
         features = [_cut_features(d) for d in decisions]
         outcomes = exchange(sender, model.version, model.spec.encoding, len(model.manifest.classes), features)
         predictions: list[Prediction | None] = []
         for decision, outcome in zip(decisions, outcomes, strict=True):
             latency = device_ms + outcome.elapsed_ms
+            if outcome.resent:
+                self.counters.add("resent_after_resync")
             if outcome.result is None:
                 error = outcome.error
                 stale = isinstance(error, RemoteError) and error.code == wire.ErrorCode.UNKNOWN_MODEL_VERSION
@@ -326,6 +336,11 @@ class DeviceClient(ServesModels):
                 self._prediction(model, answer, latency, bytes_sent=outcome.bytes_sent, error=reason)
             )
         return predictions
+
+    def _resync(self, next_seq: int, limit: int, refused: int) -> None:
+        """Continue numbering where the gateway's sealed refusal says (once for a burst of them)."""
+        if self.sequence.resync(next_seq, limit, refused):
+            self.counters.add("sequence_resyncs")
 
     def _raw(self, x: np.ndarray) -> bytes | None:
         body = raw_body(x)

@@ -6,12 +6,19 @@ frozen dataclass of plain values (str, int, float, bool, Path, or tuples of thos
 ``EC_MQTT__PORT=1884``, converts and checks every value, and raises one
 :class:`~edgecascade.device_sdk.errors.ConfigError` that lists every problem found. This module is the
 only place in the project that reads the environment for configuration.
+
+A relative path written in a file (a ``Path`` setting, or the file part of a ``sqlite:///``
+URL) is relative to that file's directory, so a site's files can move together; one from an
+environment variable, an override or a default is relative to the working directory. A
+setting whose field has :func:`must_exist` metadata names a file or directory that has to be there
+when it is set: every missing one is listed in the same error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -23,6 +30,20 @@ from edgecascade.device_sdk.errors import ConfigError
 
 T = TypeVar("T")
 ENV_PREFIX = "EC_"
+_EXISTS = "edgecascade.must_exist"  # field metadata key: "file" or "dir"
+_SQLITE_URL = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)(?!:memory:)(.+)$")  # three slashes: a relative file
+
+
+def must_exist(kind: str) -> Mapping[str, str]:
+    """Field metadata for a path that must name an existing ``kind`` ("file" or "dir") when set.
+
+    Use as ``field(default=None, metadata=must_exist("file"))``. Only :func:`load_config`
+    checks it (and only for values that were set, not defaults), so code and tests may
+    still build a settings object for a file that is made later.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"must_exist takes 'file' or 'dir', got {kind!r}")
+    return types.MappingProxyType({_EXISTS: kind})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +108,8 @@ def load_config(
     """
     data: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     if path is not None:
         try:
             with open(path, "rb") as f:
@@ -95,11 +118,12 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base = Path(path).resolve().parent
         for name, section in raw.items():
             if not isinstance(section, dict):
                 problems.append(f"{name}: expected a [{name}] table")
             else:
-                data[name] = dict(section)
+                data[name] = _relative_to(base, hints.get(name) if name in known else None, section)
     for name, section in (overrides or {}).items():
         data.setdefault(name, {}).update(section)
     env = os.environ if env is None else env
@@ -108,23 +132,62 @@ def load_config(
             section_name, _, field_name = key[len(ENV_PREFIX) :].partition("__")
             data.setdefault(section_name.lower(), {})[field_name.lower()] = value
 
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     problems += [f"unknown section [{name}]" for name in data if name not in known]
     sections: dict[str, Any] = {}
-    for name in known:
+    for name in known:  # every section is checked, whatever the others' problems
+        section_problems: list[str] = []
         try:
-            sections[name] = _build_section(hints[name], name, data.get(name, {}), problems)
+            sections[name] = _build_section(hints[name], name, data.get(name, {}), section_problems)
         except ConfigError as exc:
-            problems += exc.problems
+            section_problems += exc.problems
+        problems += section_problems
     if problems:
         raise ConfigError(problems)
     return cls(**sections)
 
 
+def _relative_to(base: Path, section_cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The section's values with relative paths made relative to ``base`` (the file's directory)."""
+    if section_cls is None or not dataclasses.is_dataclass(section_cls):
+        return dict(values)
+    hints = typing.get_type_hints(section_cls)
+    resolved = dict(values)
+    for key, value in values.items():
+        tp = hints.get(key)
+        if tp is None:
+            continue
+        if _is_path(tp):
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                resolved[key] = str(base / value)
+            elif isinstance(value, list) and _is_path(_item_type(tp)):
+                resolved[key] = [
+                    str(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+                    for v in value
+                ]
+        elif isinstance(value, str) and (match := _SQLITE_URL.match(value)):
+            resolved[key] = match.group(1) + str(base / match.group(2))
+    return resolved
+
+
+def _is_path(tp: Any) -> bool:
+    """Whether a setting's type is a path: ``Path``, ``Path | None`` or ``tuple[Path, ...]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_path(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return _is_path(_item_type(tp))
+    return tp is Path
+
+
+def _item_type(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    return args[0] if args else None
+
+
 def _build_section(cls: Any, name: str, values: dict[str, Any], problems: list[str]) -> Any:
+    """The section built from ``values``; its problems (all of them) are added to ``problems``."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
@@ -136,7 +199,23 @@ def _build_section(cls: Any, name: str, values: dict[str, Any], problems: list[s
             problems.append(f"{name}.{key}: {exc}")
     if problems:
         return None
-    return cls(**kwargs)
+    missing = []
+    for key, value in kwargs.items():  # paths that must exist, when set
+        kind = fields[key].metadata.get(_EXISTS)
+        for item in value if isinstance(value, tuple) else (value,):
+            if kind is not None and item is not None and not _exists(Path(item), kind):
+                missing.append(f"{name}.{key}: no such {'file' if kind == 'file' else 'directory'} {item}")
+    try:
+        section = cls(**kwargs)
+    except ConfigError as exc:  # the section's own checks, listed beside the missing paths
+        problems += missing + exc.problems
+        return None
+    problems += missing
+    return None if missing else section
+
+
+def _exists(path: Path, kind: str) -> bool:
+    return path.is_file() if kind == "file" else path.is_dir()
 
 
 def _convert(tp: Any, value: Any) -> Any:

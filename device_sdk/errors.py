@@ -17,8 +17,9 @@ are translated at the boundary where they occur.
     │       ├── NotEncryptedError   plaintext where encryption is required
     │       ├── DecryptError        wrong key, tampered, truncated or forged ciphertext
     │       ├── UnknownKeyError     no key for this device and key id
-    │       └── ReplayError         sequence number already accepted
-    │           └── SequenceTooOldError  older than the sender's sliding window
+    │       └── ReplayError         sequence number outside the sender's window: already accepted
+    │           ├── SequenceTooOldError       older than the window
+    │           └── SequenceTooFarAheadError  further ahead than the window may move
     ├── ModelError             bundle or partition problems
     │   ├── BundleError        missing files, bad manifest, hash mismatch
     │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
@@ -28,7 +29,8 @@ are translated at the boundary where they occur.
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
     │   └── RemoteError        the other side answered with an error message
-    ├── StorageError           the durable outbox cannot be opened, read or written
+    │       └── OutOfWindowError  a sealed refusal of a sequence number: where to continue
+    ├── StorageError           a durable store (outbox, replay windows) cannot be opened, read or written
     ├── AuthError              a credential is missing, wrong, expired or revoked (HTTP 401)
     │   └── ScopeError         a valid credential used outside its scope (HTTP 403)
     ├── DatasetError           a dataset file is missing or malformed
@@ -36,6 +38,11 @@ are translated at the boundary where they occur.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for a type hint: the wire format imports this module
+    from edgecascade.device_sdk.wire.envelope import Envelope
 
 
 class EdgeCascadeError(Exception):
@@ -87,15 +94,26 @@ class UnknownKeyError(CryptoError):
 
 
 class ReplayError(CryptoError):
-    """The sequence number was already accepted from this sender."""
+    """The sequence number is outside what the sender's window accepts; here: already accepted.
+
+    ``answer`` is set by a gateway when the message itself authenticated: the sealed ERROR
+    envelope that tells the sender where its numbers may continue (``edge_gateway.crypto``).
+    """
 
     reason = "replay"
+    answer: Envelope | None = None
 
 
 class SequenceTooOldError(ReplayError):
     """The sequence number is older than the sender's sliding window: it cannot be checked."""
 
     reason = "too_old"
+
+
+class SequenceTooFarAheadError(ReplayError):
+    """The sequence number is further ahead than the window may move (a bound over the clock)."""
+
+    reason = "too_far_ahead"
 
 
 class BatchError(WireError):
@@ -155,8 +173,23 @@ class RemoteError(TransportError):
         super().__init__(f"remote error {code}: {message}")
 
 
+class OutOfWindowError(RemoteError):
+    """A gateway refused a request's sequence number and said, sealed, where the device's may go.
+
+    Every number from ``next_seq`` up to ``limit`` is acceptable to that gateway
+    (``wire.sequence``); the device moves its counter there and sends the request again.
+    ``refused`` is the refused request's own number.
+    """
+
+    def __init__(self, code: int, message: str, next_seq: int, limit: int, refused: int) -> None:
+        self.next_seq = next_seq
+        self.limit = limit
+        self.refused = refused
+        super().__init__(code, message)
+
+
 class StorageError(EdgeCascadeError):
-    """The durable outbox cannot be opened, read or written (corrupt file, full disk, closed)."""
+    """A durable store (the outbox, a gateway's replay windows) cannot be opened, read or written."""
 
 
 class DependencyError(EdgeCascadeError):

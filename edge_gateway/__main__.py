@@ -1,4 +1,4 @@
-"""``python -m edge_gateway --config gateway.toml``: run the gateway daemon.
+"""``edgecascade gateway --config gateway.toml`` (or ``python -m edgecascade.edge_gateway``): the gateway.
 
 Exit codes (device_sdk.errors): 0 stopped cleanly (SIGTERM/SIGINT); 2 bad configuration; 3 model bundle
 unusable; 4 broker unreachable; 1 anything else.
@@ -11,18 +11,21 @@ import logging
 import sys
 
 from edgecascade.device_sdk.errors import EXIT_OK, EdgeCascadeError, exit_code
+from edgecascade.device_sdk.logs import LOG_FORMATS, configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecascade gateway", description="Run the edge gateway daemon.")
     parser.add_argument(
-        "--config", help="gateway.toml (settings may also come from EC_GATEWAY__*/EC_MQTT__*)"
+        "--config",
+        help="gateway.toml, whose relative paths are relative to it (also: EC_<SECTION>__<KEY> variables)",
     )
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text lines, or one JSON object per line"
     )
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
     from edgecascade.edge_gateway.config import load_gateway_config
     from edgecascade.edge_gateway.daemon import GatewayDaemon
 

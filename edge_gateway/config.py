@@ -1,4 +1,4 @@
-"""Gateway settings: ``[gateway]``, ``[mqtt]``, ``[cache]``, ``[crypto]``, ``[outbox]`` and ``[update]``."""
+"""Gateway settings, one frozen dataclass per section of ``gateway.toml`` (``[gateway]``, ``[mqtt]``, …)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.config import MqttConfig, load_config, must_exist
 from edgecascade.device_sdk.errors import ConfigError
 from edgecascade.device_sdk.learning.settings import upload_problems
 from edgecascade.device_sdk.model.updater import UpdateSettings
@@ -20,14 +20,17 @@ class GatewaySettings:
     gateway_id: str = "gateway-1"
     cloud_url: str = "http://127.0.0.1:8080"
     cloud_timeout: float = 5.0
-    cloud_ca: Path | None = None  # CA that signed the cloud's HTTPS certificate (default: system trust store)
+    # CA that signed the cloud's HTTPS certificate (default: the system trust store)
+    cloud_ca: Path | None = field(default=None, metadata=must_exist("file"))
     max_batch: int = 32
     forward_workers: int = 4
     queue_size: int = 1024
     shared_subscription: bool = True
     cloud_token: str = field(default="", repr=False)  # bearer token for the cloud; EC_GATEWAY__CLOUD_TOKEN
-    verify_key: Path | None = None  # cloud-signing.pub: when set, the bundle's signature must verify
+    # cloud-signing.pub: when set, the bundle's signature must verify
+    verify_key: Path | None = field(default=None, metadata=must_exist("file"))
     model_grace: float = 300.0  # seconds the version a swap replaced is still served (lagging devices)
+    heartbeat_interval: float = 10.0  # seconds between status reports to the cloud's fleet view (0: none)
 
     def __post_init__(self) -> None:
         problems = []
@@ -39,6 +42,8 @@ class GatewaySettings:
             problems.append("gateway.cloud_timeout must be > 0")
         if self.model_grace < 0:
             problems.append("gateway.model_grace must be >= 0")
+        if self.heartbeat_interval < 0:
+            problems.append("gateway.heartbeat_interval must be >= 0 (0: no heartbeats)")
         for name in ("max_batch", "forward_workers", "queue_size"):
             if getattr(self, name) < 1:
                 problems.append(f"gateway.{name} must be >= 1")
@@ -78,6 +83,9 @@ class CryptoSettings:
     most every ``rescan_interval`` seconds. ``gateway_name`` is bound into every derived
     key and must match the devices'. With ``required`` (the default) unencrypted requests
     are refused; turning it off is for migrating a fleet, never for production.
+    ``max_ahead``: seconds a device's sequence numbers (its clock in µs) may run ahead of
+    the gateway's clock; ``replay_store``: the SQLite file that keeps replay windows across
+    a restart (empty: in memory only).
     """
 
     required: bool = True
@@ -86,6 +94,8 @@ class CryptoSettings:
     gateway_name: str = "gateway"
     window: int = 64
     rescan_interval: float = 5.0
+    max_ahead: float = 60.0
+    replay_store: Path | None = Path("state/replay-windows.db")
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,6 +111,8 @@ class CryptoSettings:
             problems.append("crypto.window must be in 1..1024")
         if self.rescan_interval < 0:
             problems.append("crypto.rescan_interval must be >= 0")
+        if not 0 < self.max_ahead <= 86400:
+            problems.append("crypto.max_ahead must be in (0, 86400] seconds")
         if problems:
             raise ConfigError(problems)
 
@@ -136,6 +148,26 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """The gateway's operations endpoint: ``/metrics`` (Prometheus text) and ``/healthz`` (JSON).
+
+    Loopback by default: the numbers name devices and model versions. ``port = 0`` turns it off.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9810
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port < 65536:
+            problems.append(f"metrics.port must be in 0..65535, got {self.port}")
+        if not self.host:
+            problems.append("metrics.host must not be empty")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -143,6 +175,7 @@ class GatewayConfig:
     crypto: CryptoSettings = field(default_factory=CryptoSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         if self.update.enabled and self.gateway.verify_key is None:

@@ -18,6 +18,10 @@ With ``[outbox] path`` set, the daemon also relays devices' hard-example uploads
 subscription (``ec/v1/dev/+/hx``, shared like requests) feeds one relay thread that stores
 each batch durably (:class:`~edgecascade.edge_gateway.relay.HardExampleRelay`) before acknowledging it,
 and an :class:`~edgecascade.device_sdk.learning.uploader.Uploader` sends the outbox on to the cloud.
+
+Every ``gateway.heartbeat_interval`` seconds a thread reports the gateway's status to the
+cloud's fleet view (:mod:`.heartbeat`): model version, answers by tier, latency, the
+devices it heard from and the outbox's backlog.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from types import FrameType
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache, open_cache
-from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.uploader import Uploader, UploadLink
+from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
 from edgecascade.device_sdk.model.updater import ModelUpdater, installed_bundle
 from edgecascade.device_sdk.transport.fetch import HttpFetcher
@@ -41,9 +46,14 @@ from edgecascade.device_sdk.transport.mqtt import MqttLink
 from edgecascade.edge_gateway.cloud_link import CloudLink, HttpCloudLink
 from edgecascade.edge_gateway.config import CryptoSettings, GatewayConfig
 from edgecascade.edge_gateway.crypto import GatewayCrypto, load_gateway_crypto
+from edgecascade.edge_gateway.health import HealthReport, OperationsServer
+from edgecascade.edge_gateway.heartbeat import GatewayStatus, heartbeat_sender
 from edgecascade.edge_gateway.messages import Message
+from edgecascade.edge_gateway.metrics import GatewayCollector, gateway_registry
+from edgecascade.edge_gateway.presence import Presence
 from edgecascade.edge_gateway.relay import HardExampleRelay
 from edgecascade.edge_gateway.service import Forward, GatewayService
+from edgecascade.edge_gateway.share import gateway_subscriptions
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +75,8 @@ def gateway_crypto(settings: CryptoSettings) -> GatewayCrypto | None:
         required=settings.required,
         window=settings.window,
         rescan_interval=settings.rescan_interval,
+        max_ahead=settings.max_ahead,
+        replay_store=settings.replay_store,
     )
 
 
@@ -111,7 +123,7 @@ class GatewayDaemon:
                 public_key=settings.verify_key,
                 tiers=("gateway",),
                 running=lambda: self.service.bundle.manifest,
-                install=self.service.swap,
+                install=self._install,
                 fetcher=fetcher,
                 name=settings.gateway_id,
             )
@@ -120,6 +132,9 @@ class GatewayDaemon:
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
         self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
         self._stopped = threading.Event()
+        self.status = GatewayStatus()  # devices heard from and latencies, for the heartbeat
+        self.heartbeat = heartbeat_sender(config, self.service, self.status, self.outbox)
+        self._observability()
 
     def _build_service(self, cloud: CloudLink | None) -> GatewayService:
         config, settings = self.config, self.config.gateway
@@ -160,19 +175,89 @@ class GatewayDaemon:
         cache = self.config.cache
         return open_cache(bundle, "gateway", cache.capacity, None, tau=cache.tau)
 
+    # ------------------------------------------------------------------- observability
+    def _observability(self) -> None:
+        """Status topic and last will, metrics registry, arrival times, the log limiter."""
+        settings = self.config.gateway
+        self.log_limiter = LogLimiter(logger)  # what outside input can repeat at will
+        self.presence = Presence(self._link, settings.gateway_id, self._online)
+        components = {}
+        if self.outbox is not None:
+            components["outbox"] = self.outbox.counters
+        if self.uploader is not None:
+            components["uploader"] = self.uploader.counters
+        collector = GatewayCollector(settings.gateway_id, self.service, self.health, components)
+        self.metrics = gateway_registry(collector)
+        self._operations: OperationsServer | None = None
+
+    def _start_operations(self) -> None:
+        """Serve ``/metrics`` and ``/healthz`` (unless ``metrics.port`` is 0); a taken port only logs."""
+        settings = self.config.metrics
+        if settings.port == 0:
+            return
+        try:
+            self._operations = OperationsServer(settings.host, settings.port, self.metrics, self.health)
+        except OSError as exc:  # serving devices matters more than being scraped
+            logger.error("no metrics endpoint on %s:%d: %s", settings.host, settings.port, exc)
+            return
+        self._operations.start()
+
+    @property
+    def operations_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` and ``/healthz`` are served, or None."""
+        return self._operations.address if self._operations is not None else None
+
+    def health(self) -> HealthReport:
+        """The gateway's health now: ``/healthz``, and the gauges of its metrics."""
+        current = self.service.models.current
+        reach = getattr(self.service.cloud, "reachability", None)
+        pending = None
+        if self.outbox is not None:
+            try:
+                pending = self.outbox.counts()["pending"]
+            except EdgeCascadeError:  # closed or unreadable: unknown
+                pending = None
+        return HealthReport(
+            gateway=self.config.gateway.gateway_id,
+            connected=self._link.connected,
+            serving=self._worker.is_alive() and not self._stopped.is_set(),
+            model=current.manifest.name,
+            version=current.version,
+            versions=self.service.versions(),
+            cloud_reachable=reach.reachable if reach is not None else None,
+            cloud_error=reach.error if reach is not None else None,
+            queue_depth=self._queue.qsize(),
+            queue_capacity=self._queue.maxsize,
+            outbox_pending=pending,
+            outbox_capacity=self.outbox.capacity if self.outbox is not None else None,
+        )
+
+    def _online(self) -> dict[str, object]:
+        """The fields of the retained ``online`` status."""
+        manifest, versions = self.service.manifest, list(self.service.versions())
+        return {"model": manifest.name, "version": manifest.version, "versions": versions}
+
+    def _install(self, bundle: Bundle) -> None:
+        """Swap in a release the updater verified, and say so on the status topic."""
+        self.service.swap(bundle)
+        self.presence.announce()
+
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the broker and start serving."""
         self._worker.start()
         if self.updater is not None:
             self.updater.start(self._link)  # subscribed before connecting: the retained message arrives
-        shared = self.config.gateway.shared_subscription
-        self._link.subscribe(wire.gateway_subscription(shared), self._on_request)
+        requests, uploads = gateway_subscriptions(self.config)  # a share group no device can name
+        self._link.subscribe(requests, self._on_request)
         if self.relay is not None:
             self._relay_thread.start()
-            self._link.subscribe(wire.gateway_subscription(shared, "hx"), self._on_upload)
+            self._link.subscribe(uploads, self._on_upload)
         if self.uploader is not None:
             self.uploader.start()
         self._link.connect(connect_timeout)
+        self._start_operations()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         logger.info(
             "gateway %s serving model %s v%d via %s:%d",
             self.config.gateway.gateway_id,
@@ -195,17 +280,29 @@ class GatewayDaemon:
             self._hx_queue.put(None)  # after the batches already queued: they are stored and acknowledged
             self._relay_thread.join(timeout=10)
         self._pool.shutdown(wait=True)
+        self.presence.withdraw()  # a clean disconnect discards the last will
         self._link.close()
+        if self._operations is not None:
+            self._operations.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop(timeout=self.config.gateway.cloud_timeout + 1)
         if self.uploader is not None:
             self.uploader.stop(timeout=self.config.gateway.cloud_timeout + 1)
         if self.outbox is not None:
             logger.info("hard-example outbox %s: %s", self.config.outbox.path, self.outbox.counts())
             self.outbox.close()
+        if self.service.crypto is not None:
+            self.service.crypto.close()  # the replay store
         cache = self.service.cache
         if cache is not None and self.config.cache.path is not None:
             cache.save(self.config.cache.path)
             logger.info("saved %d cache entries to %s", len(cache), self.config.cache.path)
-        logger.info("gateway stopped; counters: %s", dict(self.service.counters))
+        limiters = [self.service.log_limiter, self.log_limiter]
+        if self.relay is not None:
+            limiters.append(self.relay.log_limiter)
+        for limiter in limiters:
+            limiter.flush()  # what was suppressed since the last summary
+        logger.info("gateway stopped; counters: %s", self.service.counters.snapshot())
 
     def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully."""
@@ -232,12 +329,25 @@ class GatewayDaemon:
             return
         if response_topic is not None and response_topic != wire.response_topic(device_id):
             self.service.counters.add("rejected_foreign_response_topic")
-            logger.warning("device %s asked for replies on a foreign topic %s", device_id, response_topic)
+            self.log_limiter.log(
+                logging.WARNING,
+                ("foreign_response_topic", device_id),
+                "device %s asked for replies on a foreign topic %s",
+                device_id,
+                response_topic,
+            )
+        message = Message(payload, device_id, correlation)
+        self.status.arrived(message)
         try:
-            self._queue.put_nowait(Message(payload, device_id, correlation))
+            self._queue.put_nowait(message)
         except queue.Full:
             self.service.counters.add("dropped_queue_full")
-            logger.warning("request queue full; dropping a request from %s", device_id)
+            self.log_limiter.log(
+                logging.WARNING,
+                ("queue_full", device_id),
+                "request queue full; dropping a request from %s",
+                device_id,
+            )
 
     def _on_upload(
         self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
@@ -250,7 +360,12 @@ class GatewayDaemon:
             self._hx_queue.put_nowait(Message(payload, device_id, correlation))
         except queue.Full:  # not acknowledged: the device keeps the records and retries
             self.service.counters.add("hx_dropped_queue_full")
-            logger.warning("upload queue full; dropping an upload batch from %s", device_id)
+            self.log_limiter.log(
+                logging.WARNING,
+                ("upload_queue_full", device_id),
+                "upload queue full; dropping an upload batch from %s",
+                device_id,
+            )
 
     # ------------------------------------------------------------------------ worker side
     def _relay_work(self) -> None:
@@ -260,8 +375,14 @@ class GatewayDaemon:
             try:
                 reply = self.relay.handle(item.payload, item.device_id, item.correlation)
             except Exception:  # keep relaying whatever one batch did
-                logger.exception("relaying an upload from %s failed", item.device_id)
                 self.service.counters.add("hx_failed")
+                self.log_limiter.log(
+                    logging.ERROR,
+                    ("upload_failed", item.device_id),
+                    "relaying an upload from %s failed",
+                    item.device_id,
+                    exc_info=True,
+                )
                 continue
             if reply is not None:
                 self._reply(item, reply)
@@ -285,8 +406,10 @@ class GatewayDaemon:
             try:
                 decisions = self.service.decide(batch)
             except Exception:  # keep serving whatever one batch did
-                logger.exception("batch of %d requests failed", len(batch))
                 self.service.counters.add("batch_failed")
+                self.log_limiter.log(
+                    logging.ERROR, ("batch_failed",), "batch of %d requests failed", len(batch), exc_info=True
+                )
                 continue
             for request, decision in zip(batch, decisions, strict=True):
                 if isinstance(decision, Forward):
@@ -296,9 +419,11 @@ class GatewayDaemon:
 
     def _forward(self, request: Message, job: Forward) -> None:
         try:
-            reply = self.service.forward(job)
+            with self.service.counters.timed("forward"):
+                reply = self.service.forward(job)
         except Exception:
-            logger.exception("forwarding failed")
+            self.service.counters.add("forward_failed")
+            self.log_limiter.log(logging.ERROR, ("forward_failed",), "forwarding failed", exc_info=True)
             return
         if reply is not None:
             self._reply(request, reply)
@@ -308,3 +433,7 @@ class GatewayDaemon:
         self._link.publish(
             wire.response_topic(request.device_id), payload, correlation_data=request.correlation
         )
+        self.service.counters.add("bytes_out", len(payload))
+        waited = self.status.replied(request)
+        if waited is not None:  # a request's reply (not an upload's receipt): queueing to publishing
+            self.service.counters.observe("total", waited)

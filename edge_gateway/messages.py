@@ -6,7 +6,10 @@ topic (the broker vouches for the device id in the topic), encrypted end to end 
 refuses an envelope naming another device than its topic, and decrypts it (checking the
 device's replay window); the :class:`Opened` message travels on as an object.
 :func:`seal_reply` serialises a reply once, encrypted under the key id the request used,
-and :func:`refusal` addresses an error reply even to a message that could not be read.
+and :func:`refusal` addresses an error reply even to a message that could not be read. A
+message that authenticated but whose sequence number the device's window refuses is
+answered with the sealed refusal the crypto made (it tells the device where its numbers
+may continue); every other refusal is plain and carries nothing secret.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.core import serving
-from edgecascade.device_sdk.errors import WireError
+from edgecascade.device_sdk.errors import ReplayError, WireError
 from edgecascade.edge_gateway.crypto import GatewayCrypto
 
 
@@ -65,11 +68,15 @@ def seal_reply(crypto: GatewayCrypto | None, reply: wire.Envelope, key_id: int |
 def refusal(
     message: Message, envelope: wire.Envelope | None, exc: Exception, kind: wire.MessageType
 ) -> wire.Envelope | None:
-    """A plain ERROR reply to a message that cannot be served; None if nobody can be addressed.
+    """An ERROR reply to a message that cannot be served; None if nobody can be addressed.
 
     ``envelope`` is the message as parsed, if it parsed; otherwise the reply is addressed by
-    the topic's device id and the correlation data (a request id), when both are known.
+    the topic's device id and the correlation data (a request id), when both are known. The
+    reply is plain, except for a sequence number refused after the message authenticated:
+    then it is the refusal sealed for the device (:meth:`~.crypto.GatewayCrypto.open_request`).
     """
+    if isinstance(exc, ReplayError) and exc.answer is not None:
+        return exc.answer
     if envelope is not None:
         return serving.error_reply(envelope.header, exc)
     if message.device_id is None or message.correlation is None or len(message.correlation) != 16:

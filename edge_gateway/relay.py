@@ -12,7 +12,9 @@ keeps it and tries again later.
 Whole-batch problems (cannot decrypt, not a batch, more than ``MAX_BATCH`` records, the
 outbox cannot be written) are answered with an ERROR envelope whose code says whether the
 device should split the batch (400) or just retry later (401, 503). Everything is counted
-(``hx_*`` in the gateway's counters) and logged; nothing stops the gateway.
+(``hx_*`` in the gateway's counters) and logged, the log lines rate-limited per reason and
+device (a device resending a bad batch in a loop costs a few lines a minute); nothing stops
+the gateway.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edgecascade.device_sdk.counters import Counters
 from edgecascade.device_sdk.errors import BatchError, CryptoError, EdgeCascadeError, StorageError, WireError
 from edgecascade.device_sdk.learning.batch import Receipt, Rejection, parse_batch
 from edgecascade.device_sdk.learning.outbox import AddStatus, Outbox
+from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.edge_gateway.crypto import GatewayCrypto
 from edgecascade.edge_gateway.messages import Message, Opened, open_message, read, refusal, seal_reply
 
@@ -40,6 +43,7 @@ class HardExampleRelay:
         self.outbox = outbox
         self.crypto = crypto
         self.counters = counters if counters is not None else Counters()
+        self.log_limiter = LogLimiter(logger)
 
     def handle(self, payload: bytes, device_id: str, correlation: bytes | None = None) -> bytes | None:
         """The receipt (or error) envelope answering one upload; None if nobody can be addressed."""
@@ -65,7 +69,13 @@ class HardExampleRelay:
             return seal_reply(self.crypto, reply, upload.key_id)
         except EdgeCascadeError as exc:
             self.counters.add("hx_reply_seal_failed")
-            logger.warning("cannot encrypt an upload receipt for %s: %s", device_id, exc)
+            self.log_limiter.log(
+                logging.WARNING,
+                ("receipt_not_sealed", device_id),
+                "cannot encrypt an upload receipt for %s: %s",
+                device_id,
+                exc,
+            )
             return None
 
     def _store(self, header: wire.Header, body: bytes) -> Receipt:
@@ -89,7 +99,9 @@ class HardExampleRelay:
         if deferred:
             self.counters.add("hx_deferred_full", deferred)
         if rejected:
-            logger.warning(
+            self.log_limiter.log(
+                logging.WARNING,
+                ("records_rejected", header.device_id),
                 "rejected %d of %d hard example(s) from %s: %s",
                 len(rejected),
                 total,
@@ -109,6 +121,12 @@ class HardExampleRelay:
         else:
             reason = serving.error_code(exc).name.lower()
         self.counters.add(f"hx_rejected_batch_{reason}")
-        logger.warning("refused an upload from %s: %s", message.device_id, exc)
+        self.log_limiter.log(
+            logging.WARNING,
+            (reason, message.device_id),
+            "refused an upload from %s: %s",
+            message.device_id,
+            exc,
+        )
         # BatchError: MALFORMED (split); crypto: 401; storage: 503
         return refusal(message, envelope, exc, wire.MessageType.HARD_EXAMPLES)

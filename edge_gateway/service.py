@@ -41,6 +41,7 @@ from edgecascade.device_sdk.counters import Counters
 from edgecascade.device_sdk.errors import CryptoError, EdgeCascadeError, ModelVersionError, WireError
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.records import HardExample
+from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.device_sdk.wire import codec
 from edgecascade.edge_gateway.cloud_link import CloudLink
@@ -79,7 +80,8 @@ class GatewayService(ServesModels):
         self.cloud = cloud
         self.outbox = outbox  # where degraded answers are kept as hard examples (None: nowhere)
         self._policy = policy
-        self.counters = Counters()
+        self.counters = Counters()  # events, and the decode and inference stages' latencies
+        self.log_limiter = LogLimiter(logger)  # refusals: outside input can repeat them at will
         self.models = TierModels("gateway", bundle, grace=grace, cache=cache, cache_factory=cache_factory)
 
     def swap(self, bundle: Bundle) -> None:
@@ -89,12 +91,18 @@ class GatewayService(ServesModels):
 
     # ------------------------------------------------------------------------- requests
     def decide(self, messages: list[Message]) -> list[bytes | Forward | None]:
-        """Per request: a reply, a Forward job for the cloud, or None (nobody to answer)."""
+        """Per request: a reply, a Forward job for the cloud, or None (nobody to answer).
+
+        Requests are independent: whatever one request raises while it is read, checked or
+        answered (a typed error or a bug) gives that request an error reply, a counter and
+        a log line, and never costs the other requests of the batch their answers.
+        """
         out: list[bytes | Forward | None] = [None] * len(messages)
         groups: dict[int, tuple[TierModel, list[tuple[int, Opened, np.ndarray]]]] = {}
         for i, message in enumerate(messages):
             self.counters.add("requests")
             self.counters.add("bytes_in", len(message.payload))
+            started = time.perf_counter()
             envelope: wire.Envelope | None = None
             request: Opened | None = None
             try:
@@ -105,22 +113,55 @@ class GatewayService(ServesModels):
                     raise serving.unknown_version(request.header.model_version, self.models.versions())
                 features = serving.request_features(request.envelope, model)
                 groups.setdefault(model.version, (model, []))[1].append((i, request, features))
-            except EdgeCascadeError as exc:
+                self.counters.observe("decode", time.perf_counter() - started)
+            except Exception as exc:  # this request fails alone, with a typed error or a bug
                 out[i] = self._reject(message, envelope, request, exc)
         for model, batch in groups.values():  # one interpreter call per model version in the batch
             self.counters.add(f"requests_v{model.version}", len(batch))
-            decisions = tier.decide(model, np.stack([f for _, _, f in batch]), self._policy)
             degraded: list[tuple[Opened, wire.Result]] = []
+            started = time.perf_counter()
+            decisions = self._decide_batch(model, batch)
+            self.counters.observe("inference", time.perf_counter() - started, len(batch))  # each waited
             for (i, request, _), decision in zip(batch, decisions, strict=True):
-                if decision.answer is None and self.cloud is not None:
-                    out[i] = self._forward_job(model, request, decision)
-                    continue
-                answer = decision.answer or decision.fallback()
-                if answer.degraded:
-                    degraded.append((request, answer))
-                out[i] = self._reply(request, answer)
+                try:
+                    if isinstance(decision, Exception):
+                        raise decision
+                    if decision.answer is None and self.cloud is not None:
+                        out[i] = self._forward_job(model, request, decision)
+                        continue
+                    answer = decision.answer or decision.fallback()
+                    if answer.degraded:
+                        degraded.append((request, answer))
+                    out[i] = self._reply(request, answer)
+                except Exception as exc:  # this request fails alone
+                    out[i] = self._reject(messages[i], request.envelope, request, exc)
             self._keep_degraded(model, degraded)
         return out
+
+    def _decide_batch(
+        self, model: TierModel, batch: list[tuple[int, Opened, np.ndarray]]
+    ) -> list[Decision | Exception]:
+        """The tier core's decisions for one model version's requests, in one interpreter call.
+
+        Should that call fail, each request is decided on its own, so a failure costs only
+        the requests that cause it (their entry is the exception, answered with an error).
+        """
+        try:
+            return list(tier.decide(model, np.stack([f for _, _, f in batch]), self._policy))
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            self.counters.add("batch_failed")
+            logger.error(
+                "deciding a batch of %d requests failed; deciding each alone", len(batch), exc_info=exc
+            )
+        decisions: list[Decision | Exception] = []
+        for _, _, features in batch:
+            try:
+                decisions.extend(tier.decide(model, features[None], self._policy))
+            except Exception as exc:
+                decisions.append(exc)
+        return decisions
 
     def forward(self, job: Forward) -> bytes | None:
         """Ask the cloud; on failure answer with the gateway's exit, flagged degraded."""
@@ -135,10 +176,21 @@ class GatewayService(ServesModels):
             ):
                 raise WireError("cloud reply does not answer the request")
             answer = dataclasses.replace(wire.decode_result(reply.body), upstream_bytes=len(job.envelope))
-            tier.learn(job.model, job.decision, answer)
+            if len(answer.probabilities) != len(job.model.manifest.classes):
+                raise WireError(
+                    f"cloud answered over {len(answer.probabilities)} classes; "
+                    f"model v{job.model.version} has {len(job.model.manifest.classes)}"
+                )
+            self._learn(job, answer)
         except EdgeCascadeError as exc:
             self.counters.add(f"cloud_failed_{type(exc).__name__}")
-            logger.warning("cloud could not answer request %s: %s", job.request.header.request_id.hex(), exc)
+            self.log_limiter.log(
+                logging.WARNING,
+                ("cloud_failed", type(exc).__name__),
+                "cloud could not answer request %s: %s",
+                job.request.header.request_id.hex(),
+                exc,
+            )
             answer = dataclasses.replace(job.decision.fallback(), upstream_bytes=len(job.envelope))
             self._keep_degraded(job.model, [(job.request, answer)])
         return self._reply(job.request, answer)
@@ -152,6 +204,14 @@ class GatewayService(ServesModels):
         return reply
 
     # ------------------------------------------------------------------------ internals
+    def _learn(self, job: Forward, answer: wire.Result) -> None:
+        """Let the cache learn the cloud's answer; a failure costs the cache an entry, never the answer."""
+        try:
+            tier.learn(job.model, job.decision, answer)
+        except Exception as exc:
+            self.counters.add("cache_learn_failed")
+            logger.error("the cache could not learn the cloud's answer", exc_info=exc)
+
     def _forward_job(self, model: TierModel, request: Opened, decision: Decision) -> Forward:
         """The cloud's request for an input neither the exit nor the cache answered: the device's
         (plain) header, cut-2 features."""
@@ -182,39 +242,58 @@ class GatewayService(ServesModels):
             return None
 
     def _keep_degraded(self, model: TierModel, answered: list[tuple[Opened, wire.Result]]) -> None:
-        """Keep degraded answers' cut-1 features as hard examples (one fsync), before replying."""
+        """Keep degraded answers' cut-1 features as hard examples (one fsync), before replying.
+
+        A failure is logged and counted, never raised: the answers still go out.
+        """
         if self.outbox is None or not answered:
             return
         now = time.time()
-        examples = [
-            HardExample.answered(
-                device_id=request.header.device_id,
-                model_version=request.header.model_version,
-                encoding=model.cut_encoding,
-                features=request.envelope.body,
-                reasons=("degraded",),
-                label=answer.label,
-                probabilities=answer.probabilities,
-                tier=answer.tier.label,
-                created_at=now,
-            )
-            for request, answer in answered
-        ]
-        self.outbox.keep(examples, self.counters)
+        try:
+            examples = [
+                HardExample.answered(
+                    device_id=request.header.device_id,
+                    model_version=request.header.model_version,
+                    encoding=model.cut_encoding,
+                    features=request.envelope.body,
+                    reasons=("degraded",),
+                    label=answer.label,
+                    probabilities=answer.probabilities,
+                    tier=answer.tier.label,
+                    created_at=now,
+                )
+                for request, answer in answered
+            ]
+            self.outbox.keep(examples, self.counters)
+        except Exception as exc:  # the outbox counts its own storage failures; this is anything else
+            self.counters.add("hard_examples_not_stored", len(answered))
+            logger.error("cannot keep %d degraded answer(s) as hard examples", len(answered), exc_info=exc)
 
     def _reject(
-        self, message: Message, envelope: wire.Envelope | None, request: Opened | None, exc: EdgeCascadeError
+        self, message: Message, envelope: wire.Envelope | None, request: Opened | None, exc: Exception
     ) -> bytes | None:
         """Error reply for a request that cannot be served; None if it cannot be addressed.
 
         Sealed when the request authenticated (so the device believes it: an unknown model
-        version makes it ask again with its previous model), plain otherwise.
+        version makes it ask again with its previous model), plain otherwise. An exception
+        that is not an :class:`EdgeCascadeError` is a bug: counted ``rejected_internal``,
+        logged with its traceback, answered ``INTERNAL`` without its text.
         """
         code = serving.error_code(exc)
         self.counters.add(f"rejected_{exc.reason if isinstance(exc, CryptoError) else code.name.lower()}")
-        # a device on a version this gateway does not serve yet is normal during a rollout
-        level = logging.INFO if isinstance(exc, ModelVersionError) else logging.WARNING
-        logger.log(level, "rejected request from %s: %s", message.device_id or "?", exc)
+        device = message.device_id or (envelope.header.device_id if envelope is not None else "?")
+        if not isinstance(exc, EdgeCascadeError):
+            self.log_limiter.log(
+                logging.ERROR,
+                ("internal", device),
+                "request from %s failed unexpectedly",
+                device,
+                exc_info=exc,
+            )
+        else:  # a device on a version this gateway does not serve yet is normal during a rollout
+            level = logging.INFO if isinstance(exc, ModelVersionError) else logging.WARNING
+            key = (exc.reason if isinstance(exc, CryptoError) else code.name.lower(), device)
+            self.log_limiter.log(level, key, "rejected request from %s: %s", device, exc)
         if request is not None:
             return self._seal(serving.error_reply(request.header, exc), request.key_id)
         reply = refusal(message, envelope, exc, wire.MessageType.INFER_REQUEST)

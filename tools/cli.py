@@ -2,12 +2,16 @@
 
 Every subcommand is ``main(argv) -> int``-testable. Exit codes are those of
 :mod:`edgecascade.device_sdk.errors`: 0 success, 1 failure, 2 bad usage or configuration, 3 model
-problems, 4 broker or another tier unreachable.
+problems, 4 broker or another tier unreachable. A flag means one thing in every subcommand:
+``--model`` is a bundle directory, ``--checkpoint`` a Keras checkpoint, ``--report`` a JSON
+report to write, ``--config`` the command's settings file, ``--out`` the directory it writes.
+``gateway`` and ``cloud`` hand their arguments to the daemons' own parsers.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -20,7 +24,16 @@ from edgecascade.device_sdk.cache import load_embedder
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
 from edgecascade.device_sdk.model.bundle import Manifest, load_bundle
-from edgecascade.tools import bench_gateway, certs_cli, retrain_cli, security_cli
+from edgecascade.tools import (
+    bench_cloud,
+    bench_gateway,
+    bench_metrics,
+    broker_cli,
+    certs_cli,
+    retrain_cli,
+    security_cli,
+    site_cli,
+)
 from edgecascade.training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
 
 if TYPE_CHECKING:
@@ -28,6 +41,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
+DAEMONS = ("gateway", "cloud")  # their arguments go to the daemons' own parsers
 
 
 def _dataset(npz: str | None) -> Dataset:
@@ -56,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         config,
         Path(args.out),
         dataset=_dataset(args.data),
-        version=args.version,
+        version=args.model_version,
         progress=True,
         checkpoint_dir=args.checkpoint,
     )
@@ -78,7 +92,7 @@ def _export(args: argparse.Namespace) -> int:
     manifest = export_bundle(
         trained,
         Path(args.out),
-        version=args.version,
+        version=args.model_version,
         classes=trained.classes,
         representative=x_train,
         holdout=(x_val, y_val),
@@ -228,13 +242,28 @@ def _cloud(args: argparse.Namespace) -> int:
     return cloud_main(args.rest)
 
 
+def _model_version(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-version", type=int, default=1, help="model version written to the manifest (default 1)"
+    )
+    p.add_argument("--version", dest="model_version", type=int, help=argparse.SUPPRESS)  # the old name
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("edgecascade")
+    except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgecascade", description="Device-edge-cloud collaborative inference."
     )
     parser.add_argument(
-        "--log-level", default="WARNING", help="logging level for the command (default WARNING)"
+        "--log-level", help="logging level for the command (default WARNING; the daemons' default INFO)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the multi-exit model and export a bundle")
@@ -246,14 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int, help="train on the first N training images only")
-    p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    _model_version(p)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="Keras checkpoint dir (%(default)s)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a bundle from a Keras checkpoint written by train")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="(default %(default)s)")
     p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument("--version", type=int, default=1, help="model version written to the manifest")
+    _model_version(p)
     p.add_argument("--data", help=".npz the checkpoint was trained on (default: Fashion-MNIST)")
     p.set_defaults(func=_export)
 
@@ -351,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench_drift)
     certs_cli.register(sub, bench)
     bench_gateway.register(bench, str(DEFAULT_MODEL))
+    bench_cloud.register(bench, str(DEFAULT_MODEL))
+    bench_metrics.register(bench, str(DEFAULT_MODEL))
 
     from edgecascade.tools.planner import add_plan_command
 
@@ -358,20 +389,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     security_cli.register(sub)
     retrain_cli.register(sub)
+    broker_cli.register(sub)
+    site_cli.register(sub)
     for name, func, text in (
-        ("gateway", _gateway, "run the gateway daemon (see --help after the subcommand)"),
-        ("cloud", _cloud, "run the cloud service (see --help after the subcommand)"),
+        ("gateway", _gateway, "run the gateway daemon (edgecascade gateway --help for its options)"),
+        ("cloud", _cloud, "run the cloud service (edgecascade cloud --help for its options)"),
     ):
+        # no options of its own (not even -h): everything after the name is the daemon's
         p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, rest=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command not in ("gateway", "cloud"):
-        logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in DAEMONS:
+        if args.log_level and "--log-level" not in rest:  # `edgecascade --log-level X gateway ...`
+            rest = ["--log-level", args.log_level, *rest]
+        args.rest = rest
+    else:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        logging.basicConfig(
+            level=(args.log_level or "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s"
+        )
         if logging.getLogger().level > logging.INFO:  # TensorFlow's C++ info chatter, unless asked for
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

@@ -119,7 +119,7 @@ def write_device_site(stack: LocalStack, device_id: str = EXAMPLE_DEVICE_ID) -> 
 
     Writes ``device.toml`` (the ``[mqtt]`` table :func:`load_device_config` reads) and
     ``site.toml`` (device id, keys directory, bundle, cloud URL); returns ``site.toml``'s path.
-    Paths are absolute: the loader resolves relative paths from the working directory, and a
+    Paths are absolute: ``site.toml`` is read with ``tomllib``, which resolves nothing, and a
     device program should run from anywhere.
     """
     mqtt, _ = stack.device(device_id)  # issues the certificate and payload keys on first use
@@ -206,10 +206,13 @@ def _print_serving(stack: LocalStack, site_file: Path) -> None:
     command = "python examples/device_predict.py"
     if site != DEFAULT_SITE.resolve():
         command += f" --site {site}"
+    admin_token = stack.tokens.create("admin", "demo-dashboard")[0]
     print(
         f"\nstack is up in {site}: broker {stack.broker.host}:{stack.broker.port} (TLS), "
         f"cloud {stack.cloud_url}\n"
         f"example device {facts['device_id']!r}: settings {facts['settings']}, keys {facts['keys']}\n"
+        f"dashboard {stack.cloud_url}/dashboard/ (admin token {admin_token}; the certificate is "
+        f"the demo CA's), gateway metrics {stack.metrics_url}/metrics\n"
         f"run `{command}` to predict through it; Ctrl-C to stop",
         flush=True,
     )

@@ -33,7 +33,9 @@ _DEPLOYMENT_HELP = {
 }
 
 
-def add_plan_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_model: Path) -> None:
+def add_plan_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], default_checkpoint: Path
+) -> None:
     """Register ``plan`` on the ``edgecascade`` subcommand parser."""
     defaults = Deployment()
     p = sub.add_parser(
@@ -46,7 +48,11 @@ def add_plan_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], d
             "a WAN link to a server."
         ),
     )
-    p.add_argument("--model", default=str(default_model), help="Keras checkpoint dir (default %(default)s)")
+    p.add_argument(
+        "--checkpoint", default=str(default_checkpoint), help="Keras checkpoint dir (default %(default)s)"
+    )
+    hidden = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}  # the old spellings, still accepted
+    p.add_argument("--model", dest="checkpoint", **hidden)  # type: ignore[arg-type]
     p.add_argument("--data", help=".npz with x_test (or x) images (default: Fashion-MNIST's test split)")
     p.add_argument(
         "--samples", type=int, default=DEFAULT_SAMPLES, help="inputs timed per segment (default %(default)s)"
@@ -65,7 +71,8 @@ def add_plan_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], d
         "default: the trained cuts' own encodings, else 1bit where the cut is binarised, else int8",
     )
     p.add_argument("--top", type=int, help="print only the N fastest pairs, fastest first")
-    p.add_argument("--json", metavar="PATH", help="also write the profile and every pair's cost as JSON here")
+    p.add_argument("--report", metavar="PATH", help="also write the profile and every pair's cost as JSON")
+    p.add_argument("--json", dest="report", **hidden)  # type: ignore[arg-type]
     p.set_defaults(func=run_plan)
 
 
@@ -105,8 +112,8 @@ def _check_args(args: argparse.Namespace) -> Deployment:
         problems.append(f"--samples must be ≥ 1, got {args.samples}")
     if args.top is not None and args.top < 1:
         problems.append(f"--top must be ≥ 1, got {args.top}")
-    if not Path(args.model).is_dir():
-        problems.append(f"no Keras checkpoint directory {args.model}; run 'edgecascade train' first")
+    if not Path(args.checkpoint).is_dir():
+        problems.append(f"no Keras checkpoint directory {args.checkpoint}; run 'edgecascade train' first")
     if problems or deployment is None:
         raise ConfigError(problems)
     return deployment
@@ -143,7 +150,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from edgecascade.tools.cut_profile import profile_trunk, trace_trunk
     from edgecascade.training.train import load_trained
 
-    trained = load_trained(Path(args.model))
+    trained = load_trained(Path(args.checkpoint))
     trunk = trace_trunk((trained.device, trained.gateway, trained.cloud))
     unknown = [
         f"unknown cut {name!r} (cuts: {', '.join(trunk.names)})"
@@ -159,11 +166,11 @@ def run_plan(args: argparse.Namespace) -> int:
     encodings = resolve_encodings(profile.points, everywhere, per_cut, _trained_encodings(trained, profile))
     plan = plan_cuts(profile, deployment, encodings)
     print(format_plan(plan, profile, top=args.top))
-    if args.json:
+    if args.report:
         from edgecascade.tools.report import write_json
 
-        write_json(Path(args.json), plan_to_dict(plan, profile))
-        print(f"plan written to {args.json}")
+        write_json(Path(args.report), plan_to_dict(plan, profile))
+        print(f"plan written to {args.report}")
     return 0
 
 

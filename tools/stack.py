@@ -42,11 +42,12 @@ class LocalStack:
         cloud_env: dict[str, str] | None = None,
     ) -> None:
         self.bundle = Path(bundle).resolve()
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.pki = init_pki(self.workdir / "pki")
         self.broker = Mosquitto(self.workdir / "broker", self.pki)
         self.cloud_port = free_port()
         self.cloud_url = f"https://127.0.0.1:{self.cloud_port}"  # the broker's certificate names 127.0.0.1
+        self.metrics_url = f"http://127.0.0.1:{free_port()}"  # the gateway's /metrics and /healthz
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[str, int] = {}
         self.gateway_env = gateway_env or {}
@@ -102,6 +103,7 @@ class LocalStack:
                     "EC_CRYPTO__DEVICE_KEYS": str(self.pki.device_keys),
                     "EC_CRYPTO__RESCAN_INTERVAL": "0",
                     "EC_GATEWAY__CLOUD_TOKEN": gateway_token,
+                    "EC_METRICS__PORT": self.metrics_url.rsplit(":", 1)[1],
                     **self.gateway_env,
                 },
             )
@@ -137,13 +139,16 @@ class LocalStack:
         self.stop()
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        """Start a daemon in ``workdir/<name>``, where its default ``state/`` paths then land."""
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / f"{name}.log", "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env},
+                cwd=home,
             )
         self.processes[name] = process
         return process

@@ -1,10 +1,14 @@
 #!/bin/sh
 # Installs the Debian packages EdgeCascade needs when they are missing:
-# mosquitto (the MQTT broker), dataset-fashion-mnist (the default data set) and
-# python3-venv. Prints what to run instead when it cannot install them itself.
+# mosquitto (the MQTT broker), dataset-fashion-mnist (the default data set),
+# postgresql (its server binaries: the tests run the cloud's database on a throw-away
+# cluster too), chromium (the dashboard's tests drive it headless) and python3-venv.
+# Prints what to run instead when it cannot install them.
 set -u
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0

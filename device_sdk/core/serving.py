@@ -26,16 +26,20 @@ from edgecascade.device_sdk.wire import codec
 def request_features(envelope: wire.Envelope, model: TierModel) -> np.ndarray:
     """The cut features an INFER_REQUEST carries for ``model``'s partition.
 
-    Raises a WireError (TensorSpecError for a wrong encoding, shape or non-finite values)
-    or a ModelVersionError.
+    The shape the body declares is checked against the partition's input before any size
+    is computed from it. Raises a WireError (TensorSpecError for a wrong encoding, shape or
+    non-finite values) or a ModelVersionError, never anything else.
     """
     header = envelope.header
     if header.msg_type != wire.MessageType.INFER_REQUEST:
         raise WireError(f"expected an INFER_REQUEST, got {header.msg_type.name}")
     if header.model_version != model.version:
         raise unknown_version(header.model_version, (model.version,))
-    tensor = codec.decode_features(envelope.body, model.cut_encoding)
     spec = model.spec.input
+    try:
+        tensor = codec.decode_features(envelope.body, model.cut_encoding, spec.shape)
+    except TensorSpecError as exc:
+        raise TensorSpecError(f"{model.tier} partition: {exc}") from None
     if tensor.shape != spec.shape or tensor.dtype != np.dtype(spec.dtype):
         raise TensorSpecError(
             f"{model.tier} partition takes {spec.dtype}{list(spec.shape)}, "
@@ -68,8 +72,13 @@ def error_code(exc: Exception) -> wire.ErrorCode:
 
 
 def error_reply(header: wire.Header, exc: Exception) -> wire.Envelope:
-    """An ERROR envelope answering ``header``'s request."""
-    return wire.Envelope(header.reply(wire.MessageType.ERROR), wire.encode_error(error_code(exc), str(exc)))
+    """An ERROR envelope answering ``header``'s request.
+
+    An unexpected exception (not an :class:`EdgeCascadeError`) is a bug on this side: the
+    reply says ``internal error`` and nothing of its text, which may name internals.
+    """
+    message = str(exc) if isinstance(exc, EdgeCascadeError) else "internal error"
+    return wire.Envelope(header.reply(wire.MessageType.ERROR), wire.encode_error(error_code(exc), message))
 
 
 def result_reply(header: wire.Header, result: wire.Result) -> wire.Envelope:

@@ -11,21 +11,20 @@ needs no HTTP client package). :class:`InMemoryUploadLink` calls a handler in-pr
 
 from __future__ import annotations
 
-import itertools
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import ConfigError, TransportTimeout
+from edgecascade.device_sdk.errors import ConfigError, OutOfWindowError, TransportTimeout
 from edgecascade.device_sdk.learning.batch import Receipt, encode_batch
 from edgecascade.device_sdk.learning.uploader import UploadLink
 from edgecascade.device_sdk.transport import Transport
 from edgecascade.device_sdk.transport.http import CloudHttp
 from edgecascade.device_sdk.transport.offload import open_reply
-from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
+from edgecascade.device_sdk.wire.crypto import DeviceCrypto
+from edgecascade.device_sdk.wire.sequence import SequenceCounter
 
 MAX_RECEIPT_BYTES = 1024 * 1024
 
@@ -35,7 +34,9 @@ class RelayUploadLink(UploadLink):
 
     ``sequence`` must be the device client's own counter (``client.next_seq``) when the
     client shares the payload keys: the gateways keep one replay window per device, and two
-    independent counters would push each other's messages out of it.
+    independent counters would push each other's messages out of it. A batch whose sequence
+    number a gateway refused is sent once more after the counter resynchronised (when it is
+    a :class:`~.wire.sequence.SequenceCounter`, as ``client.next_seq`` is).
     """
 
     def __init__(
@@ -56,13 +57,22 @@ class RelayUploadLink(UploadLink):
         self.model_version = model_version
         self.crypto = crypto
         self.timeout = timeout
-        self._sequence = sequence or _own_sequence()
+        self._sequence = sequence or SequenceCounter()  # from the clock, thread-safe
 
     @property
     def available(self) -> bool:
         return self.transport.connected
 
     def upload(self, records: Sequence[Mapping[str, Any]]) -> Receipt:
+        try:
+            return self._upload(records)
+        except OutOfWindowError as exc:
+            if not isinstance(self._sequence, SequenceCounter):
+                raise
+            self._sequence.resync(exc.next_seq, exc.limit, exc.refused)
+            return self._upload(records)
+
+    def _upload(self, records: Sequence[Mapping[str, Any]]) -> Receipt:
         header = wire.Header(
             wire.MessageType.HARD_EXAMPLES, self.device_id, self.model_version, self._sequence()
         )
@@ -76,17 +86,6 @@ class RelayUploadLink(UploadLink):
             raise TransportTimeout(f"no receipt from a gateway within {self.timeout:.3g} s") from None
         answer = open_reply(self.crypto, header, reply, wire.MessageType.HARD_EXAMPLES_ACK)
         return Receipt.from_bytes(answer.body)
-
-
-def _own_sequence() -> Callable[[], int]:
-    """A thread-safe sequence counter starting at the clock (:func:`~.wire.crypto.initial_sequence`)."""
-    counter, lock = itertools.count(initial_sequence()), threading.Lock()
-
-    def next_seq() -> int:
-        with lock:
-            return next(counter)
-
-    return next_seq
 
 
 class HttpUploadLink(UploadLink):

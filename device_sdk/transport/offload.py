@@ -5,6 +5,11 @@ the upper tier's result or the error that stands in for it (timeout, link failur
 reply, unreadable reply). :class:`~edgecascade.device_sdk.client.DeviceClient` decides what each
 outcome means: an answer, the device's own answer flagged degraded, or another try with
 the model it replaced.
+
+A request whose sequence number the gateway refused comes back as a sealed
+:class:`~edgecascade.device_sdk.errors.OutOfWindowError` that says where the device's numbers
+may continue: :func:`exchange` moves the sender's counter there (``Sender.resync``) and
+sends that request once more, with a new number (:mod:`edgecascade.device_sdk.wire.sequence`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import EdgeCascadeError, RemoteError, TransportError, WireError
+from edgecascade.device_sdk.errors import (
+    EdgeCascadeError,
+    OutOfWindowError,
+    RemoteError,
+    TransportError,
+    WireError,
+)
 from edgecascade.device_sdk.transport import Transport
 from edgecascade.device_sdk.wire import codec
 from edgecascade.device_sdk.wire.crypto import DeviceCrypto
+from edgecascade.device_sdk.wire.sequence import parse_resync
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class Outcome:
     error: EdgeCascadeError | None
     bytes_sent: int  # 0 when nothing left the device
     elapsed_ms: float  # from submission to the reply or the failure
+    resent: bool = False  # sent twice: the first number was refused and the counter resynchronised
 
 
 @dataclass(frozen=True)
@@ -43,12 +56,42 @@ class Sender:
     device_id: str
     next_seq: Callable[[], int]
     timeout: float
+    resync: Callable[[int, int, int], object] | None = None  # (next_seq, limit, refused number)
 
 
 def exchange(
     sender: Sender, version: int, encoding: str, classes: int, features: list[np.ndarray]
 ) -> list[Outcome]:
-    """Submit every request, then collect every reply within the sender's timeout."""
+    """Submit every request, then collect every reply within the sender's timeout.
+
+    Requests refused for their sequence number are sent once more after the counter
+    resynchronised (when the sender can resync).
+    """
+    outcomes = _exchange(sender, version, encoding, classes, features)
+    refused = [i for i, o in enumerate(outcomes) if isinstance(o.error, OutOfWindowError)]
+    if not refused or sender.resync is None:
+        return outcomes
+    for i in refused:
+        error = outcomes[i].error
+        assert isinstance(error, OutOfWindowError)
+        sender.resync(error.next_seq, error.limit, error.refused)
+    again = _exchange(sender, version, encoding, classes, [features[i] for i in refused])
+    for i, second in zip(refused, again, strict=True):
+        first = outcomes[i]
+        outcomes[i] = Outcome(
+            second.result,
+            second.error,
+            first.bytes_sent + second.bytes_sent,
+            first.elapsed_ms + second.elapsed_ms,
+            resent=True,
+        )
+    return outcomes
+
+
+def _exchange(
+    sender: Sender, version: int, encoding: str, classes: int, features: list[np.ndarray]
+) -> list[Outcome]:
+    """One round: submit every request, then collect every reply within the sender's timeout."""
     sent: list[tuple[wire.Header, int, float, Future[bytes] | EdgeCascadeError]] = []
     for tensor in features:
         header = wire.Header(wire.MessageType.INFER_REQUEST, sender.device_id, version, sender.next_seq())
@@ -88,13 +131,17 @@ def open_reply(
 ) -> wire.Envelope:
     """The reply to ``request``, decrypted, of type ``expected``.
 
-    RemoteError for an error reply, WireError for a reply to another request or of another type.
+    RemoteError for an error reply (OutOfWindowError for a sealed refusal of the request's
+    sequence number), WireError for a reply to another request or of another type.
     """
     envelope = crypto.open(reply) if crypto is not None else wire.envelope_from_bytes(reply)
     if envelope.header.request_id != request.request_id:
         raise WireError("reply does not answer this request")
     if envelope.header.msg_type == wire.MessageType.ERROR:
         code, message = wire.decode_error(envelope.body)
+        window = parse_resync(message) if crypto is not None else None  # believed only sealed
+        if window is not None and code == wire.ErrorCode.UNAUTHORIZED:
+            raise OutOfWindowError(int(code), message, *window, refused=request.seq)
         raise RemoteError(int(code), message)
     if envelope.header.msg_type != expected:
         raise WireError(f"unexpected reply type {envelope.header.msg_type.name}")

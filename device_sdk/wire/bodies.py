@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecascade.device_sdk.errors import TensorSpecError, WireError
-from edgecascade.device_sdk.wire.envelope import ErrorCode, Tier
+from edgecascade.device_sdk.wire.envelope import MAX_BODY_BYTES, ErrorCode, Tier
 
 
 # ---------------------------------------------------------------------------- tensor body
@@ -57,9 +57,15 @@ _QUANT = struct.Struct("<fb")  # scale, zero point
 MAX_NDIM = 8
 
 
+_MAX_DIM = 2**32 - 1  # a dimension is a uint32 on the wire
+_MAX_ELEMENTS = 8 * MAX_BODY_BYTES  # the most elements a body can carry (1 bit each)
+
+
 def _tensor_head(code: DType, shape: tuple[int, ...]) -> bytes:
     if len(shape) > MAX_NDIM:
         raise TensorSpecError(f"rank {len(shape)} exceeds {MAX_NDIM}")
+    if any(not 0 <= d <= _MAX_DIM for d in shape):
+        raise TensorSpecError(f"shape {list(shape)} has a dimension a uint32 cannot hold")
     return _TENSOR_HEAD.pack(int(code), len(shape)) + struct.pack(f">{len(shape)}I", *shape)
 
 
@@ -94,6 +100,23 @@ def tensor_code(body: bytes) -> DType:
         raise TensorSpecError(f"unknown tensor dtype code {body[0]}") from None
 
 
+def tensor_shape(body: bytes) -> tuple[DType, tuple[int, ...]]:
+    """The element type and shape a tensor body declares, read from its head alone.
+
+    Dimensions are Python ints (never a fixed-width product that could wrap around), so a
+    receiver can compare them with the shape it expects before any size arithmetic.
+    """
+    code = tensor_code(body)
+    if len(body) < _TENSOR_HEAD.size:
+        raise WireError("tensor body truncated")
+    ndim = body[1]
+    if ndim > MAX_NDIM:
+        raise TensorSpecError(f"rank {ndim} exceeds {MAX_NDIM}")
+    if len(body) < _TENSOR_HEAD.size + 4 * ndim:
+        raise WireError("tensor body truncated in its shape")
+    return code, struct.unpack_from(f">{ndim}I", body, _TENSOR_HEAD.size)
+
+
 def _data_length(code: DType, count: int) -> int:
     if code == DType.BITS:
         return -(-count // 8)
@@ -102,39 +125,39 @@ def _data_length(code: DType, count: int) -> int:
     return count * code.numpy.itemsize
 
 
-def decode_tensor(body: bytes) -> np.ndarray:
+def decode_tensor(body: bytes, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Inverse of the ``encode_*`` functions; rejects bad lengths and non-finite floats.
 
-    ``QINT8`` and ``BITS`` bodies come back as float32 (dequantised, or ±1).
+    With ``shape`` (what the receiver's model takes), a body declaring any other shape is a
+    :class:`TensorSpecError` before its size is computed. Element counts are Python ints,
+    so no declared shape can wrap a count around to match a short body. ``QINT8`` and
+    ``BITS`` bodies come back as float32 (dequantised, or ±1). Every failure is a
+    :class:`WireError`.
     """
-    code = tensor_code(body)
-    if len(body) < _TENSOR_HEAD.size:
-        raise WireError("tensor body truncated")
-    ndim = body[1]
-    if ndim > MAX_NDIM:
-        raise TensorSpecError(f"rank {ndim} exceeds {MAX_NDIM}")
-    offset = _TENSOR_HEAD.size + 4 * ndim
-    if len(body) < offset:
-        raise WireError("tensor body truncated in its shape")
-    shape = struct.unpack_from(f">{ndim}I", body, _TENSOR_HEAD.size)
-    count = int(np.prod(shape, dtype=np.int64)) if ndim else 1
+    code, declared = tensor_shape(body)
+    if shape is not None and declared != tuple(shape):
+        raise TensorSpecError(f"tensor of shape {list(declared)} where {list(shape)} is expected")
+    if math.prod(d for d in declared if d) > _MAX_ELEMENTS:  # even with a zero, numpy refuses such a shape
+        raise WireError(f"tensor shape {list(declared)} declares more elements than a body can carry")
+    offset = _TENSOR_HEAD.size + 4 * len(declared)
+    count = math.prod(declared)
     if code == DType.QINT8 and len(body) - offset == count:
         raise WireError("int8 tensor without its scale and zero point")
     if len(body) - offset != _data_length(code, count):
         raise WireError(
-            f"tensor data length {len(body) - offset} does not match shape {shape} of {code.name}"
+            f"tensor data length {len(body) - offset} does not match shape {list(declared)} of {code.name}"
         )
     if code == DType.BITS:
         bits = np.unpackbits(np.frombuffer(body, np.uint8, offset=offset), count=count)
-        return (bits.astype(np.float32) * 2.0 - 1.0).reshape(shape)
+        return (bits.astype(np.float32) * 2.0 - 1.0).reshape(declared)
     if code == DType.QINT8:
         scale, zero_point = _QUANT.unpack_from(body, offset)
         if not (math.isfinite(scale) and 0 < scale < 1e30):  # 255 steps of it must stay finite
             raise TensorSpecError(f"int8 tensor with scale {scale}")
         q = np.frombuffer(body, np.int8, offset=offset + _QUANT.size).astype(np.float32)
-        return ((q - np.float32(zero_point)) * np.float32(scale)).reshape(shape)
+        return ((q - np.float32(zero_point)) * np.float32(scale)).reshape(declared)
     dtype = code.numpy
-    array = np.frombuffer(body, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(body, dtype=dtype, offset=offset).reshape(declared).astype(dtype.newbyteorder("="))
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise TensorSpecError("tensor holds NaN or infinite values")
     return array

@@ -76,13 +76,19 @@ def encode_features(features: np.ndarray, encoding: Encoding | str) -> bytes:
     return wire.encode_bits(values)
 
 
-def decode_features(body: bytes, encoding: Encoding | str) -> np.ndarray:
-    """Features as float32 from a tensor body that must be in ``encoding``."""
+def decode_features(
+    body: bytes, encoding: Encoding | str, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """Features as float32 from a tensor body that must be in ``encoding`` (and of ``shape``, if given).
+
+    A receiver passes the shape its partition takes, so a body declaring another shape is
+    refused from its head alone; any failure is a :class:`~edgecascade.device_sdk.errors.WireError`.
+    """
     encoding = Encoding(encoding)
     code = wire.tensor_code(body)
     if code != encoding.code:
         raise TensorSpecError(f"features arrived as {code.name}; this cut is encoded as {encoding.value}")
-    return wire.decode_tensor(body).astype(np.float32, copy=False)
+    return wire.decode_tensor(body, shape).astype(np.float32, copy=False)
 
 
 def through_wire(batch: np.ndarray, encoding: Encoding | str) -> np.ndarray:

@@ -28,14 +28,19 @@ negligible for the 2³² messages NIST SP 800-38D allows per key; rotation start
 Replays. A gateway keeps a sliding window (``edgecascade.edge_gateway.replay``) of the last 64
 sequence numbers per device: a number seen before raises
 :class:`~edgecascade.device_sdk.errors.ReplayError`, one older than the window
-:class:`~edgecascade.device_sdk.errors.SequenceTooOldError`. The window moves only after the tag
-verifies, so forged numbers cannot push it. A device needs no window: it accepts a reply
-only for a request it has in flight (request id and sequence number are in the AAD), once.
-Devices start their sequence at the clock in microseconds (:func:`initial_sequence`), so a
-restarted device continues above what the gateways have seen. Windows live in memory: after
-a gateway restart, or on another gateway of a share group, an old message is accepted once;
-the broker ACL (only the device itself may publish on its request topic) is the other half
-of the defence.
+:class:`~edgecascade.device_sdk.errors.SequenceTooOldError`, one further ahead than the gateway
+allows (a bound over its own clock) :class:`~edgecascade.device_sdk.errors.SequenceTooFarAheadError`.
+The window moves only after the tag verifies and only within that bound, so neither forged
+nor far-ahead numbers can push it out of a device's reach. A refused message that
+authenticated is answered sealed with where the device's numbers may continue
+(:mod:`.sequence`), and the device resynchronises. A device needs no window: it accepts a
+reply only for a request it has in flight (request id and sequence number are in the
+AAD), once. Devices start their sequence at the clock in microseconds
+(:func:`initial_sequence`), so a restarted device continues above what the gateways have
+seen. A gateway can keep its windows' high-water marks on disk, so a restart does not
+reopen old numbers; the gateways of a share group keep separate windows, and the broker
+ACL (only the device itself may publish on its request topic) is the other half of the
+defence.
 
 A device's key files are read by :mod:`.keys`; the gateways' side (their keyring, opening
 requests with replay windows, sealing replies) is ``edgecascade.edge_gateway.crypto``. Every
@@ -49,7 +54,6 @@ import dataclasses
 import os
 import re
 import struct
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +67,7 @@ from edgecascade.device_sdk.errors import (
     UnknownKeyError,
     WireError,
 )
+from edgecascade.device_sdk.wire.sequence import initial_sequence as initial_sequence  # re-exported
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -94,11 +99,6 @@ def device_key_file(directory: Path, key_id: int) -> Path:
 def device_public_key_file(directory: Path, device_id: str, key_id: int) -> Path:
     """The name of a device's public key in a gateway's keyring directory."""
     return Path(directory) / f"{device_id}.k{key_id}.pub"
-
-
-def initial_sequence() -> int:
-    """A start for a sender's sequence numbers that grows across restarts: the clock in µs."""
-    return time.time_ns() // 1000
 
 
 # ------------------------------------------------------------------------- key derivation
@@ -182,10 +182,15 @@ def gateway_pair_keys(
 # --------------------------------------------------------------------------- seal / open
 def seal(envelope: wire.Envelope, aead: AESGCM, key_id: int) -> bytes:
     """Serialised envelope with ``FLAG_ENCRYPTED`` set and the body encrypted (header = AAD)."""
+    return wire.envelope_to_bytes(seal_envelope(envelope, aead, key_id))
+
+
+def seal_envelope(envelope: wire.Envelope, aead: AESGCM, key_id: int) -> wire.Envelope:
+    """The encrypted envelope itself, for a caller that serialises it later (:func:`seal`'s bytes)."""
     header = dataclasses.replace(envelope.header, flags=envelope.header.flags | wire.FLAG_ENCRYPTED)
     nonce = os.urandom(NONCE_SIZE)
     ciphertext = aead.encrypt(nonce, envelope.body, wire.header_to_bytes(header))
-    return wire.envelope_to_bytes(wire.Envelope(header, KEY_ID.pack(key_id) + nonce + ciphertext))
+    return wire.Envelope(header, KEY_ID.pack(key_id) + nonce + ciphertext)
 
 
 def key_id_of(envelope: wire.Envelope) -> int:

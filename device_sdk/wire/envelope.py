@@ -81,14 +81,29 @@ def device_id_from_topic(topic: str, kind: str = "req") -> str | None:
 ROUTE_INFER = "/v1/infer"
 ROUTE_HEALTH = "/healthz"
 ROUTE_METRICS = "/v1/metrics"
+ROUTE_PROMETHEUS = "/metrics"  # Prometheus text format (the cloud's, and the gateway's own endpoint)
 ROUTE_ENROLL = "/v1/devices/enroll"
 ROUTE_HARD_EXAMPLES = (
     "/v1/hard-examples"  # JSON batch in, JSON receipt out (edgecascade.device_sdk.learning.batch)
 )
 ROUTE_MODELS = "/v1/models"  # registry: list, current, files of a release, promote, rollback
+ROUTE_HEARTBEAT = "/v1/heartbeats"  # a gateway's status, JSON (edgecascade.device_sdk.wire.heartbeat)
 
 # The cloud's retained model announcement (edgecascade.device_sdk.model.announcement); every node may read it.
 MODELS_TOPIC = "ec/v1/models/current"
+
+# A gateway's retained status: ``online`` (JSON with its model version) once connected, and
+# ``offline``, its MQTT last will, when it disconnects or its connection dies.
+GATEWAY_STATUS_ROOT = "ec/v1/gw"
+
+
+def gateway_status_topic(gateway_id: str) -> str:
+    """Topic of a gateway's retained status; the id must be one topic level (no ``/``, ``+``, ``#``)."""
+    if not gateway_id or any(c in gateway_id for c in "/+#\0"):
+        raise ValueError(f"a gateway id must be one MQTT topic level, got {gateway_id!r}")
+    return f"{GATEWAY_STATUS_ROOT}/{gateway_id}/status"
+
+
 CONTENT_TYPE = "application/vnd.edgecascade.envelope"
 
 

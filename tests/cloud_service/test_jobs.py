@@ -163,7 +163,8 @@ def test_settings_come_from_toml_and_environment_and_are_checked(tmp_path: Path)
             "EC_RETRAIN__TOLERANCE": "1.5",
         },
     )
-    assert config.cloud.database_url == "sqlite:///db/cloud.db" and config.cloud.blob_dir == Path("blobs")
+    in_file_dir = f"sqlite:///{tmp_path.resolve() / 'db' / 'cloud.db'}"  # relative to cloud.toml
+    assert config.cloud.database_url == in_file_dir and config.cloud.blob_dir == Path("blobs")
     assert (config.retrain.replay_size, config.retrain.count_threshold, config.retrain.tolerance) == (
         100,
         25,

@@ -1,15 +1,10 @@
-"""The SQL store on a real SQLite file, and on PostgreSQL when ``EC_TEST_DATABASE_URL`` names one.
+"""The SQL store on a real SQLite file and on a real PostgreSQL (``database_url`` in conftest).
 
-The same tests run on every database: only portable SQL is allowed. To include PostgreSQL::
-
-    EC_TEST_DATABASE_URL=postgresql+psycopg://user@host:5432/scratch pytest tests/cloud_service/test_store.py
-
-(the tables are dropped and recreated there, so point it at a scratch database).
+The same tests run on both databases: only portable SQL is allowed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,24 +15,19 @@ import pytest
 from edgecascade.cloud_service.blobs import BlobStore
 from edgecascade.cloud_service.intake import Checked, CutSpec, VersionSpec
 from edgecascade.cloud_service.jobs import JobStore
-from edgecascade.cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, metadata, open_engine
+from edgecascade.cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, open_engine
 from edgecascade.device_sdk.learning.records import HardExample
 from edgecascade.device_sdk.wire import codec
 
 VERSION = VersionSpec(
     1, "m", 10, (28, 28, 1), {"cut1": CutSpec((2, 2, 2), "1bit"), "cut2": CutSpec((2,), "int8")}
 )
-URLS = ["sqlite"] + ([os.environ["EC_TEST_DATABASE_URL"]] if os.environ.get("EC_TEST_DATABASE_URL") else [])
 
 
-@pytest.fixture(params=URLS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleStore]:
-    url = f"sqlite:///{tmp_path / 'db' / 'cloud.db'}" if request.param == "sqlite" else request.param
-    engine = open_engine(url)
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[ExampleStore]:
+    engine = open_engine(database_url)
     yield ExampleStore(engine, BlobStore(tmp_path / "blobs"))
-    metadata.drop_all(engine)
     engine.dispose()
 
 

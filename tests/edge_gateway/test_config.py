@@ -16,24 +16,28 @@ from edgecascade.edge_gateway.daemon import GatewayDaemon
 from tests.fake_bundle import make_bundle
 
 
-def test_gateway_token_and_verify_key_come_from_the_environment() -> None:
+def test_gateway_token_and_verify_key_come_from_the_environment(tmp_path: Path) -> None:
     token = "ec_0123456789abcdef." + "s" * 43
-    config = load_gateway_config(env={"EC_GATEWAY__CLOUD_TOKEN": token, "EC_GATEWAY__VERIFY_KEY": "k.pub"})
-    assert config.gateway.cloud_token == token and config.gateway.verify_key == Path("k.pub")
+    key = tmp_path / "k.pub"
+    key.write_text("key")
+    config = load_gateway_config(env={"EC_GATEWAY__CLOUD_TOKEN": token, "EC_GATEWAY__VERIFY_KEY": str(key)})
+    assert config.gateway.cloud_token == token and config.gateway.verify_key == key
     assert "s" * 43 not in repr(config)  # a logged config does not leak the token
     with pytest.raises(ConfigError, match="cloud_token must not contain whitespace"):
         GatewaySettings(cloud_token="ec_x y")
 
 
-def test_cloud_security_settings_from_the_environment() -> None:
+def test_cloud_security_settings_from_the_environment(tmp_path: Path) -> None:
+    key = tmp_path / "k.pub"
+    key.write_text("key")
     config = load_cloud_config(
         env={
             "EC_CLOUD__TOKEN_STORE": "s/t.db",
-            "EC_CLOUD__VERIFY_KEY": "k.pub",
+            "EC_CLOUD__VERIFY_KEY": str(key),
             "EC_CLOUD__GATEWAY_NAME": "gw",
         }
     )
-    assert config.cloud.token_store == Path("s/t.db") and config.cloud.verify_key == Path("k.pub")
+    assert config.cloud.token_store == Path("s/t.db") and config.cloud.verify_key == key
     assert config.cloud.gateway_name == "gw" and config.cloud.gateway_public_key is None
 
 

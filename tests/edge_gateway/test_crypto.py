@@ -1,4 +1,4 @@
-"""End-to-end payload encryption, gateway side: round trips, wrong keys, rotation, replays, fuzzing."""
+"""End-to-end payload encryption, gateway side: round trips, keys, rotation, replays, resync, fuzzing."""
 
 from __future__ import annotations
 
@@ -20,15 +20,20 @@ from edgecascade.device_sdk.errors import (
     EdgeCascadeError,
     NotEncryptedError,
     ReplayError,
+    SequenceTooFarAheadError,
     SequenceTooOldError,
+    StorageError,
     UnknownKeyError,
     WireError,
 )
 from edgecascade.device_sdk.wire import crypto
 from edgecascade.device_sdk.wire.crypto import load_x25519_private, load_x25519_public
 from edgecascade.device_sdk.wire.keys import load_device_crypto
+from edgecascade.device_sdk.wire.sequence import SequenceCounter, parse_resync
+from edgecascade.edge_gateway.config import CryptoSettings
 from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring, load_gateway_crypto
 from edgecascade.edge_gateway.messages import Message, open_message, read
+from edgecascade.edge_gateway.replay_store import RESERVE, ReplayStore
 from edgecascade.tools.certs import init_pki, issue_device
 
 DEVICE = "cam-01"
@@ -283,6 +288,114 @@ def test_keys_load_from_files_and_the_keyring_rescans(tmp_path: Path) -> None:
         load_x25519_public(tmp_path / "missing.pub")
     with pytest.raises(ConfigError, match="does not exist"):
         load_gateway_crypto(pki.gateway_x25519_key, tmp_path / "nowhere")
+
+
+# ------------------------------------------------------- lockout, resync and restarts
+NOW = 1_700_000_000.0  # the gateway's clock in these tests (seconds)
+US = 1_000_000  # devices number in µs of their clock
+
+
+def refused(gateway: GatewayCrypto, device: crypto.DeviceCrypto, seq: int) -> tuple[ReplayError, int, int]:
+    """The window refusal of a request numbered ``seq``, and the resync its sealed answer carries."""
+    with pytest.raises(ReplayError) as info:
+        open_request(gateway, device.seal(request(seq=seq)), DEVICE)
+    answer = info.value.answer
+    assert answer is not None and answer.header.flags & wire.FLAG_ENCRYPTED  # sealed: the device believes it
+    opened = device.open(wire.envelope_to_bytes(answer))
+    assert opened.header.msg_type is wire.MessageType.ERROR and opened.header.seq == seq
+    code, message = wire.decode_error(opened.body)
+    window = parse_resync(message)
+    assert code is wire.ErrorCode.UNAUTHORIZED and window is not None
+    return info.value, *window
+
+
+def test_a_far_ahead_number_is_refused_and_does_not_lock_the_device_out(site: Site) -> None:
+    device, gateway = site.device(1), site.gateway(clock=lambda: NOW)
+    now = int(NOW * US)
+    open_request(gateway, device.seal(request(seq=now)))
+    error, next_seq, limit = refused(gateway, device, now + 1000 * US)  # 1,000 s of the device's clock
+    assert isinstance(error, SequenceTooFarAheadError) and error.reason == "too_far_ahead"
+    assert (next_seq, limit) == (now + 1, now + 60 * US)
+    for seq in range(now + 1, now + 100):  # the device's ordinary numbers: never "too old"
+        open_request(gateway, device.seal(request(seq=seq)))
+
+
+def test_a_device_that_never_sent_is_told_the_gateways_clock(site: Site) -> None:
+    gateway = site.gateway(clock=lambda: NOW, max_ahead=5.0)
+    _, next_seq, limit = refused(gateway, site.device(1), int((NOW + 3600) * US))  # its clock an hour fast
+    assert (next_seq, limit) == (int(NOW * US), int((NOW + 5) * US))
+    counter = SequenceCounter(int((NOW + 3600) * US))
+    assert counter.resync(next_seq, limit)  # down, to where the gateway accepts
+    open_request(gateway, site.device(1).seal(request(seq=counter())))
+
+
+def test_a_window_moved_ahead_within_the_bound_is_recovered_by_resync(site: Site) -> None:
+    clock = [NOW]
+    device, gateway = site.device(1), site.gateway(clock=lambda: clock[0])
+    now = int(NOW * US)
+    open_request(gateway, device.seal(request(seq=now + 30 * US)))  # a clock 30 s fast: inside the bound
+    counter = SequenceCounter(now)  # the clock back where it belongs
+    old = device.seal(request(seq=counter()))
+    error, next_seq, limit = refused(gateway, device, now)
+    assert isinstance(error, SequenceTooOldError) and next_seq == now + 30 * US + 1
+    assert counter.resync(next_seq, limit) and not counter.resync(next_seq, limit)  # moved once
+    for _ in range(10):
+        open_request(gateway, device.seal(request(seq=counter())))
+    with pytest.raises(SequenceTooOldError):  # the refused number stays refused: no replay reopened
+        open_request(gateway, old)
+    clock[0] += 3600  # an hour later the device's numbers are still accepted, clock or no clock
+    open_request(gateway, device.seal(request(seq=counter())))
+
+
+def test_only_authentic_messages_are_answered_sealed(site: Site) -> None:
+    device, gateway = site.device(1), site.gateway(clock=lambda: NOW)
+    first = device.seal(request(seq=int(NOW * US)))
+    open_request(gateway, first)
+    with pytest.raises(ReplayError) as replayed:
+        open_request(gateway, first)  # a captured copy: refused, answered to the device (which ignores it)
+    assert replayed.value.answer is not None
+    assert replayed.value.answer.header.request_id == wire.envelope_from_bytes(first).header.request_id
+    forged = bytearray(device.seal(request(seq=int((NOW + 1000) * US))))
+    forged[-1] ^= 0xFF
+    with pytest.raises(DecryptError) as bad:
+        open_request(gateway, bytes(forged))
+    assert not isinstance(bad.value, ReplayError)  # no answer to a message that did not authenticate
+
+
+def test_windows_survive_a_restart_with_the_replay_store(site: Site, tmp_path: Path) -> None:
+    path, now = tmp_path / "state" / "replay.db", int(NOW * US)
+    device = site.device(1)
+    store = ReplayStore(path)
+    gateway = site.gateway(clock=lambda: NOW, store=store)
+    captured = [device.seal(request(seq=now + i)) for i in range(1000)]
+    for message in captured:
+        open_request(gateway, message)
+    assert store.writes == 1  # reserved ahead: one durable write for a thousand requests
+    gateway.close()
+
+    restarted = site.gateway(clock=lambda: NOW + 5, store=ReplayStore(path))
+    for message in (captured[0], captured[500], captured[-1]):
+        with pytest.raises(SequenceTooOldError):  # not accepted once more after the restart
+            open_request(restarted, message)
+    counter = SequenceCounter(now + 1000)  # the device goes on where it was: below the mark
+    _, next_seq, limit = refused(restarted, device, counter())
+    assert next_seq == now + RESERVE + 1  # the mark reserved at the first request, and kept
+    assert counter.resync(next_seq, limit)
+    open_request(restarted, device.seal(request(seq=counter())))
+    restarted.close()
+    # windows in memory only (no store): the same captured request is accepted once more
+    assert open_request(site.gateway(clock=lambda: NOW + 5), captured[500])[1] == 1
+
+
+def test_a_replay_store_that_cannot_be_written_refuses_the_request(site: Site, tmp_path: Path) -> None:
+    store = ReplayStore(tmp_path / "replay.db")
+    gateway = site.gateway(clock=lambda: NOW, store=store)
+    store.close()
+    with pytest.raises(StorageError):
+        open_request(gateway, site.device(1).seal(request(seq=int(NOW * US))))
+    with pytest.raises(ConfigError, match="max_ahead"):
+        CryptoSettings(max_ahead=0)
+    assert CryptoSettings().replay_store is not None  # windows survive a restart by default
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -6,8 +6,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.errors import NotEncryptedError, TensorSpecError, WireError
+from edgecascade.device_sdk.errors import NotEncryptedError, ReplayError, TensorSpecError, WireError
 from edgecascade.device_sdk.wire import crypto
+from edgecascade.device_sdk.wire.sequence import parse_resync
 from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring
 from edgecascade.edge_gateway.messages import Message, open_message, read, refusal, seal_reply
 
@@ -66,3 +67,20 @@ def test_refusals_are_addressed_by_the_envelope_or_by_topic_and_correlation() ->
         refusal(Message(b"x", None, correlation), None, WireError("x"), wire.MessageType.INFER_REQUEST)
         is None
     )
+
+
+def test_a_refused_sequence_number_is_answered_sealed_and_other_refusals_plain() -> None:
+    device, gateway = _site()
+    message = Message(device.seal(_request(seq=2**40)), DEVICE, b"c" * 16)
+    open_message(gateway, read(message))
+    with pytest.raises(ReplayError) as replayed:
+        open_message(gateway, read(message))
+    reply = refusal(message, read(message), replayed.value, wire.MessageType.INFER_REQUEST)
+    assert reply is not None and reply.header.flags & wire.FLAG_ENCRYPTED
+    opened = device.open(wire.envelope_to_bytes(reply))  # the device believes it: it decrypts
+    assert opened.header.request_id == read(message).header.request_id
+    code, text = wire.decode_error(opened.body)
+    window = parse_resync(text)
+    assert code is wire.ErrorCode.UNAUTHORIZED and window is not None and window[0] == 2**40 + 1
+    plain = refusal(message, read(message), ReplayError("seen"), wire.MessageType.INFER_REQUEST)
+    assert plain is not None and not plain.header.flags & wire.FLAG_ENCRYPTED  # no answer made: plain

@@ -231,7 +231,8 @@ def test_outbox_section_from_toml_and_environment(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text('[outbox]\npath = "state/gw.db"\nbatch_size = 32\n')
     config = load_gateway_config(path, env={"EC_OUTBOX__RECORD_DEGRADED": "false"})
-    assert config.outbox.path == Path("state/gw.db") and config.outbox.batch_size == 32
+    assert config.outbox.path == tmp_path.resolve() / "state" / "gw.db"  # relative to gateway.toml
+    assert config.outbox.batch_size == 32
     assert config.outbox.record_degraded is False
     assert load_gateway_config(env={}).outbox.path is None  # relay off unless configured
     with pytest.raises(ConfigError) as err:

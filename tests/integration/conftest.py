@@ -34,7 +34,13 @@ from edgecascade.device_sdk.transport.mqtt import MqttLink
 from edgecascade.device_sdk.wire import codec
 from edgecascade.device_sdk.wire.crypto import DeviceCrypto, initial_sequence
 from edgecascade.device_sdk.wire.keys import load_device_crypto
-from edgecascade.edge_gateway.config import CacheSettings, CryptoSettings, GatewayConfig, GatewaySettings
+from edgecascade.edge_gateway.config import (
+    CacheSettings,
+    CryptoSettings,
+    GatewayConfig,
+    GatewaySettings,
+    MetricsSettings,
+)
 from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 from edgecascade.tools.certs import Pki, init_pki, issue_device
@@ -89,6 +95,8 @@ def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki)
         port=0,
         max_body_bytes=64 * 1024,
         token_store=state / "tokens.db",
+        database_url=f"sqlite:///{state / 'cloud.db'}",  # gateways' heartbeats land here
+        blob_dir=state / "blobs",
         device_keyring=pki.device_keys,  # enrolment writes where the gateways read
         gateway_public_key=pki.gateway_x25519_pub,
     )
@@ -120,7 +128,13 @@ def gateway_config(
         GatewaySettings(bundle=bundle, cloud_url=cloud_url, cloud_timeout=2.0, **settings),  # type: ignore[arg-type]
         broker.mqtt_config("gateway"),
         cache or CacheSettings(enabled=False),
-        CryptoSettings(private_key=pki.gateway_x25519_key, device_keys=pki.device_keys, rescan_interval=0),
+        CryptoSettings(
+            private_key=pki.gateway_x25519_key,
+            device_keys=pki.device_keys,
+            rescan_interval=0,
+            replay_store=broker.workdir / "replay-windows.db",  # shared by this broker's gateways
+        ),
+        metrics=MetricsSettings(port=0),  # several gateways run at once; the tests that scrape choose a port
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
+import ssl
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +162,64 @@ def test_cloud_http_errors_are_json(cloud: CloudServer, tiny_bundle: Path) -> No
     assert (
         requests.post(url, data=good, headers=auth, timeout=5, verify=cloud.ca).status_code == 200
     )  # still serving
+
+
+def test_a_bad_request_in_a_burst_costs_no_other_device_its_answers(
+    gateway: GatewayDaemon, make_raw: Callable[[str], RawDevice], tiny_bundle: Path
+) -> None:
+    counters = gateway.service.counters
+    before = counters["rejected_bad_tensor"]
+    bystander, rogue = make_raw("bystander"), make_raw("rogue-shape")
+    cut1 = _cut1(tiny_bundle)
+    # (65536,) * 4 holds 2**64 elements, an int64 count of 0: once a ValueError that lost the whole batch
+    wrapped = struct.pack(">BB4I", int(wire.DType.BITS), 4, *(65536,) * 4)
+    good = [bystander.sealed(tiny_bundle, np.sign(cut1 + i - 2.5)) for i in range(6)]
+    bad = rogue.sealed(tiny_bundle, wrapped)
+
+    asked = [bystander.send(p) for p in good[:3]]  # one burst: the gateway batches what is queued
+    bad_id = rogue.send(bad)
+    asked += [bystander.send(p) for p in good[3:]]
+
+    answered = {}
+    for _ in asked:
+        payload, correlation = bystander.replies.get(timeout=10)
+        answered[correlation] = bystander.crypto.open(payload)
+    assert set(answered) == set(asked)
+    assert all(r.header.msg_type is wire.MessageType.RESULT for r in answered.values())
+    payload, correlation = rogue.replies.get(timeout=10)
+    assert correlation == bad_id
+    assert _error(rogue.crypto.open(payload)) is wire.ErrorCode.BAD_TENSOR
+    assert counters["rejected_bad_tensor"] == before + 1
+
+
+def test_the_cloud_refuses_a_wrapped_around_shape_and_an_oversized_chunked_body(
+    cloud: CloudServer, tiny_bundle: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {cloud.gateway_token}"}
+    spec = load_bundle(tiny_bundle).manifest.partition("gateway")
+    wrapped = struct.pack(">BB4I", int(codec.Encoding(spec.encoding).code), 4, *(65536,) * 4) + b"\0" * 5
+    response = requests.post(
+        cloud.url + wire.ROUTE_INFER,
+        data=_request(tiny_bundle, wrapped),
+        headers=auth,
+        timeout=5,
+        verify=cloud.ca,
+    )
+    assert response.status_code == 422 and "65536" in response.json()["message"]
+
+    before = dict(cloud.inference.counters)
+    body = _request(
+        tiny_bundle, np.zeros(load_bundle(tiny_bundle).manifest.partition("cloud").input.shape, np.float32)
+    )
+    body += b"\0" * (64 * 1024 + 1 - len(body))  # one byte over the cloud's max_body_bytes
+    context = ssl.create_default_context(cafile=str(cloud.ca))
+    host, port = cloud.url.removeprefix("https://").split(":")
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    try:
+        chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
+        connection.request("POST", wire.ROUTE_INFER, body=chunks, headers=auth, encode_chunked=True)
+        answer = connection.getresponse()
+        assert answer.status == 413 and json.loads(answer.read())["error"] == "request_entity_too_large"
+    finally:
+        connection.close()
+    assert cloud.inference.counters["requests"] == before.get("requests", 0)  # never reached the model

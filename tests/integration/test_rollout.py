@@ -134,7 +134,13 @@ def site(tiny_bundle: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) 
     }
     with Mosquitto(work / "broker", pki) as broker:
         config = CloudConfig(
-            CloudSettings(bundle=v1, token_store=work / "tokens.db", verify_key=pki.cloud_signing_pub),
+            CloudSettings(
+                bundle=v1,
+                token_store=work / "tokens.db",
+                verify_key=pki.cloud_signing_pub,
+                database_url=f"sqlite:///{work / 'cloud.db'}",
+                blob_dir=work / "blobs",
+            ),
             RegistrySettings(
                 models_dir=work / "models",
                 signing_key=pki.cloud_signing_key,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import queue
+import subprocess
 import threading
 import time
 import uuid
@@ -25,8 +28,14 @@ from edgecascade.device_sdk.errors import TransportError
 from edgecascade.device_sdk.transport.mqtt import MqttLink, tls_context
 from edgecascade.device_sdk.wire import codec
 from edgecascade.edge_gateway.daemon import GatewayDaemon
-from edgecascade.tools.broker import Mosquitto
-from edgecascade.tools.certs import init_pki, issue_device
+from edgecascade.tools.broker import (
+    Mosquitto,
+    free_port,
+    mosquitto_binary,
+    wait_for_port,
+    write_broker_config,
+)
+from edgecascade.tools.certs import Pki, init_pki, issue_device
 
 from .conftest import OBSERVER, RawDevice, device_crypto
 
@@ -176,10 +185,10 @@ def test_a_device_cannot_use_another_devices_topics(probe: Callable[[str], Probe
     assert gateway.publish(wire.response_topic("acl-a"), b"marker for a") == 0
     assert b.received.get(timeout=5) == (wire.response_topic("acl-b"), b"marker for b")
     assert b.received.empty()
-    got_a = [a.received.get(timeout=5) for _ in range(2)]  # its own request, and its own reply
+    got_a = [a.received.get(timeout=5)]  # its own reply (once per matching subscription)
     time.sleep(0.2)
     got_a += [a.received.get_nowait() for _ in range(a.received.qsize())]
-    assert all(topic.startswith(f"{wire.TOPIC_ROOT}/acl-a/") for topic, _ in got_a), got_a
+    assert all(topic == wire.response_topic("acl-a") for topic, _ in got_a), got_a  # not even its requests
     assert (wire.response_topic("acl-a"), b"marker for a") in got_a
 
 
@@ -232,20 +241,20 @@ def test_gateway_rejects_replayed_reordered_truncated_and_flipped_envelopes(
     attacker = make_raw("replayed-device")
     cut1 = np.zeros(gateway.service.bundle.manifest.partition("gateway").input.shape, np.float32)
 
-    def unauthorized(payload: bytes) -> bool:
+    def unauthorized(payload: bytes, sealed: bool = False) -> bool:
         reply = attacker.ask(payload)
-        assert not attacker.last_encrypted  # nothing was decrypted, so nothing is encrypted back
+        assert attacker.last_encrypted is sealed  # only what authenticated is answered sealed
         code, _ = wire.decode_error(reply.body)
         return code is wire.ErrorCode.UNAUTHORIZED
 
     good = attacker.sealed(tiny_bundle, cut1)
     assert attacker.ask(good).header.msg_type is wire.MessageType.RESULT
-    assert unauthorized(good)  # replayed
+    assert unauthorized(good, sealed=True)  # replayed
     old = attacker.sealed(tiny_bundle, cut1)  # sealed now, sent after 64 newer ones
     for _ in range(64):
         next(attacker.seq)
     assert attacker.ask(attacker.sealed(tiny_bundle, cut1)).header.msg_type is wire.MessageType.RESULT
-    assert unauthorized(old)  # reordered beyond the window
+    assert unauthorized(old, sealed=True)  # reordered beyond the window
     sealed = wire.envelope_from_bytes(attacker.sealed(tiny_bundle, cut1))
     truncated = wire.envelope_to_bytes(wire.Envelope(sealed.header, sealed.body[:-5]))
     assert unauthorized(truncated)  # lengths consistent, tag cut short
@@ -281,3 +290,112 @@ def test_a_device_without_payload_keys_is_refused(
     assert prediction.degraded and prediction.tier == "device"
     assert "401" in (prediction.error or "")
     assert gateway.service.counters["rejected_not_encrypted"] == before + 1
+
+
+#: What a device certificate may ask for: the gateways' share group by its public name, every
+#: device's requests, uploads and replies, everything, a share group of its own, the broker's $SYS.
+GREEDY_SUBSCRIPTIONS = (
+    f"$share/{wire.GATEWAY_SHARE_GROUP}/{wire.gateway_subscription(False)}",
+    f"$share/{wire.GATEWAY_SHARE_GROUP}/{wire.gateway_subscription(False, 'hx')}",
+    wire.gateway_subscription(False),
+    wire.gateway_subscription(False, "hx"),
+    wire.response_topic("+"),
+    "#",
+    "$share/x/#",
+    "$SYS/#",
+)
+
+
+def _drain(received: queue.Queue[tuple[str, bytes]], settle: float = 0.3) -> list[tuple[str, bytes]]:
+    time.sleep(settle)
+    return [received.get_nowait() for _ in range(received.qsize())]
+
+
+def test_a_device_subscribed_everywhere_gets_nothing_and_costs_the_others_nothing(
+    gateway: GatewayDaemon, fmnist, probe: Callable[[str], Probe], make_client: Callable[..., DeviceClient]
+) -> None:
+    thief = probe("acl-thief")
+    for topic in GREEDY_SUBSCRIPTIONS:
+        codes = thief.subscribe(topic)
+        assert codes == [1] or codes[0] >= 0x80  # Mosquitto 2.0 grants them; the ACL acts on delivery
+    before = dict(gateway.service.counters)
+    victims = [make_client(f"acl-victim-{i}", policy=NeverExit()) for i in range(2)]
+    predictions = [p for victim in victims for p in victim.predict_batch(fmnist.x_test[:30])]
+
+    assert len(predictions) == 60
+    degraded = [p.error for p in predictions if p.degraded]
+    assert not degraded, f"{len(degraded)} of 60 requests lost: {degraded[:3]}"
+    assert {p.tier for p in predictions} <= {"gateway", "gateway_cache", "cloud"}
+    assert gateway.service.counters["requests"] - before.get("requests", 0) >= 60
+    got = _drain(thief.received)
+    assert all(topic.startswith("ec/v1/models/") for topic, _ in got), got  # what every client may read
+
+
+def test_a_device_publishes_only_its_own_requests_and_uploads(probe: Callable[[str], Probe]) -> None:
+    device = probe("acl-publisher")
+    refused = (
+        wire.MODELS_TOPIC,  # a forged model announcement
+        wire.request_topic("acl-other"),
+        wire.upload_topic("acl-other"),
+        wire.response_topic("acl-other"),
+        wire.response_topic("acl-publisher"),  # its replies come from a gateway, not from itself
+        f"{wire.TOPIC_ROOT}/acl-publisher/anything",  # nothing else under its own id
+        "ec/v1/gw/gateway-1/status",  # a gateway's presence
+        "$SYS/broker/uptime",
+        "anywhere/else",
+    )
+    assert [device.publish(topic, b"x") for topic in refused] == [NOT_AUTHORIZED] * len(refused)
+    for topic in (wire.upload_topic("acl-publisher"), wire.request_topic("acl-publisher")):
+        assert device.publish(topic, b"not an envelope") < 0x80  # accepted (0x10: no one listening)
+
+
+def _paho(
+    config: MqttConfig, client_id: str
+) -> tuple[Any, queue.Queue[tuple[str, bytes]], list[int], threading.Event]:
+    """A raw MQTT v5 client: what it receives, its disconnects, and an event set once connected."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.tls_set_context(tls_context(config))
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    disconnects: list[int] = []
+    connected = threading.Event()
+    client.on_message = lambda c, u, msg: received.put((msg.topic, bytes(msg.payload)))
+    client.on_connect = lambda c, u, f, code, props: connected.set() if not code.is_failure else None
+    client.on_disconnect = lambda c, u, f, code, props: disconnects.append(int(code.value))
+    client.reconnect_delay_set(min_delay=5, max_delay=5)  # a kicked client must not win the id back at once
+    client.connect(config.host, config.port)
+    client.loop_start()
+    assert connected.wait(5), f"{client_id} could not connect"
+    return client, received, disconnects, connected
+
+
+def test_a_device_cannot_take_over_a_gateways_connection(pki: Pki, tmp_path: Path) -> None:
+    """On a broker from ``broker config``, a device that says it is ``gateway-1`` is still itself."""
+    files = write_broker_config(
+        pki, tmp_path / "broker", port=free_port(), host="127.0.0.1", user=pwd.getpwuid(os.geteuid()).pw_name
+    )
+    port = int(files.conf.read_text().split("listener ", 1)[1].split()[0])
+    log = tmp_path / "mosquitto.log"
+    with open(log, "wb") as out:
+        broker = subprocess.Popen([mosquitto_binary(), "-c", str(files.conf)], stdout=out, stderr=out)
+    clients = []
+    try:
+        wait_for_port("127.0.0.1", port, 10, broker)
+        device_crypto(pki, "acl-hijacker")
+        device_crypto(pki, "acl-honest")
+        gw, requests, gw_disconnects, _ = _paho(pki.mqtt_config("gateway", "127.0.0.1", port), "gateway-1")
+        clients.append(gw)
+        gw.subscribe(wire.gateway_subscription(False), qos=1)
+        hijacker, _, _, _ = _paho(pki.mqtt_config("acl-hijacker", "127.0.0.1", port), "gateway-1")
+        clients.append(hijacker)
+        honest, _, _, _ = _paho(pki.mqtt_config("acl-honest", "127.0.0.1", port), "device-acl-honest")
+        clients.append(honest)
+        time.sleep(0.3)
+        honest.publish(wire.request_topic("acl-honest"), b"request", qos=1).wait_for_publish(5)
+        assert requests.get(timeout=5) == (wire.request_topic("acl-honest"), b"request")
+        assert gw_disconnects == []  # the gateway kept its connection
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
+        broker.terminate()
+        broker.wait(5)

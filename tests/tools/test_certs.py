@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgecascade.device_sdk.errors import ConfigError
-from edgecascade.tools.broker import acl_text, mosquitto_conf
 from edgecascade.tools.certs import Pki, init_pki, issue_device, issue_gateway
 from edgecascade.tools.cli import main
 
@@ -150,31 +149,3 @@ def test_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.count("\n") == 1 and "--force" in err and "Traceback" not in err
     san = _cert(Path(root) / "broker.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
-
-
-def test_broker_config_and_acl(pki: Pki, tmp_path: Path) -> None:
-    conf = mosquitto_conf(pki, 8883, tmp_path / "acl")
-    for line in (
-        "tls_version tlsv1.2",
-        "require_certificate true",
-        "use_identity_as_username true",
-        "allow_anonymous false",
-        "set_tcp_nodelay true",
-        f"acl_file {tmp_path / 'acl'}",
-    ):
-        assert line in conf.splitlines()
-    assert not any(line.startswith("listener") and "8883" not in line for line in conf.splitlines())
-    acl = acl_text(["gateway"], observers=["auditor"]).splitlines()
-    assert "pattern readwrite ec/v1/dev/%u/#" in acl
-    gateway = acl[acl.index("user gateway") :]
-    assert gateway[1:4] == [
-        "topic readwrite ec/v1/dev/#",
-        "topic read $share/gateways/ec/v1/dev/+/req",
-        "topic read $share/gateways/ec/v1/dev/+/hx",  # hard-example uploads, relayed
-    ]
-    assert acl[acl.index("user auditor") + 1] == "topic read #"
-    assert "pattern read ec/v1/models/#" in acl  # everyone reads the model announcements
-    assert acl[acl.index("user cloud") + 1] == "topic write ec/v1/models/#"  # only announcers write them
-    assert not any(
-        line.endswith("ec/v1/models/#") and "write" in line for line in acl[: acl.index("user cloud")]
-    )

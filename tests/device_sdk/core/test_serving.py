@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def test_nothing_invalid_reaches_the_model(gateway: TierModel) -> None:
     wrong_shape = codec.encode_features(
         np.ones((*shape[:-1], shape[-1] + 8), np.float32), gateway.cut_encoding
     )
-    with pytest.raises(TensorSpecError, match="gateway partition takes"):
+    with pytest.raises(TensorSpecError, match=r"gateway partition: .* where \[7, 7, 16\] is expected"):
         serving.request_features(_request(gateway, wrong_shape), gateway)
     with pytest.raises(TensorSpecError):  # another encoding than the manifest's cut
         serving.request_features(_request(gateway, wire.encode_tensor(np.ones(shape, np.float32))), gateway)
@@ -73,6 +74,16 @@ def test_replies_answer_the_request_they_reply_to(gateway: TierModel) -> None:
     assert wire.decode_error(error.body) == (wire.ErrorCode.BAD_TENSOR, "bad")
     unknown = serving.unknown_version(9, (2, 1))
     assert isinstance(unknown, ModelVersionError) and "serving v2, v1" in str(unknown)
+    bug = serving.error_reply(request.header, KeyError("/srv/secret/path"))  # not ours to tell
+    assert wire.decode_error(bug.body) == (wire.ErrorCode.INTERNAL, "internal error")
+
+
+def test_a_shape_whose_element_count_wraps_around_is_a_tensor_error(gateway: TierModel) -> None:
+    """(65536,) * 4 holds 2**64 elements: an int64 count of 0, which once matched an empty body."""
+    head = struct.pack(">BB4I", int(codec.Encoding(gateway.cut_encoding).code), 4, *(65536,) * 4)
+    for data in (b"", b"\0" * 5, b"\0" * 64):
+        with pytest.raises(TensorSpecError, match=r"\[65536, 65536, 65536, 65536\]"):
+            serving.request_features(_request(gateway, head + data), gateway)
 
 
 @pytest.mark.parametrize(

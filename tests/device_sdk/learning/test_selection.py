@@ -67,7 +67,7 @@ def test_config_section_from_toml_and_environment(tmp_path: Path) -> None:
     config = load_device_config(path, env={"EC_HARD_EXAMPLES__KEEP_RAW": "yes"})
     assert config.hard_examples.filters == ("degraded",)
     assert config.hard_examples.keep_raw is True
-    assert config.hard_examples.outbox == Path("hx.db")
+    assert config.hard_examples.outbox == tmp_path.resolve() / "hx.db"  # relative to device.toml
     assert HardExampleSettings().keep_raw is False  # features only unless the app opts in
     env = {"EC_HARD_EXAMPLES__FILTERS": "reached_cloud,exits_disagree", "EC_HARD_EXAMPLES__BATCH_SIZE": "8"}
     overridden = load_device_config(path, env=env).hard_examples

@@ -57,7 +57,13 @@ def test_crypto_settings(pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="required"):
         gateway_crypto(CryptoSettings())  # encryption is required by default, and needs keys
     assert gateway_crypto(CryptoSettings(required=False)) is None
-    crypto = gateway_crypto(CryptoSettings(private_key=pki.gateway_x25519_key, device_keys=pki.device_keys))
+    crypto = gateway_crypto(
+        CryptoSettings(
+            private_key=pki.gateway_x25519_key,
+            device_keys=pki.device_keys,
+            replay_store=tmp_path / "windows.db",
+        )
+    )
     assert crypto is not None and crypto.required and len(crypto.keyring) == 1
     with pytest.raises(ConfigError) as info:
         load_gateway_config(

@@ -1,0 +1,111 @@
+"""Replay windows that survive a gateway restart: one high-water mark per device, in SQLite.
+
+Writing every accepted sequence number would cost a durable write per request. Instead the
+gateway *reserves ahead*: before it accepts a number above a device's stored mark, it
+stores ``number + reserve`` (one fsynced commit), and accepts numbers up to that mark
+without writing. A device's clock-based numbering moves past the mark about once per
+device session, so a busy gateway writes rarely. After a restart each device's window
+starts at its mark (:class:`~.replay.ReplayWindow` ``floor``): everything the gateway
+accepted before is refused as too old, so a captured request cannot be played again, and
+a device whose numbers were below the mark resynchronises above it once.
+
+The file is this gateway's own: the gateways of a share group on other hosts keep their
+own windows (see the security docs). SQLite errors surface as
+:class:`~edgecascade.device_sdk.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from edgecascade.device_sdk.errors import StorageError
+
+SCHEMA_VERSION = 1
+RESERVE = 4096  # numbers reserved past the one being accepted: one write per this many requests
+MAX_MARK = 2**63 - 1  # SQLite's integers; clock-based numbers reach it in the year 294,000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replay_marks (
+    device_id TEXT PRIMARY KEY,
+    mark INTEGER NOT NULL  -- no number above it was ever accepted from this device
+);
+"""
+
+_MARK = "SELECT mark FROM replay_marks WHERE device_id = ?"
+_RESERVE = """
+INSERT INTO replay_marks (device_id, mark) VALUES (?, ?)
+ON CONFLICT (device_id) DO UPDATE SET mark = max(mark, excluded.mark)
+RETURNING mark
+"""
+
+
+class ReplayStore:
+    """Each device's reserved high-water mark, durable before a number under it is accepted."""
+
+    def __init__(self, path: str | Path, reserve: int = RESERVE) -> None:
+        if reserve < 1:
+            raise StorageError(f"replay reserve must be >= 1, got {reserve}")
+        self.path = Path(path)
+        self.reserve = reserve
+        self.writes = 0  # commits since opening: what the reservation saves is measurable
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open replay store {self.path}: {exc}") from None
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"replay store {self.path} has schema {version}; this code reads {SCHEMA_VERSION}"
+                )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a mark is on disk before numbers under it are accepted
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StorageError(f"replay store {self.path} is not usable: {exc}") from None
+        except StorageError:
+            db.close()
+            raise
+        self._db: sqlite3.Connection | None = db
+
+    def mark(self, device_id: str) -> int | None:
+        """The device's stored mark (None: never seen)."""
+        with self._lock:
+            db = self._conn()
+            try:
+                rows = db.execute(_MARK, (device_id,)).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read replay store {self.path}: {exc}") from None
+        return int(rows[0][0]) if rows else None
+
+    def reserve_above(self, device_id: str, seq: int) -> int:
+        """Store ``seq + reserve`` as the device's mark (never lowering it); returns the new mark."""
+        if seq > MAX_MARK:
+            raise StorageError(f"sequence number {seq} is beyond what the replay store can hold")
+        wanted = min(seq + self.reserve, MAX_MARK)
+        with self._lock:
+            db = self._conn()
+            try:  # fetchall: the statement completes, so autocommit commits (and fsyncs) here
+                rows = db.execute(_RESERVE, (device_id, wanted)).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot write replay store {self.path}: {exc}") from None
+            self.writes += 1
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        """Close the file; later calls raise StorageError."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError(f"replay store {self.path} is closed")
+        return self._db
