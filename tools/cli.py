@@ -18,23 +18,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from edgecascade.device_sdk.cache import load_embedder
-from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
-from edgecascade.device_sdk.model.bundle import Manifest, load_bundle
-from edgecascade.tools import (
-    bench_cloud,
-    bench_gateway,
-    bench_metrics,
-    broker_cli,
-    certs_cli,
-    retrain_cli,
-    security_cli,
-    site_cli,
-)
-from edgecascade.training.cache_embedding import DEFAULT_DIM as DEFAULT_KEY_DIM
+from edgecascade.device_sdk.model.bundle import Manifest
+from edgecascade.tools import bench_cli, broker_cli, cache_cli, certs_cli, retrain_cli, security_cli, site_cli
 
 if TYPE_CHECKING:
     from edgecascade.training.data import Dataset
@@ -129,107 +115,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report["n"] else 1
 
 
-def _calibration_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images, validation images and labels of the default training run's split."""
-    from edgecascade.training.config import TrainConfig
-    from edgecascade.training.data import load_fashion_mnist
-    from edgecascade.training.train import training_split
-
-    x_train, _, x_val, y_val = training_split(TrainConfig(), load_fashion_mnist())
-    return x_train, x_val, y_val
-
-
-def _calibrate_cache(args: argparse.Namespace) -> int:
-    from edgecascade.training.cache_calibration import Precision, calibrate_cache
-
-    x_train, x_val, y_val = _calibration_data()
-    precision = Precision(
-        target_ratio=args.target, repeat_share=args.repeat_share, max_unrelated_loss=args.max_unrelated_loss
-    )
-    manifest = calibrate_cache(
-        Path(args.model), x_val, y_val, fit_images=x_train, precision=precision, dim=args.key_dim
-    )
-    for part in manifest.partitions:
-        if part.cache is not None:
-            c = part.cache
-            print(
-                f"{part.tier:<8} cache: tau {c.tau:.4f}, {c.k}-NN with {c.min_votes} votes; near-duplicate "
-                f"hit rate {c.hit_rate:.2%}, accuracy vs the tiers' answers {c.accuracy_ratio:.4f}; "
-                f"keeps own exits below {c.keep_exits_below:.2f}"
-            )
-    return 0
-
-
-def _bench_accuracy(args: argparse.Namespace) -> int:
-    from edgecascade.tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
-    from edgecascade.tools.report import print_report
-    from edgecascade.training.data import load_fashion_mnist
-
-    bundle = load_bundle(Path(args.model))
-    data = load_fashion_mnist()
-    n = args.n or len(data.x_test)
-    report = bench_accuracy(bundle, data.x_test[:n], data.y_test[:n])
-    plot = Path(args.plot or (Path(args.report).with_suffix(".png") if args.report else "bench-accuracy.png"))
-    plot_sweep(report, plot)
-    report["plot"] = str(plot)
-    print(format_accuracy_report(report))
-    print_report(f"threshold sweep plotted to {plot}", report, args.report)
-    return 0
-
-
-def _bench_drift(args: argparse.Namespace) -> int:
-    from edgecascade.tools.bench_drift import DriftOptions, bench_drift, format_drift_report
-    from edgecascade.tools.report import print_report
-    from edgecascade.training.data import load_fashion_mnist
-
-    options = DriftOptions(
-        before=args.before,
-        after=args.after,
-        original=args.original,
-        epochs=args.epochs,
-        replay_size=args.replay_size,
-        test_size=args.test_size,
-        val_size=args.val_size,
-        min_holdout=args.min_holdout,
-        min_gain=args.min_gain,
-        tolerance=args.tolerance,
-        audit_rate=args.audit_rate,
-        progress=not args.no_progress,
-    )
-    data = load_fashion_mnist()
-    workdir = Path(args.workdir) if args.workdir else None
-    report = bench_drift(Path(args.model), Path(args.checkpoint), data.x_test, data.y_test, options, workdir)
-    print_report(format_drift_report(report), report, args.report)
-    return 0 if report["job"]["state"] == "succeeded" else 1
-
-
-def _bench_cache(args: argparse.Namespace) -> int:
-    from edgecascade.tools.bench_cache import bench_index, format_cache_report, index_crossover
-    from edgecascade.tools.bench_stream import bench_cache_stream
-    from edgecascade.tools.report import print_report
-    from edgecascade.training.data import load_fashion_mnist
-
-    model = Path(args.model)
-    bundle = load_bundle(model)
-    if any(bundle.manifest.partition(t).cache is None for t in ("device", "gateway")):
-        print("the bundle has no calibrated cache settings; calibrating on validation data")
-        _calibrate_cache(build_parser().parse_args(["calibrate-cache", "--model", args.model]))
-        bundle = load_bundle(model)
-    data = load_fashion_mnist()
-    features = run_partitions(bundle, data.x_train).features[0]  # the device cache's keys
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    index = bench_index(load_embedder(bundle, "device")(features), sizes=sizes)
-    report = {
-        "index": index,
-        "index_crossover": index_crossover(index),
-        "stream": bench_cache_stream(
-            model, data.x_test, data.y_test, n=args.n, repeat_share=args.repeat_share, seed=args.seed
-        ),
-    }
-    print_report(format_cache_report(report), report, args.report)
-    return 0
-
-
 def _gateway(args: argparse.Namespace) -> int:
     from edgecascade.edge_gateway.__main__ import main as gateway_main
 
@@ -305,83 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("calibrate-cache", help="calibrate the neural caches' hit rule on validation data")
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument(
-        "--target", type=float, default=0.99, help="cache/tier accuracy ratio to keep (default %(default)s)"
-    )
-    p.add_argument(
-        "--repeat-share",
-        type=float,
-        default=0.3,
-        help="expected share of near-duplicate inputs, weighing the two kinds of query (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-unrelated-loss",
-        type=float,
-        default=0.02,
-        help="answers the cache may make wrong among inputs that repeat nothing (default %(default)s)",
-    )
-    p.add_argument(
-        "--key-dim", type=int, default=DEFAULT_KEY_DIM, help="length of the cache keys (default %(default)s)"
-    )
-    p.set_defaults(func=_calibrate_cache)
-
-    p = sub.add_parser("bench", help="benchmarks; results as JSON")
-    bench = p.add_subparsers(dest="bench", required=True)
-    p = bench.add_parser(
-        "cache", help="exact vs HNSW index by size, and a stream of repeats through the cascade"
-    )
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument(
-        "--sizes", default="1000,5000,10000,20000,50000,100000", help="index sizes (default %(default)s)"
-    )
-    p.add_argument("--n", type=int, default=5000, help="stream length (default %(default)s)")
-    p.add_argument("--repeat-share", type=float, default=0.3, help="share of near-duplicates (%(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_bench_cache)
-    p = bench.add_parser(
-        "accuracy", help="device-only, gateway-only, cloud-only and the cascade on the test set; sweep"
-    )
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument("--report", help="write the JSON report here (the plot beside it, as .png)")
-    p.add_argument("--plot", help="where to save the threshold sweep plot (PNG)")
-    p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
-    p.set_defaults(func=_bench_accuracy)
-    p = bench.add_parser(
-        "drift", help="a shifted stream through the live stack: before, retrain on it, roll out, after"
-    )
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="its Keras checkpoint (%(default)s)")
-    p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--workdir", help="keep the stack's state and logs here (default: a temporary directory)")
-    p.add_argument("--before", type=int, default=2000, help="shifted images before retraining (%(default)s)")
-    p.add_argument("--after", type=int, default=2000, help="fresh shifted images after it (%(default)s)")
-    p.add_argument("--original", type=int, default=10000, help="original test images, offline (%(default)s)")
-    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (%(default)s)")
-    p.add_argument("--replay-size", type=int, default=12000, help="original images replayed (%(default)s)")
-    p.add_argument(
-        "--test-size", type=int, default=5000, help="original test images of the gate (%(default)s)"
-    )
-    p.add_argument(
-        "--val-size", type=int, default=3000, help="validation images for calibration (%(default)s)"
-    )
-    p.add_argument("--min-holdout", type=int, default=20, help="the gate's minimum held-out examples")
-    p.add_argument("--min-gain", type=float, default=0.5, help="the gate's minimum gain in points")
-    p.add_argument("--tolerance", type=float, default=1.0, help="points an exit may lose on original data")
-    p.add_argument(
-        "--audit-rate",
-        type=float,
-        default=0.1,
-        help="share of inputs the device keeps at random (%(default)s)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_bench_drift)
+    cache_cli.register(sub, str(DEFAULT_MODEL))
+    bench = bench_cli.register(sub, str(DEFAULT_MODEL), str(DEFAULT_CHECKPOINT))
     certs_cli.register(sub, bench)
-    bench_gateway.register(bench, str(DEFAULT_MODEL))
-    bench_cloud.register(bench, str(DEFAULT_MODEL))
-    bench_metrics.register(bench, str(DEFAULT_MODEL))
 
     from edgecascade.tools.planner import add_plan_command
 
