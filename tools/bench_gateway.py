@@ -10,9 +10,11 @@ broker and no network (those are the live stack's, not this path's).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,20 +47,16 @@ class EchoCloud(CloudLink):
         return wire.envelope_to_bytes(wire.Envelope(header.reply(wire.MessageType.RESULT), self._body))
 
 
-def bench_gateway(
-    bundle: Bundle, images: np.ndarray, *, batch: int = 32, runs: int = 5, cache: bool = False
-) -> dict[str, Any]:
-    """Median µs per request over ``runs`` passes of every image through the gateway's request path."""
+def sealed_requests(bundle: Bundle, images: np.ndarray) -> tuple[GatewayCrypto, Callable[[], list[Message]]]:
+    """A gateway's crypto, and the images as one device sends them to it (features, sealed).
+
+    Each call of the function seals them again with fresh sequence numbers: the gateway
+    refuses replays.
+    """
     gateway_key, device_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     keyring = GatewayKeyring(gateway_key)
     keyring.add(DEVICE, 1, device_key.public_key())
     device = DeviceCrypto(DEVICE, {1: device_pair_keys(device_key, gateway_key.public_key(), DEVICE, 1)})
-    service = GatewayService(
-        bundle,
-        EchoCloud(len(bundle.manifest.classes)),
-        crypto=GatewayCrypto(keyring, window=1024),
-        cache=open_cache(bundle, "gateway") if cache else None,
-    )
     device_model = TierModel.load(bundle, "device")
     features = device_model.runner.run(bundle.manifest.input.prepare(images)).features
     assert features is not None
@@ -67,18 +65,23 @@ def bench_gateway(
     version = bundle.manifest.version
 
     def requests() -> list[Message]:
-        """The images as a device sends them, with fresh sequence numbers (replays are refused)."""
-        return [
-            Message(
-                device.seal(
-                    wire.Envelope(
-                        wire.Header(wire.MessageType.INFER_REQUEST, DEVICE, version, next(seq)), body
-                    )
-                ),
-                DEVICE,
-            )
-            for body in bodies
-        ]
+        header = functools.partial(wire.Header, wire.MessageType.INFER_REQUEST, DEVICE, version)
+        return [Message(device.seal(wire.Envelope(header(next(seq)), body)), DEVICE) for body in bodies]
+
+    return GatewayCrypto(keyring, window=1024), requests
+
+
+def bench_gateway(
+    bundle: Bundle, images: np.ndarray, *, batch: int = 32, runs: int = 5, cache: bool = False
+) -> dict[str, Any]:
+    """Median µs per request over ``runs`` passes of every image through the gateway's request path."""
+    crypto, requests = sealed_requests(bundle, images)
+    service = GatewayService(
+        bundle,
+        EchoCloud(len(bundle.manifest.classes)),
+        crypto=crypto,
+        cache=open_cache(bundle, "gateway") if cache else None,
+    )
 
     def serve(messages: list[Message]) -> int:
         replies = 0

@@ -14,7 +14,6 @@ alone, and the time one scrape takes.
 
 from __future__ import annotations
 
-import itertools
 import statistics
 import tempfile
 import time
@@ -23,19 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.core.tier import TierModel
 from edgecascade.device_sdk.counters import Counters
 from edgecascade.device_sdk.model.bundle import Bundle
-from edgecascade.device_sdk.wire import codec
-from edgecascade.device_sdk.wire.crypto import DeviceCrypto, device_pair_keys
-from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring
-from edgecascade.edge_gateway.messages import Message
 from edgecascade.edge_gateway.service import Forward, GatewayService
 from edgecascade.tools.bench_cloud import cloud_requests
-from edgecascade.tools.bench_gateway import EchoCloud
+from edgecascade.tools.bench_gateway import EchoCloud, sealed_requests
 
 DEVICE = "bench-device"
 
@@ -95,32 +88,8 @@ def bench_gateway_metrics(
     from edgecascade.edge_gateway.health import HealthReport
     from edgecascade.edge_gateway.metrics import GatewayCollector, gateway_registry
 
-    gateway_key, device_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    keyring = GatewayKeyring(gateway_key)
-    keyring.add(DEVICE, 1, device_key.public_key())
-    device = DeviceCrypto(DEVICE, {1: device_pair_keys(device_key, gateway_key.public_key(), DEVICE, 1)})
-    service = GatewayService(
-        bundle, EchoCloud(len(bundle.manifest.classes)), crypto=GatewayCrypto(keyring, window=1024)
-    )
-    device_model = TierModel.load(bundle, "device")
-    features = device_model.runner.run(bundle.manifest.input.prepare(images)).features
-    assert features is not None
-    bodies = [codec.encode_features(f, device_model.spec.encoding) for f in features]
-    seq = itertools.count(1)
-    version = bundle.manifest.version
-
-    def requests() -> list[Message]:
-        return [
-            Message(
-                device.seal(
-                    wire.Envelope(
-                        wire.Header(wire.MessageType.INFER_REQUEST, DEVICE, version, next(seq)), body
-                    )
-                ),
-                DEVICE,
-            )
-            for body in bodies
-        ]
+    crypto, requests = sealed_requests(bundle, images)
+    service = GatewayService(bundle, EchoCloud(len(bundle.manifest.classes)), crypto=crypto)
 
     def run() -> float:
         messages = requests()  # sealed outside the clock
