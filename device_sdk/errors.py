@@ -13,6 +13,7 @@ are translated at the boundary where they occur.
     │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
     │   ├── HardExampleError   a hard-example record that cannot be accepted (learning.records)
     │   ├── BatchError         an upload batch refused as a whole (not JSON, not a batch, too many)
+    │   ├── RateLimitedError   a sender over its per-device rate
     │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
     │       ├── NotEncryptedError   plaintext where encryption is required
     │       ├── DecryptError        wrong key, tampered, truncated or forged ciphertext
@@ -114,6 +115,10 @@ class SequenceTooFarAheadError(ReplayError):
     """The sequence number is further ahead than the window may move (a bound over the clock)."""
 
     reason = "too_far_ahead"
+
+
+class RateLimitedError(WireError):
+    """A sender over the per-device rate its gateway allows; refused before it is read."""
 
 
 class BatchError(WireError):

@@ -31,6 +31,8 @@ class GatewaySettings:
     verify_key: Path | None = field(default=None, metadata=must_exist("file"))
     model_grace: float = 300.0  # seconds the version a swap replaced is still served (lagging devices)
     heartbeat_interval: float = 10.0  # seconds between status reports to the cloud's fleet view (0: none)
+    device_rate: float = 0.0  # requests/s one device may send on average; more are refused (0: no limit)
+    device_burst: int = 128  # requests one device may send at once before device_rate applies
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,7 +46,9 @@ class GatewaySettings:
             problems.append("gateway.model_grace must be >= 0")
         if self.heartbeat_interval < 0:
             problems.append("gateway.heartbeat_interval must be >= 0 (0: no heartbeats)")
-        for name in ("max_batch", "forward_workers", "queue_size"):
+        if self.device_rate < 0:
+            problems.append("gateway.device_rate must be >= 0 (0: no limit)")
+        for name in ("max_batch", "forward_workers", "queue_size", "device_burst"):
             if getattr(self, name) < 1:
                 problems.append(f"gateway.{name} must be >= 1")
         if problems:

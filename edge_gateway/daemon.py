@@ -3,7 +3,9 @@
 paho's network thread only enqueues; one worker thread drains the queue in micro-batches
 through :class:`~edgecascade.edge_gateway.service.GatewayService`, and a small thread pool forwards
 unconfident requests to the cloud so a slow cloud never stalls confident answers.
-Replies always go to the requesting device's own response topic. The broker link is TLS
+Replies always go to the requesting device's own response topic. With ``gateway.device_rate``
+set, a device sending faster than that is refused on the network thread, before its request
+is queued or decrypted (:mod:`.ratelimit`), so it cannot crowd out the others. The broker link is TLS
 with the gateway's client certificate; payloads are end-to-end encrypted with each device
 (:mod:`.crypto`), and unencrypted requests are refused unless the ``[crypto]``
 settings say otherwise.
@@ -35,7 +37,7 @@ from types import FrameType
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache, open_cache
-from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError
+from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, RateLimitedError
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.uploader import Uploader, UploadLink
 from edgecascade.device_sdk.logs import LogLimiter
@@ -48,9 +50,10 @@ from edgecascade.edge_gateway.config import CryptoSettings, GatewayConfig
 from edgecascade.edge_gateway.crypto import GatewayCrypto, load_gateway_crypto
 from edgecascade.edge_gateway.health import HealthReport, OperationsServer
 from edgecascade.edge_gateway.heartbeat import GatewayStatus, heartbeat_sender
-from edgecascade.edge_gateway.messages import Message
+from edgecascade.edge_gateway.messages import Message, refusal
 from edgecascade.edge_gateway.metrics import GatewayCollector, gateway_registry
 from edgecascade.edge_gateway.presence import Presence
+from edgecascade.edge_gateway.ratelimit import DeviceRateLimiter
 from edgecascade.edge_gateway.relay import HardExampleRelay
 from edgecascade.edge_gateway.service import Forward, GatewayService
 from edgecascade.edge_gateway.share import gateway_subscriptions
@@ -128,6 +131,9 @@ class GatewayDaemon:
                 name=settings.gateway_id,
             )
         self._queue: queue.Queue[Message | None] = queue.Queue(settings.queue_size)
+        self.rate_limiter = None  # per-device token buckets, with gateway.device_rate set
+        if settings.device_rate > 0:
+            self.rate_limiter = DeviceRateLimiter(settings.device_rate, settings.device_burst)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
         self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
@@ -337,6 +343,9 @@ class GatewayDaemon:
                 response_topic,
             )
         message = Message(payload, device_id, correlation)
+        if self.rate_limiter is not None and not self.rate_limiter.allow(device_id):
+            self._refuse_rate_limited(message)
+            return
         self.status.arrived(message)
         try:
             self._queue.put_nowait(message)
@@ -348,6 +357,20 @@ class GatewayDaemon:
                 "request queue full; dropping a request from %s",
                 device_id,
             )
+
+    def _refuse_rate_limited(self, message: Message) -> None:
+        """Answer a request over its device's rate with a plain RATE_LIMITED error, at once.
+
+        Plain (no decryption, no replay-window update): refusing must cost less than serving.
+        The device takes any plain reply as a failed request and answers it degraded.
+        """
+        rate = self.config.gateway.device_rate
+        exc = RateLimitedError(f"device {message.device_id} sends more than {rate:.3g} requests/s")
+        self.service.counters.add("rejected_rate_limited")
+        self.log_limiter.log(logging.WARNING, ("rate_limited", message.device_id), "refusing: %s", exc)
+        reply = refusal(message, None, exc, wire.MessageType.INFER_REQUEST)
+        if reply is not None:
+            self._reply(message, wire.envelope_to_bytes(reply))
 
     def _on_upload(
         self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None

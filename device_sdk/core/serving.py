@@ -16,6 +16,7 @@ from edgecascade.device_sdk.errors import (
     CryptoError,
     EdgeCascadeError,
     ModelVersionError,
+    RateLimitedError,
     SchemaVersionError,
     TensorSpecError,
     WireError,
@@ -64,6 +65,8 @@ def error_code(exc: Exception) -> wire.ErrorCode:
         return wire.ErrorCode.BAD_TENSOR
     if isinstance(exc, ModelVersionError):
         return wire.ErrorCode.UNKNOWN_MODEL_VERSION
+    if isinstance(exc, RateLimitedError):
+        return wire.ErrorCode.RATE_LIMITED
     if isinstance(exc, WireError):
         return wire.ErrorCode.MALFORMED
     if isinstance(exc, EdgeCascadeError):

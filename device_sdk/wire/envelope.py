@@ -142,6 +142,7 @@ class ErrorCode(enum.IntEnum):
     BAD_TENSOR = 422
     UNKNOWN_MODEL_VERSION = 409
     UNSUPPORTED_SCHEMA = 426
+    RATE_LIMITED = 429  # the device sent more than its gateway's per-device rate allows
     UNAVAILABLE = 503
     INTERNAL = 500
 

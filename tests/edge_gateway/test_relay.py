@@ -211,9 +211,11 @@ def test_relay_refuses_what_it_cannot_verify(tmp_path: Path) -> None:
         plain = wire.envelope_to_bytes(
             wire.Envelope(wire.Header(wire.MessageType.HARD_EXAMPLES, DEVICE, 1, 5), body)
         )
+        sealed = _upload(device_crypto, body)
+        tampered = sealed[:-1] + bytes([sealed[-1] ^ 0x01])  # one bit of the tag flipped
         for payload, topic_device, counter in [
             (plain, DEVICE, "hx_rejected_batch_not_encrypted"),
-            (_upload(device_crypto, body)[:-1] + b"\x00", DEVICE, "hx_rejected_batch_decrypt"),
+            (tampered, DEVICE, "hx_rejected_batch_decrypt"),
             (b"garbage", DEVICE, "hx_rejected_batch_malformed"),
             (_upload(device_crypto, body), "other-device", "hx_rejected_batch_malformed"),  # wrong topic
         ]:
