@@ -89,7 +89,10 @@ class CryptoSettings:
     are refused; turning it off is for migrating a fleet, never for production.
     ``max_ahead``: seconds a device's sequence numbers (its clock in µs) may run ahead of
     the gateway's clock; ``replay_store``: the SQLite file that keeps replay windows across
-    a restart (empty: in memory only).
+    a restart (empty: in memory only). ``replay_shared``: a database URL (``sqlite:///file``
+    for gateways on one host, ``postgresql://...`` for several) where the gateways of a
+    share group keep every window whole, so none accepts a number another accepted; when
+    set, ``replay_store`` is not used.
     """
 
     required: bool = True
@@ -100,6 +103,7 @@ class CryptoSettings:
     rescan_interval: float = 5.0
     max_ahead: float = 60.0
     replay_store: Path | None = Path("state/replay-windows.db")
+    replay_shared: str = field(default="", repr=False)  # may hold a password; EC_CRYPTO__REPLAY_SHARED
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,6 +121,8 @@ class CryptoSettings:
             problems.append("crypto.rescan_interval must be >= 0")
         if not 0 < self.max_ahead <= 86400:
             problems.append("crypto.max_ahead must be in (0, 86400] seconds")
+        if self.replay_shared and not self.replay_shared.startswith(("sqlite:///", "postgresql")):
+            problems.append("crypto.replay_shared must be an sqlite:/// or postgresql:// URL (or empty)")
         if problems:
             raise ConfigError(problems)
 

@@ -13,7 +13,9 @@ but falls outside the device's window (already seen, too old, or further ahead t
 and the refusal carries, as its ``answer``, an ERROR reply sealed for the device that says
 where its numbers may continue (:mod:`edgecascade.device_sdk.wire.sequence`): a device is
 never locked out by its window, and no number is ever accepted twice. With a
-:class:`~.replay_store.ReplayStore` the windows survive a restart.
+:class:`~.replay_store.ReplayStore` the windows survive a restart; with a
+:class:`~.shared_replay.SharedReplayStore` they are shared by a share group of gateways,
+and the numbers of a micro-batch are judged in one transaction (:meth:`GatewayCrypto.open_requests`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -41,8 +43,8 @@ from edgecascade.device_sdk.wire.crypto import (
     seal_envelope,
 )
 from edgecascade.device_sdk.wire.sequence import resync_message
-from edgecascade.edge_gateway.replay import WINDOW, ReplayWindow
-from edgecascade.edge_gateway.replay_store import ReplayStore
+from edgecascade.edge_gateway.replay import WINDOW, Refusal, ReplayWindows
+from edgecascade.edge_gateway.replay_store import LocalWindows, ReplayStore
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,10 @@ class GatewayCrypto:
     """The gateway's opening of requests (with replay windows) and sealing of replies.
 
     ``max_ahead``: seconds a sequence number may run ahead of ``clock`` (devices number in
-    µs of their clock); ``store``: where windows' high-water marks survive a restart.
+    µs of their clock). ``windows``: where the replay windows are kept; by default in this
+    process, ``window`` numbers wide, their high-water marks in ``store`` (if given) so
+    they survive a restart (:class:`~.replay_store.LocalWindows`), or a
+    :class:`~.shared_replay.SharedReplayStore` that a share group of gateways shares.
     """
 
     def __init__(
@@ -146,17 +151,15 @@ class GatewayCrypto:
         window: int = WINDOW,
         max_ahead: float = MAX_AHEAD,
         store: ReplayStore | None = None,
+        windows: ReplayWindows | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.keyring = keyring
         self.required = required
         self.window = window
         self.max_ahead = max_ahead
-        self.store = store
+        self.windows = windows if windows is not None else LocalWindows(window, store)
         self._clock = clock
-        self._windows: dict[str, ReplayWindow] = {}
-        self._marks: dict[str, int] = {}  # per device: numbers up to here are reserved in the store
-        self._lock = threading.Lock()
 
     def open_request(self, envelope: wire.Envelope) -> tuple[wire.Envelope, int | None]:
         """The plain envelope of a request and the key id it used (None if it came plaintext).
@@ -164,28 +167,51 @@ class GatewayCrypto:
         Raises a :class:`~edgecascade.device_sdk.errors.CryptoError` for a plaintext request
         when encryption is required, an unknown key, a forged or altered message, or a
         sequence number outside the device's window (a ReplayError whose ``answer`` is the
-        sealed refusal to send back); a StorageError if the replay store cannot be written.
+        sealed refusal to send back); a StorageError if the replay windows cannot be kept.
         """
-        header = envelope.header
-        if not header.flags & wire.FLAG_ENCRYPTED:
-            if self.required:
-                raise NotEncryptedError(
-                    f"unencrypted request from {header.device_id!r}: encryption is required"
-                )
-            return envelope, None
-        key_id = key_id_of(envelope)
-        keys = self.keyring.get(header.device_id, key_id)
-        plain = open_sealed(envelope, keys.to_gateway)  # only an authentic message is judged or answered
-        refused = self._accept(header.device_id, header.seq)
-        if refused is not None:
-            error, next_seq, limit = refused
-            refusal = wire.Envelope(
-                plain.header.reply(wire.MessageType.ERROR),
-                wire.encode_error(wire.ErrorCode.UNAUTHORIZED, resync_message(next_seq, limit, str(error))),
-            )
-            error.answer = seal_envelope(refusal, keys.to_device, key_id)
-            raise error
-        return plain, key_id
+        (opened,) = self.open_requests([envelope])
+        if isinstance(opened, Exception):
+            raise opened
+        return opened
+
+    def open_requests(
+        self, envelopes: Sequence[wire.Envelope]
+    ) -> list[tuple[wire.Envelope, int | None] | Exception]:
+        """:meth:`open_request` for a micro-batch: per envelope, what it returns or what it raises.
+
+        Every envelope is authenticated first; the sequence numbers of those that did are
+        then judged together (one transaction of a shared store), each on its own.
+        """
+        out: dict[int, tuple[wire.Envelope, int | None] | Exception] = {}
+        authentic: list[tuple[int, wire.Envelope, int, PairKeys]] = []
+        for i, envelope in enumerate(envelopes):
+            try:
+                header = envelope.header
+                if not header.flags & wire.FLAG_ENCRYPTED:
+                    if self.required:
+                        raise NotEncryptedError(
+                            f"unencrypted request from {header.device_id!r}: encryption is required"
+                        )
+                    out[i] = (envelope, None)
+                    continue
+                key_id = key_id_of(envelope)
+                keys = self.keyring.get(header.device_id, key_id)
+                plain = open_sealed(envelope, keys.to_gateway)  # only an authentic message is judged
+                authentic.append((i, plain, key_id, keys))
+            except Exception as exc:  # this envelope fails alone
+                out[i] = exc
+        if authentic:
+            now = int(self._clock() * 1_000_000)
+            numbers = [(plain.header.device_id, plain.header.seq) for _, plain, _, _ in authentic]
+            verdicts = self.windows.accept_many(numbers, now, int(self.max_ahead * 1_000_000))
+            for (i, plain, key_id, keys), verdict in zip(authentic, verdicts, strict=True):
+                if verdict is None:
+                    out[i] = (plain, key_id)
+                elif isinstance(verdict, Refusal):
+                    out[i] = _sealed_refusal(plain, keys, key_id, verdict)
+                else:
+                    out[i] = verdict
+        return [out[i] for i in range(len(envelopes))]
 
     def seal_reply(self, reply: wire.Envelope, key_id: int) -> bytes:
         """Encrypt a reply envelope to its device under ``key_id`` (the request's)."""
@@ -193,40 +219,20 @@ class GatewayCrypto:
         return seal(reply, keys.to_device, key_id)
 
     def close(self) -> None:
-        """Close the replay store, if any."""
-        if self.store is not None:
-            self.store.close()
+        """Close where the replay windows are kept."""
+        self.windows.close()
 
-    def _accept(self, device_id: str, seq: int) -> tuple[ReplayError, int, int] | None:
-        """Record ``seq`` in the device's window (reserved in the store first); None if accepted.
 
-        A refusal leaves the window as it was and says where the device may continue: every
-        number from ``next_seq`` (the window's, or the clock's for a window still empty) up
-        to ``limit``.
-        """
-        with self._lock:
-            window = self._window(device_id)
-            now = int(self._clock() * 1_000_000)
-            limit = window.limit(now, int(self.max_ahead * 1_000_000))
-            try:
-                window.check(seq, limit)
-            except ReplayError as exc:
-                next_seq = window.next_seq
-                return exc, now if next_seq is None else next_seq, limit
-            if self.store is not None and seq > self._marks.get(device_id, -1):
-                self._marks[device_id] = self.store.reserve_above(device_id, seq)
-            window.accept(seq, limit)
-            return None
-
-    def _window(self, device_id: str) -> ReplayWindow:
-        """The device's window; after a restart it starts at the store's mark."""
-        window = self._windows.get(device_id)
-        if window is None:
-            floor = self.store.mark(device_id) if self.store is not None else None
-            window = self._windows[device_id] = ReplayWindow(self.window, floor)
-            if floor is not None:
-                self._marks[device_id] = floor
-        return window
+def _sealed_refusal(plain: wire.Envelope, keys: PairKeys, key_id: int, refusal: Refusal) -> ReplayError:
+    """The window's refusal, its ``answer`` the ERROR reply sealed for the device: where to continue."""
+    reply = wire.Envelope(
+        plain.header.reply(wire.MessageType.ERROR),
+        wire.encode_error(
+            wire.ErrorCode.UNAUTHORIZED, resync_message(refusal.next_seq, refusal.limit, str(refusal.error))
+        ),
+    )
+    refusal.error.answer = seal_envelope(reply, keys.to_device, key_id)
+    return refusal.error
 
 
 def load_gateway_crypto(
@@ -239,10 +245,13 @@ def load_gateway_crypto(
     rescan_interval: float = 5.0,
     max_ahead: float = MAX_AHEAD,
     replay_store: str | Path | None = None,
+    replay_shared: str = "",
 ) -> GatewayCrypto:
     """The gateway's crypto from its private key file and a directory of device public keys.
 
-    With ``replay_store`` (an SQLite file, made if missing) the replay windows survive a restart.
+    With ``replay_shared`` (a database URL) the replay windows are the share group's, kept
+    whole there (``replay_store`` is then not used); else with ``replay_store`` (an SQLite
+    file, made if missing) this gateway's windows survive a restart.
     """
     keyring = GatewayKeyring(
         load_x25519_private(Path(private_key)),
@@ -251,5 +260,11 @@ def load_gateway_crypto(
         rescan_interval=rescan_interval,
     )
     logger.info("loaded %d device keys from %s", len(keyring), device_keys)
+    if replay_shared:
+        from edgecascade.edge_gateway.shared_replay import SharedReplayStore  # SQLAlchemy: only when shared
+
+        shared = SharedReplayStore(replay_shared, window)
+        logger.info("replay windows shared in %s", shared.url)
+        return GatewayCrypto(keyring, required=required, window=window, max_ahead=max_ahead, windows=shared)
     store = ReplayStore(replay_store) if replay_store is not None else None
     return GatewayCrypto(keyring, required=required, window=window, max_ahead=max_ahead, store=store)

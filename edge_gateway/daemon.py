@@ -80,6 +80,7 @@ def gateway_crypto(settings: CryptoSettings) -> GatewayCrypto | None:
         rescan_interval=settings.rescan_interval,
         max_ahead=settings.max_ahead,
         replay_store=settings.replay_store,
+        replay_shared=settings.replay_shared,
     )
 
 

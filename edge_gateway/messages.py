@@ -2,9 +2,10 @@
 
 Inference requests and hard-example uploads arrive alike: an envelope on a device's own
 topic (the broker vouches for the device id in the topic), encrypted end to end unless the
-``[crypto]`` settings allow plaintext. :func:`open_message` parses the payload once,
-refuses an envelope naming another device than its topic, and decrypts it (checking the
-device's replay window); the :class:`Opened` message travels on as an object.
+``[crypto]`` settings allow plaintext. :func:`read` parses the payload once and
+refuses an envelope naming another device than its topic; :func:`open_message` decrypts it
+(checking the device's replay window), :func:`open_messages` a micro-batch of them (their
+windows judged together); the :class:`Opened` message travels on as an object.
 :func:`seal_reply` serialises a reply once, encrypted under the key id the request used,
 and :func:`refusal` addresses an error reply even to a message that could not be read. A
 message that authenticated but whose sequence number the device's window refuses is
@@ -14,6 +15,7 @@ may continue); every other refusal is plain and carries nothing secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgecascade.device_sdk import wire
@@ -56,6 +58,21 @@ def open_message(crypto: GatewayCrypto | None, envelope: wire.Envelope) -> Opene
     if crypto is None:
         return Opened(envelope)
     return Opened(*crypto.open_request(envelope))
+
+
+def open_messages(
+    crypto: GatewayCrypto | None, envelopes: Sequence[wire.Envelope]
+) -> list[Opened | Exception]:
+    """:func:`open_message` for a micro-batch, each on its own: its Opened, or what it raised.
+
+    The replay windows judge the batch's numbers together (one transaction of a shared store).
+    """
+    if crypto is None:
+        return [Opened(envelope) for envelope in envelopes]
+    return [
+        opened if isinstance(opened, Exception) else Opened(*opened)
+        for opened in crypto.open_requests(envelopes)
+    ]
 
 
 def seal_reply(crypto: GatewayCrypto | None, reply: wire.Envelope, key_id: int | None) -> bytes:

@@ -10,16 +10,43 @@ gateway's clock (devices number with their clock in µs), and never less than ``
 its newest number, so a device that resynchronised to it always has room.
 
 A window restored after a restart starts at a ``floor``: every number up to it counts as
-too old (the gateway accepted some of them before and no longer knows which).
-:class:`~.crypto.GatewayCrypto` keeps one window per device and only records numbers of
-messages that authenticated.
+too old (the gateway accepted some of them before and no longer knows which); a window
+kept whole in a shared store comes back exactly (:meth:`ReplayWindow.restore`).
+:func:`judge` is one decision: accept a number or say where the sender may continue.
+
+Where the windows live is a :class:`ReplayWindows`: in this process, with high-water marks
+that survive a restart (:class:`~.replay_store.LocalWindows`), or in a database that every
+gateway of a share group uses (:class:`~.shared_replay.SharedReplayStore`).
+:class:`~.crypto.GatewayCrypto` only records numbers of messages that authenticated.
 """
 
 from __future__ import annotations
 
-from edgecascade.device_sdk.errors import ReplayError, SequenceTooFarAheadError, SequenceTooOldError
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgecascade.device_sdk.errors import (
+    ReplayError,
+    SequenceTooFarAheadError,
+    SequenceTooOldError,
+    StorageError,
+)
 
 WINDOW = 64
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A number the window refused, and where the sender's numbers may continue."""
+
+    error: ReplayError
+    next_seq: int  # the lowest number accepted for sure
+    limit: int  # the highest number accepted now
+
+
+#: per number judged: None (accepted), a Refusal, or the StorageError that kept it from being judged
+Verdict = Refusal | StorageError | None
 
 
 class ReplayWindow:
@@ -37,6 +64,19 @@ class ReplayWindow:
         self.floor = floor
         self.highest: int | None = floor
         self._bits = 0
+
+    @classmethod
+    def restore(cls, size: int, highest: int | None, bits: int) -> ReplayWindow:
+        """A window exactly as :attr:`state` gave it (no floor: every number it accepted is in it)."""
+        window = cls(size)
+        window.highest = highest
+        window._bits = bits & ((1 << size) - 1) if highest is not None else 0
+        return window
+
+    @property
+    def state(self) -> tuple[int | None, int]:
+        """The newest number accepted and the bitmap below it: what a shared store keeps."""
+        return self.highest, self._bits
 
     @property
     def next_seq(self) -> int | None:
@@ -82,3 +122,33 @@ class ReplayWindow:
             self.highest = seq
         else:
             self._bits |= 1 << (self.highest - seq)
+
+
+def judge(window: ReplayWindow, seq: int, now: int, ahead: int) -> Refusal | None:
+    """Accept ``seq`` into ``window`` at gateway time ``now`` (µs), or say why not and where to go on.
+
+    A refusal leaves the window as it was; it tells the sender every number from
+    ``next_seq`` (the window's, or the clock's for a window still empty) up to ``limit``.
+    """
+    limit = window.limit(now, ahead)
+    try:
+        window.accept(seq, limit)
+    except ReplayError as exc:
+        next_seq = window.next_seq
+        return Refusal(exc, now if next_seq is None else next_seq, limit)
+    return None
+
+
+class ReplayWindows(ABC):
+    """Every device's replay window, wherever it is kept; thread-safe.
+
+    :meth:`accept_many` judges the numbers of one micro-batch together (one transaction
+    for a shared store), each on its own: one refused number never affects another.
+    """
+
+    @abstractmethod
+    def accept_many(self, numbers: Sequence[tuple[str, int]], now: int, ahead: int) -> list[Verdict]:
+        """Judge each ``(device id, sequence number)`` in order at gateway time ``now`` (µs)."""
+
+    def close(self) -> None:  # noqa: B027 (optional: windows in memory hold nothing)
+        """Release what the windows are kept in."""

@@ -9,18 +9,20 @@ starts at its mark (:class:`~.replay.ReplayWindow` ``floor``): everything the ga
 accepted before is refused as too old, so a captured request cannot be played again, and
 a device whose numbers were below the mark resynchronises above it once.
 
-The file is this gateway's own: the gateways of a share group on other hosts keep their
-own windows (see the security docs). SQLite errors surface as
-:class:`~edgecascade.device_sdk.errors.StorageError`.
+:class:`LocalWindows` keeps the windows in this process (marks in a store, if given). They
+are this gateway's own: for windows shared by a share group see :mod:`.shared_replay`.
+SQLite errors surface as :class:`~edgecascade.device_sdk.errors.StorageError`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgecascade.device_sdk.errors import StorageError
+from edgecascade.device_sdk.errors import ReplayError, StorageError
+from edgecascade.edge_gateway.replay import WINDOW, ReplayWindow, ReplayWindows, Verdict, judge
 
 SCHEMA_VERSION = 1
 RESERVE = 4096  # numbers reserved past the one being accepted: one write per this many requests
@@ -109,3 +111,49 @@ class ReplayStore:
         if self._db is None:
             raise StorageError(f"replay store {self.path} is closed")
         return self._db
+
+
+class LocalWindows(ReplayWindows):
+    """Windows in this process' memory; with a ``store``, each reserved in it before it moves up."""
+
+    def __init__(self, window: int = WINDOW, store: ReplayStore | None = None) -> None:
+        self.window = window
+        self.store = store
+        self._windows: dict[str, ReplayWindow] = {}
+        self._marks: dict[str, int] = {}  # per device: numbers up to here are reserved in the store
+        self._lock = threading.Lock()
+
+    def accept_many(self, numbers: Sequence[tuple[str, int]], now: int, ahead: int) -> list[Verdict]:
+        """Judge each number; a mark that cannot be stored refuses that number alone."""
+        verdicts: list[Verdict] = []
+        with self._lock:
+            for device_id, seq in numbers:
+                try:
+                    verdicts.append(self._accept(device_id, seq, now, ahead))
+                except StorageError as exc:
+                    verdicts.append(exc)
+        return verdicts
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _accept(self, device_id: str, seq: int, now: int, ahead: int) -> Verdict:
+        window = self._window(device_id)
+        try:
+            window.check(seq, window.limit(now, ahead))
+        except ReplayError:
+            return judge(window, seq, now, ahead)  # refuses it too, and says where to go on
+        if self.store is not None and seq > self._marks.get(device_id, -1):
+            self._marks[device_id] = self.store.reserve_above(device_id, seq)  # durable before accepted
+        return judge(window, seq, now, ahead)
+
+    def _window(self, device_id: str) -> ReplayWindow:
+        """The device's window; after a restart it starts at the store's mark."""
+        window = self._windows.get(device_id)
+        if window is None:
+            floor = self.store.mark(device_id) if self.store is not None else None
+            window = self._windows[device_id] = ReplayWindow(self.window, floor)
+            if floor is not None:
+                self._marks[device_id] = floor
+        return window

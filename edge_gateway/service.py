@@ -9,9 +9,10 @@ is what the in-memory transport uses in tests.
 
 Each request's envelope is parsed once (:mod:`.messages`); with a
 :class:`~.crypto.GatewayCrypto` it is decrypted (and checked against the device's replay
-window) before anything else reads it, and every reply to a decrypted request is sealed
-under the key id that request used. A request that fails those checks is counted as
-``rejected_<reason>`` and answered, if at all, with a plain error that carries nothing secret.
+window, a micro-batch's numbers together) before anything else reads it, and every reply
+to a decrypted request is sealed under the key id that request used. A request that fails
+those checks is counted as ``rejected_<reason>`` and answered, if at all, with a plain
+error that carries nothing secret.
 
 The model is hot-swappable (:meth:`GatewayService.swap`): each request is served by the
 model of the version its envelope names, the current one or the one it replaced while
@@ -46,7 +47,7 @@ from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.device_sdk.wire import codec
 from edgecascade.edge_gateway.cloud_link import CloudLink
 from edgecascade.edge_gateway.crypto import GatewayCrypto
-from edgecascade.edge_gateway.messages import Message, Opened, open_message, read, refusal, seal_reply
+from edgecascade.edge_gateway.messages import Message, Opened, open_messages, read, refusal, seal_reply
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +100,26 @@ class GatewayService(ServesModels):
         """
         out: list[bytes | Forward | None] = [None] * len(messages)
         groups: dict[int, tuple[TierModel, list[tuple[int, Opened, np.ndarray]]]] = {}
+        started = time.perf_counter()  # each request's decode waits for the batch's replay check
+        envelopes: dict[int, wire.Envelope] = {}
         for i, message in enumerate(messages):
             self.counters.add("requests")
             self.counters.add("bytes_in", len(message.payload))
-            started = time.perf_counter()
-            envelope: wire.Envelope | None = None
+            try:
+                envelopes[i] = read(message)
+            except Exception as exc:  # this request fails alone
+                out[i] = self._reject(message, None, None, exc)
+        try:
+            opened = open_messages(self.crypto, list(envelopes.values()))  # windows judged together
+        except Exception as exc:  # a bug there: each request of the batch is answered with it
+            opened = [exc] * len(envelopes)
+        for (i, envelope), result in zip(envelopes.items(), opened, strict=True):
+            message = messages[i]
             request: Opened | None = None
             try:
-                envelope = read(message)
-                request = open_message(self.crypto, envelope)
+                if isinstance(result, Exception):
+                    raise result
+                request = result
                 model = self.models.get(request.header.model_version)
                 if model is None:
                     raise serving.unknown_version(request.header.model_version, self.models.versions())

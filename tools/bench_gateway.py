@@ -15,7 +15,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -29,7 +29,11 @@ from edgecascade.device_sdk.wire.crypto import DeviceCrypto, device_pair_keys
 from edgecascade.edge_gateway.cloud_link import CloudLink
 from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring
 from edgecascade.edge_gateway.messages import Message
+from edgecascade.edge_gateway.replay import ReplayWindows
 from edgecascade.edge_gateway.service import Forward, GatewayService
+
+if TYPE_CHECKING:
+    from edgecascade.edge_gateway.shared_replay import SharedReplayStore
 
 DEVICE = "bench-device"
 
@@ -47,7 +51,9 @@ class EchoCloud(CloudLink):
         return wire.envelope_to_bytes(wire.Envelope(header.reply(wire.MessageType.RESULT), self._body))
 
 
-def sealed_requests(bundle: Bundle, images: np.ndarray) -> tuple[GatewayCrypto, Callable[[], list[Message]]]:
+def sealed_requests(
+    bundle: Bundle, images: np.ndarray, windows: ReplayWindows | None = None
+) -> tuple[GatewayCrypto, Callable[[], list[Message]]]:
     """A gateway's crypto, and the images as one device sends them to it (features, sealed).
 
     Each call of the function seals them again with fresh sequence numbers: the gateway
@@ -68,14 +74,28 @@ def sealed_requests(bundle: Bundle, images: np.ndarray) -> tuple[GatewayCrypto, 
         header = functools.partial(wire.Header, wire.MessageType.INFER_REQUEST, DEVICE, version)
         return [Message(device.seal(wire.Envelope(header(next(seq)), body)), DEVICE) for body in bodies]
 
-    return GatewayCrypto(keyring, window=1024), requests
+    return GatewayCrypto(keyring, window=1024, windows=windows), requests
 
 
 def bench_gateway(
-    bundle: Bundle, images: np.ndarray, *, batch: int = 32, runs: int = 5, cache: bool = False
+    bundle: Bundle,
+    images: np.ndarray,
+    *,
+    batch: int = 32,
+    runs: int = 5,
+    cache: bool = False,
+    replay_shared: str = "",
 ) -> dict[str, Any]:
-    """Median µs per request over ``runs`` passes of every image through the gateway's request path."""
-    crypto, requests = sealed_requests(bundle, images)
+    """Median µs per request over ``runs`` passes of every image through the gateway's request path.
+
+    With ``replay_shared`` (a database URL) the replay windows are kept there, as a share group's.
+    """
+    windows: SharedReplayStore | None = None
+    if replay_shared:
+        from edgecascade.edge_gateway.shared_replay import SharedReplayStore  # SQLAlchemy: only here
+
+        windows = SharedReplayStore(replay_shared, 1024)
+    crypto, requests = sealed_requests(bundle, images, windows)
     service = GatewayService(
         bundle,
         EchoCloud(len(bundle.manifest.classes)),
@@ -99,6 +119,7 @@ def bench_gateway(
         replies = serve(messages)
         per_request.append((time.perf_counter() - started) / len(messages) * 1e6)
         assert replies == len(messages), "every request is answered"
+    crypto.close()
     counters = dict(service.counters)
     served = counters.get("requests", 0)
     return {
@@ -106,6 +127,7 @@ def bench_gateway(
         "batch": batch,
         "runs": runs,
         "cache": cache,
+        "replay": windows.url if windows is not None else "memory",
         "us_per_request": round(statistics.median(per_request), 1),
         "us_per_request_runs": [round(us, 1) for us in per_request],
         "share": {
@@ -125,7 +147,8 @@ def format_gateway_report(report: dict[str, Any]) -> str:
         [
             f"gateway request path: {report['us_per_request']:.1f} µs per request "
             f"(median of {report['runs']} runs of {report['n']}: {runs}), "
-            f"micro-batches of {report['batch']}, cache {'on' if report['cache'] else 'off'}",
+            f"micro-batches of {report['batch']}, cache {'on' if report['cache'] else 'off'}, "
+            f"replay windows in {report.get('replay', 'memory')}",
             f"answered: {share}; {report['bytes_in_per_request']:.0f} bytes in per request",
         ]
     )
@@ -138,9 +161,21 @@ def _run(args: Any) -> int:
 
     images = load_fashion_mnist().x_test[: args.n]
     report = bench_gateway(
-        load_bundle(args.model), images, batch=args.batch, runs=args.runs, cache=args.cache
+        load_bundle(args.model),
+        images,
+        batch=args.batch,
+        runs=args.runs,
+        cache=args.cache,
+        replay_shared=args.replay_shared,
     )
-    print_report(format_gateway_report(report), report, args.report)
+    text = format_gateway_report(report)
+    if args.replay_shared:  # and the replay check alone: local windows against the shared store
+        from edgecascade.edge_gateway.shared_replay import SharedReplayStore
+        from edgecascade.tools.bench_replay import bench_replay, format_replay_report
+
+        report["replay_check"] = bench_replay({"shared": lambda: SharedReplayStore(args.replay_shared, 1024)})
+        text += "\n" + format_replay_report(report["replay_check"])
+    print_report(text, report, args.report)
     return 0
 
 
@@ -153,4 +188,10 @@ def register(bench: Any, default_model: str) -> None:
     p.add_argument("--runs", type=int, default=5, help="timed runs, the median reported (%(default)s)")
     p.add_argument("--batch", type=int, default=32, help="micro-batch size, as the daemon's max_batch")
     p.add_argument("--cache", action="store_true", help="with the gateway cache")
+    p.add_argument(
+        "--replay-shared",
+        default="",
+        metavar="URL",
+        help="keep the replay windows in this database (sqlite:///file or postgresql://...)",
+    )
     p.set_defaults(func=_run)
