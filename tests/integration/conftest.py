@@ -132,7 +132,9 @@ def gateway_config(
             private_key=pki.gateway_x25519_key,
             device_keys=pki.device_keys,
             rescan_interval=0,
-            replay_store=broker.workdir / "replay-windows.db",  # shared by this broker's gateways
+            # one file per gateway name: a restarted gateway finds its marks, and gateways that
+            # all receive a request (tests subscribe some unshared) do not refuse each other's numbers
+            replay_store=broker.workdir / f"replay-{settings.get('gateway_id', 'gateway')}.db",
         ),
         metrics=MetricsSettings(port=0),  # several gateways run at once; the tests that scrape choose a port
     )
