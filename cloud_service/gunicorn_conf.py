@@ -17,8 +17,9 @@ Why these values:
   ``retrain.stale_seconds`` reaper and skip ``retrain.auto_promote``.
 * gunicorn sets ``TCP_NODELAY`` on its listening socket, which accepted connections
   inherit on Linux: a response is not held back by Nagle's algorithm waiting for the
-  client's delayed ACK (the Werkzeug development server does not, and pays ~13 ms per
-  HTTPS round trip for it; see ``edgecascade bench cloud``).
+  client's delayed ACK (about 13 ms per HTTPS round trip; see ``edgecascade bench cloud``).
+* Keep-alive: the Werkzeug development server closes the connection after every response,
+  so each request pays a new TLS handshake; gunicorn keeps a gateway's connection open.
 * SIGTERM is a graceful stop: workers finish in-flight requests (``graceful_timeout``),
   then gunicorn exits 0. A running retraining job is a process of its own and goes on.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from edgecascade.device_sdk.cache import load_embedder
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.model.bundle import load_bundle
-from edgecascade.tools import bench_cloud, bench_gateway, bench_metrics, cache_cli
+from edgecascade.tools import bench_cloud, bench_gateway, bench_load, bench_metrics, cache_cli
 
 
 def _bench_accuracy(args: argparse.Namespace) -> int:
@@ -137,6 +137,7 @@ def register(
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench_drift)
     bench_gateway.register(bench, default_model)
+    bench_load.register(bench, default_model)
     bench_cloud.register(bench, default_model)
     bench_metrics.register(bench, default_model)
     return bench

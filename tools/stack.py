@@ -1,8 +1,8 @@
 """The whole stack on this machine: Mosquitto, the cloud service and the gateway daemon.
 
-Each runs as its own process, started exactly as an operator would start it
-(``python -m edgecascade.cloud_service``, ``python -m edgecascade.edge_gateway``) with settings passed through
-``EC_…`` environment variables, and stopped with SIGTERM so their shutdown paths run.
+Each runs as its own process, started exactly as an operator would start it (the cloud on
+gunicorn, ``python -m edgecascade.edge_gateway``) with settings passed through ``EC_…``
+environment variables, and stopped with SIGTERM so their shutdown paths run.
 The stack makes its own site PKI (:mod:`edgecascade.tools.certs`) in ``workdir/pki``: the broker only
 has a TLS listener with client certificates, the cloud API is HTTPS (with the broker's
 server certificate, which names 127.0.0.1), the gateway requires encrypted payloads, and
@@ -29,6 +29,15 @@ from edgecascade.tools.broker import Mosquitto, free_port, wait_for_port
 from edgecascade.tools.certs import init_pki, issue_device
 
 logger = logging.getLogger(__name__)
+
+#: the cloud, served the way production serves it (docs: Running the cloud in production)
+GUNICORN = [
+    "-m",
+    "gunicorn",
+    "-c",
+    "python:edgecascade.cloud_service.gunicorn_conf",
+    "edgecascade.cloud_service.wsgi:create_app()",
+]
 
 
 class LocalStack:
@@ -73,7 +82,7 @@ class LocalStack:
             gateway_token = tokens.create("gateway", "gateway")[0]
             cloud = self._spawn(
                 "cloud",
-                "edgecascade.cloud_service",
+                GUNICORN,  # as in production: the development server closes every connection
                 {
                     "EC_CLOUD__BUNDLE": str(self.bundle),
                     "EC_CLOUD__PORT": str(self.cloud_port),
@@ -88,7 +97,7 @@ class LocalStack:
             wait_for_port("127.0.0.1", self.cloud_port, timeout, cloud)
             gateway = self._spawn(
                 "gateway",
-                "edgecascade.edge_gateway",
+                ["-m", "edgecascade.edge_gateway"],
                 {
                     "EC_GATEWAY__BUNDLE": str(self.bundle),
                     "EC_GATEWAY__CLOUD_URL": self.cloud_url,
@@ -138,13 +147,13 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start a daemon in ``workdir/<name>``, where its default ``state/`` paths then land."""
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / f"{name}.log", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module],
+                [sys.executable, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env},
