@@ -4,10 +4,10 @@ The device's I/O shell around the tier core (:mod:`edgecascade.device_sdk.core.t
 the core decides each input (exit, device cache, or ask the gateway); the client sends what
 must travel, learns the answers that come back, and keeps hard examples.
 
-The client never lets a link failure reach the application: a timeout, an error reply or
-an unreadable reply becomes the device's own answer flagged ``degraded``. Bad input from
-the application itself (wrong shape, NaN) is the application's error and is raised as
-:class:`~edgecascade.device_sdk.errors.TensorSpecError`. With ``crypto`` (a
+The client never lets a link failure reach the application: a timeout (after one retry
+at ``retry_after`` s when set, for sites of several gateways), an error reply or an
+unreadable reply becomes the device's own answer flagged ``degraded``. Bad input (wrong
+shape, NaN) is the application's error: :class:`~.errors.TensorSpecError`. With ``crypto`` (a
 :class:`~.wire.crypto.DeviceCrypto`) requests are encrypted end to end and only replies
 that decrypt under the device's keys are believed. With an ``outbox`` (a
 :class:`~.learning.outbox.Outbox`), the inputs a
@@ -91,6 +91,7 @@ class DeviceClient(ServesModels):
         *,
         policy: ExitPolicy | None = None,
         timeout: float = 2.0,
+        retry_after: float | None = None,
         num_threads: int = 1,
         cache: NeuralCache | None = None,
         crypto: DeviceCrypto | None = None,
@@ -108,7 +109,7 @@ class DeviceClient(ServesModels):
             )
         self.device_id = device_id
         self.transport = transport
-        self.timeout = timeout
+        self.timeout, self.retry_after = timeout, retry_after  # None: never sent twice
         self.crypto = crypto
         self.outbox = outbox
         self.selector = selector or HardExampleSelector.default()
@@ -309,16 +310,15 @@ class DeviceClient(ServesModels):
         None instead (the caller asks again with the previous model).
         """
         assert self.transport is not None
-        sender = Sender(
-            self.transport, self.crypto, self.device_id, self.next_seq, self.timeout, resync=self._resync
-        )
+        link = self.transport, self.crypto, self.device_id, self.next_seq, self.timeout
+        sender = Sender(*link, resync=self._resync, retry_after=self.retry_after)
         features = [_cut_features(d) for d in decisions]
         outcomes = exchange(sender, model.version, model.spec.encoding, len(model.manifest.classes), features)
         predictions: list[Prediction | None] = []
         for decision, outcome in zip(decisions, outcomes, strict=True):
             latency = device_ms + outcome.elapsed_ms
-            if outcome.resent:
-                self.counters.add("resent_after_resync")
+            for event in outcome.events:  # resent after a resync, retried after retry_after
+                self.counters.add(event)
             if outcome.result is None:
                 error = outcome.error
                 stale = isinstance(error, RemoteError) and error.code == wire.ErrorCode.UNKNOWN_MODEL_VERSION

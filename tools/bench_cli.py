@@ -8,7 +8,15 @@ from pathlib import Path
 from edgecascade.device_sdk.cache import load_embedder
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.model.bundle import load_bundle
-from edgecascade.tools import bench_cloud, bench_gateway, bench_load, bench_metrics, cache_cli
+from edgecascade.tools import (
+    bench_cloud,
+    bench_gateway,
+    bench_load,
+    bench_metrics,
+    bench_scaleout,
+    bench_soak,
+    cache_cli,
+)
 
 
 def _bench_accuracy(args: argparse.Namespace) -> int:
@@ -140,4 +148,6 @@ def register(
     bench_load.register(bench, default_model)
     bench_cloud.register(bench, default_model)
     bench_metrics.register(bench, default_model)
+    bench_scaleout.register(bench, default_model)
+    bench_soak.register(bench, default_model)
     return bench

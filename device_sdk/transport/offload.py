@@ -10,14 +10,19 @@ A request whose sequence number the gateway refused comes back as a sealed
 :class:`~edgecascade.device_sdk.errors.OutOfWindowError` that says where the device's numbers
 may continue: :func:`exchange` moves the sender's counter there (``Sender.resync``) and
 sends that request once more, with a new number (:mod:`edgecascade.device_sdk.wire.sequence`).
+
+A request still unanswered ``Sender.retry_after`` seconds after it left is sent once more,
+sealed again under a fresh sequence number and request id: gateways share the devices'
+requests (one MQTT share group), so the second copy may reach a gateway that is alive when
+the first one's went down with it. The first reply to either copy wins; the input is a
+failure only if neither is answered within the timeout.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +50,12 @@ class Outcome:
     bytes_sent: int  # 0 when nothing left the device
     elapsed_ms: float  # from submission to the reply or the failure
     resent: bool = False  # sent twice: the first number was refused and the counter resynchronised
+    retried: bool = False  # sent twice: no reply came within the sender's retry_after
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The client counters this outcome adds to, besides its answer."""
+        return ("resent_after_resync",) * self.resent + ("retries",) * self.retried
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,12 @@ class Sender:
     next_seq: Callable[[], int]
     timeout: float
     resync: Callable[[int, int, int], object] | None = None  # (next_seq, limit, refused number)
+    retry_after: float | None = None  # seconds; None, or not below the timeout: never sent twice
+
+    @property
+    def retries(self) -> bool:
+        """Whether an unanswered request is sent once more before the timeout."""
+        return self.retry_after is not None and 0 < self.retry_after < self.timeout
 
 
 def exchange(
@@ -84,46 +101,74 @@ def exchange(
             first.bytes_sent + second.bytes_sent,
             first.elapsed_ms + second.elapsed_ms,
             resent=True,
+            retried=first.retried or second.retried,
         )
     return outcomes
+
+
+@dataclass(frozen=True)
+class _Try:
+    """One copy of a request on its way: its header, size, when it left, its reply to come."""
+
+    header: wire.Header
+    size: int  # 0 when it never left
+    submitted: float  # perf_counter
+    future: Future[bytes] | EdgeCascadeError
+
+
+def _submit(sender: Sender, version: int, encoding: str, tensor: np.ndarray) -> _Try:
+    """Seal one request under the next sequence number and hand it to the transport."""
+    header = wire.Header(wire.MessageType.INFER_REQUEST, sender.device_id, version, sender.next_seq())
+    envelope = wire.Envelope(header, codec.encode_features(tensor, encoding))
+    request = sender.crypto.seal(envelope) if sender.crypto is not None else wire.envelope_to_bytes(envelope)
+    submitted = time.perf_counter()
+    try:
+        future: Future[bytes] | EdgeCascadeError = sender.transport.submit(request, header.request_id)
+    except TransportError as exc:
+        future = exc
+    return _Try(header, 0 if isinstance(future, EdgeCascadeError) else len(request), submitted, future)
 
 
 def _exchange(
     sender: Sender, version: int, encoding: str, classes: int, features: list[np.ndarray]
 ) -> list[Outcome]:
-    """One round: submit every request, then collect every reply within the sender's timeout."""
-    sent: list[tuple[wire.Header, int, float, Future[bytes] | EdgeCascadeError]] = []
-    for tensor in features:
-        header = wire.Header(wire.MessageType.INFER_REQUEST, sender.device_id, version, sender.next_seq())
-        envelope = wire.Envelope(header, codec.encode_features(tensor, encoding))
-        request = (
-            sender.crypto.seal(envelope) if sender.crypto is not None else wire.envelope_to_bytes(envelope)
-        )
-        submitted = time.perf_counter()
-        try:
-            future: Future[bytes] | EdgeCascadeError = sender.transport.submit(request, header.request_id)
-        except TransportError as exc:
-            future = exc
-        size = 0 if isinstance(future, EdgeCascadeError) else len(request)
-        sent.append((header, size, submitted, future))
-    outcomes = []
-    for header, size, submitted, future in sent:
-        result: wire.Result | None = None
-        error: EdgeCascadeError | None = None
-        try:
-            if isinstance(future, EdgeCascadeError):
-                raise future
-            remaining = max(0.0, sender.timeout - (time.perf_counter() - submitted))
-            try:
-                reply = future.result(remaining)
-            except FutureTimeout:
-                sender.transport.forget(header.request_id)
-                raise TransportError(f"no reply within {sender.timeout:.3g} s") from None
-            result = read_reply(sender.crypto, header, reply, classes)
-        except (TransportError, WireError) as exc:  # RemoteError is a TransportError
-            error = exc
-        outcomes.append(Outcome(result, error, size, (time.perf_counter() - submitted) * 1000))
-    return outcomes
+    """One round: submit every request, send again what is unanswered at ``retry_after``, collect."""
+    firsts = [_submit(sender, version, encoding, tensor) for tensor in features]
+    seconds: list[_Try | None] = [None] * len(firsts)
+    if sender.retries:
+        assert sender.retry_after is not None
+        for i, first in enumerate(firsts):
+            if isinstance(first.future, Future):
+                wait([first.future], max(0.0, first.submitted + sender.retry_after - time.perf_counter()))
+                if not first.future.done():
+                    seconds[i] = _submit(sender, version, encoding, features[i])
+    return [_collect(sender, classes, first, second) for first, second in zip(firsts, seconds, strict=True)]
+
+
+def _collect(sender: Sender, classes: int, first: _Try, second: _Try | None) -> Outcome:
+    """The first reply to either copy within the timeout (from the first copy's departure)."""
+    tries = [t for t in (first, second) if t is not None and isinstance(t.future, Future)]
+    result: wire.Result | None = None
+    error: EdgeCascadeError | None = None
+    try:
+        if not tries:
+            assert isinstance(first.future, EdgeCascadeError)
+            raise first.future
+        remaining = max(0.0, sender.timeout - (time.perf_counter() - first.submitted))
+        done, _ = wait([t.future for t in tries], remaining, return_when=FIRST_COMPLETED)  # type: ignore[misc]
+        for t in tries:
+            if t.future not in done:
+                sender.transport.forget(t.header.request_id)
+        if not done:
+            raise TransportError(f"no reply within {sender.timeout:.3g} s")
+        winner = next(t for t in tries if t.future in done)
+        assert isinstance(winner.future, Future)
+        result = read_reply(sender.crypto, winner.header, winner.future.result(), classes)
+    except (TransportError, WireError) as exc:  # RemoteError is a TransportError
+        error = exc
+    size = first.size + (second.size if second is not None else 0)
+    elapsed = (time.perf_counter() - first.submitted) * 1000
+    return Outcome(result, error, size, elapsed, retried=second is not None and second.size > 0)
 
 
 def open_reply(
