@@ -25,6 +25,7 @@ class GatewaySettings:
     max_batch: int = 32
     forward_workers: int = 4
     queue_size: int = 1024
+    forward_backlog: int = 256  # requests waiting for the cloud; beyond it answered at once, degraded
     shared_subscription: bool = True
     cloud_token: str = field(default="", repr=False)  # bearer token for the cloud; EC_GATEWAY__CLOUD_TOKEN
     # cloud-signing.pub: when set, the bundle's signature must verify
@@ -48,7 +49,7 @@ class GatewaySettings:
             problems.append("gateway.heartbeat_interval must be >= 0 (0: no heartbeats)")
         if self.device_rate < 0:
             problems.append("gateway.device_rate must be >= 0 (0: no limit)")
-        for name in ("max_batch", "forward_workers", "queue_size", "device_burst"):
+        for name in ("max_batch", "forward_workers", "queue_size", "forward_backlog", "device_burst"):
             if getattr(self, name) < 1:
                 problems.append(f"gateway.{name} must be >= 1")
         if problems:

@@ -136,6 +136,9 @@ class GatewayDaemon:
         if settings.device_rate > 0:
             self.rate_limiter = DeviceRateLimiter(settings.device_rate, settings.device_burst)
         self._pool = ThreadPoolExecutor(settings.forward_workers, thread_name_prefix="forward")
+        # requests handed to the pool and not yet answered: a full backlog is answered at once,
+        # degraded, rather than left to wait seconds for a cloud that cannot keep up
+        self._backlog = threading.BoundedSemaphore(settings.forward_backlog)
         self._link = MqttLink(config.mqtt, config.mqtt.client_id or settings.gateway_id)
         self._worker = threading.Thread(target=self._work, name="gateway-worker", daemon=True)
         self._stopped = threading.Event()
@@ -437,8 +440,11 @@ class GatewayDaemon:
                 continue
             for request, decision in zip(batch, decisions, strict=True):
                 if isinstance(decision, Forward):
-                    self._pool.submit(self._forward, request, decision)
-                elif decision is not None:
+                    if self._backlog.acquire(blocking=False):
+                        self._pool.submit(self._forward, request, decision)
+                        continue
+                    decision = self.service.shed(decision)
+                if decision is not None:
                     self._reply(request, decision)
 
     def _forward(self, request: Message, job: Forward) -> None:
@@ -449,6 +455,8 @@ class GatewayDaemon:
             self.service.counters.add("forward_failed")
             self.log_limiter.log(logging.ERROR, ("forward_failed",), "forwarding failed", exc_info=True)
             return
+        finally:
+            self._backlog.release()
         if reply is not None:
             self._reply(request, reply)
 

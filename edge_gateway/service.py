@@ -203,9 +203,13 @@ class GatewayService(ServesModels):
                 job.request.header.request_id.hex(),
                 exc,
             )
-            answer = dataclasses.replace(job.decision.fallback(), upstream_bytes=len(job.envelope))
-            self._keep_degraded(job.model, [(job.request, answer)])
+            return self._fall_back(job, upstream_bytes=len(job.envelope))
         return self._reply(job.request, answer)
+
+    def shed(self, job: Forward) -> bytes | None:
+        """Answer without asking the cloud (too many requests wait for it): the gateway's exit, degraded."""
+        self.counters.add("forward_shed")
+        return self._fall_back(job, upstream_bytes=0)
 
     def handle(self, payload: bytes) -> bytes:
         """One request, start to finish (used by in-process transports)."""
@@ -216,6 +220,12 @@ class GatewayService(ServesModels):
         return reply
 
     # ------------------------------------------------------------------------ internals
+    def _fall_back(self, job: Forward, upstream_bytes: int) -> bytes | None:
+        """The gateway's own answer to a forwarded request, flagged degraded and kept as a hard example."""
+        answer = dataclasses.replace(job.decision.fallback(), upstream_bytes=upstream_bytes)
+        self._keep_degraded(job.model, [(job.request, answer)])
+        return self._reply(job.request, answer)
+
     def _learn(self, job: Forward, answer: wire.Result) -> None:
         """Let the cache learn the cloud's answer; a failure costs the cache an entry, never the answer."""
         try:

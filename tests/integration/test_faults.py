@@ -463,3 +463,41 @@ def test_flooding_device_is_rate_limited_and_others_unaffected(
     assert 10 <= sum(not p.degraded for p in flooded) <= 10 + 10 * took + 1  # the burst, then the rate
     lines = [r for r in caplog.records if "requests/s" in r.getMessage() and "refusing" in r.getMessage()]
     assert 1 <= len(lines) <= 5  # told, and the telling rate-limited
+
+
+def test_a_cloud_that_cannot_keep_up_costs_waiting_requests_no_more_than_a_degraded_answer(
+    tiny_bundle: Path,
+    own_broker: Mosquitto,
+    make_client: Callable[..., DeviceClient],
+    fmnist: object,
+) -> None:
+    """Past the forwarding backlog the gateway answers at once, degraded, instead of queueing."""
+    import socket
+
+    with socket.socket() as silent:  # a "cloud" that accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        config = gateway_config(
+            tiny_bundle,
+            own_broker,
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            gateway_id="gw-backlog",
+            forward_workers=1,
+            forward_backlog=2,
+        )
+        slow = dataclasses.replace(config.gateway, cloud_timeout=10.0)  # waiting outlasts the device
+        daemon = GatewayDaemon(dataclasses.replace(config, gateway=slow))
+        daemon.service.policy = NeverExit()  # every request is forwarded
+        daemon.start()
+        try:
+            client = make_client("backlog-device", via=own_broker, policy=NeverExit(), timeout=2.0)
+            predictions = client.predict_batch(fmnist.x_test[:12])  # type: ignore[attr-defined]
+        finally:
+            silent.close()  # resets the waiting connections, so the stop does not wait out the timeout
+            daemon.stop()
+    assert daemon.service.counters["forward_shed"] == 10  # two wait for the cloud, ten cannot
+    assert all(p.degraded for p in predictions)
+    tiers = sorted(p.tier for p in predictions)
+    # the two waiting for a cloud that never answers time out on the device; the ten beyond
+    # the backlog get the gateway's own exit (without the bound all twelve would time out)
+    assert tiers == ["device"] * 2 + ["gateway"] * 10
