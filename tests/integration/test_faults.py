@@ -41,7 +41,7 @@ from .conftest import CloudServer, gateway_config
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 1.0  # the devices' reply timeout in these tests
-OUTAGE = 3.0  # seconds the cloud is down (the ops target is 60 s; the mechanism is the same)
+OUTAGE = 3.0  # seconds the cloud is down in the suite; 60.0 measures an operator's minute (docs)
 SLACK = 0.75  # seconds a degraded answer may take beyond the timeout (device model, outbox fsync)
 FAST_UPLOADS = {"batch_size": 16, "interval": 0.05, "backoff_base": 0.05, "backoff_max": 0.5}
 
@@ -332,7 +332,7 @@ def test_cloud_down_gateway_answers_and_its_outbox_drains(
         assert sum(not p.degraded for p in warm) >= 5  # the gateway answers (warm-up)
         proxy.stop()  # the cloud is down: connections refused
         down = time.monotonic()
-        during, images = [], iter(fmnist.x_test[6010:6400])
+        during, images = [], iter(fmnist.x_test[6010:9500])  # enough for a 60 s outage too
         while time.monotonic() - down < OUTAGE:  # devices keep asking throughout
             during.append(client.predict(next(images)))
             time.sleep(0.02)
@@ -348,7 +348,7 @@ def test_cloud_down_gateway_answers_and_its_outbox_drains(
         assert daemon.uploader.drain(10)
         drained = time.monotonic() - back
         final = daemon.outbox.counts()
-        after = _ask(client, fmnist.x_test[6400:6420])
+        after = _ask(client, fmnist.x_test[9500:9520])
     finally:
         daemon.stop()
         proxy.close()
