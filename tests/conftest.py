@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import pytest
 
 from edgecascade.device_sdk.errors import BundleError, DatasetError
 from edgecascade.device_sdk.model.bundle import load_bundle
+from tests.pg import INSTALL as PG_INSTALL
+from tests.pg import PostgresCluster, server_binaries
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +140,22 @@ def tiny_trained(tiny_model_dir: Path) -> Any:
     from edgecascade.training.train import load_trained
 
     return load_trained(tiny_model_dir / "trained")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL cluster for the session (about 1 s to start)."""
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.fail(f"PostgreSQL's server binaries are missing: {PG_INSTALL}")
+    with PostgresCluster(binaries) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database (a SQLAlchemy URL): an SQLite file, then a fresh one on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'cloud.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.database()

@@ -8,7 +8,7 @@ PostgreSQL (:mod:`tests.pg`, one cluster per session).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +26,6 @@ from edgecascade.cloud_service.config import CloudConfig, CloudSettings
 from edgecascade.cloud_service.tokens import TokenStore
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.counters import Counters
-from tests.pg import INSTALL as PG_INSTALL
-from tests.pg import PostgresCluster, server_binaries
 
 
 class EchoInference:
@@ -95,22 +93,3 @@ def make_cloud(tmp_path: Path) -> Callable[..., Cloud]:
 @pytest.fixture
 def cloud(make_cloud: Callable[..., Cloud]) -> Cloud:
     return make_cloud()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """One throw-away PostgreSQL cluster for the session (about 1 s to start)."""
-    binaries = server_binaries()
-    if binaries is None:
-        pytest.fail(f"PostgreSQL's server binaries are missing: {PG_INSTALL}")
-    with PostgresCluster(binaries) as cluster:
-        yield cluster
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty cloud database: an SQLite file, then a fresh database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db' / 'cloud.db'}"
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return cluster.database()

@@ -29,34 +29,15 @@ from edgecascade.edge_gateway.config import CryptoSettings
 from edgecascade.edge_gateway.crypto import GatewayCrypto, GatewayKeyring
 from edgecascade.edge_gateway.replay import Refusal, ReplayWindow, Verdict, judge
 from edgecascade.edge_gateway.shared_replay import SharedReplayStore
-from tests.pg import INSTALL as PG_INSTALL
-from tests.pg import PostgresCluster, server_binaries
 
 NOW = 1_700_000_000 * 1_000_000  # the gateways' clock, µs
 AHEAD = 60 * 1_000_000
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    binaries = server_binaries()
-    if binaries is None:
-        pytest.fail(f"PostgreSQL's server binaries are missing: {PG_INSTALL}")
-    with PostgresCluster(binaries) as cluster:
-        yield cluster
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'replay-shared.db'}"
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    return cluster.database()
-
-
 @pytest.fixture
-def pair(url: str) -> Iterator[tuple[SharedReplayStore, SharedReplayStore]]:
+def pair(database_url: str) -> Iterator[tuple[SharedReplayStore, SharedReplayStore]]:
     """Two gateways' stores on one database."""
-    a, b = SharedReplayStore(url), SharedReplayStore(url)
+    a, b = SharedReplayStore(database_url), SharedReplayStore(database_url)
     yield a, b
     a.close()
     b.close()
@@ -135,11 +116,11 @@ def test_racing_gateways_accept_each_number_exactly_once(
     assert sorted(wins) == sorted(numbers)  # before (a window per gateway): most numbers twice
 
 
-def test_the_window_survives_every_gateway_exactly(url: str) -> None:
-    first = SharedReplayStore(url)
+def test_the_window_survives_every_gateway_exactly(database_url: str) -> None:
+    first = SharedReplayStore(database_url)
     first.accept_many([("cam-01", NOW + n) for n in (0, 2, 4)], NOW, AHEAD)
     first.close()
-    restarted = SharedReplayStore(url)
+    restarted = SharedReplayStore(database_url)
     try:  # no floor, no resync: the numbers never accepted still are, the others never again
         assert accepted(restarted.accept_many([("cam-01", NOW + n) for n in range(6)], NOW, AHEAD)) == [
             False,
@@ -153,8 +134,8 @@ def test_the_window_survives_every_gateway_exactly(url: str) -> None:
         restarted.close()
 
 
-def test_a_narrower_window_is_never_read_as_unseen_numbers(url: str) -> None:
-    narrow, wide = SharedReplayStore(url, window=8), SharedReplayStore(url, window=64)
+def test_a_narrower_window_is_never_read_as_unseen_numbers(database_url: str) -> None:
+    narrow, wide = SharedReplayStore(database_url, window=8), SharedReplayStore(database_url, window=64)
     try:
         narrow.accept_many([("cam-01", NOW + n) for n in range(20)], NOW, AHEAD)  # bits of 0..11 shifted out
         verdicts = wide.accept_many([("cam-01", NOW + 5), ("cam-01", NOW + 15)], NOW, AHEAD)
@@ -180,7 +161,7 @@ def test_a_store_that_cannot_be_reached_refuses_the_whole_batch(tmp_path: Path) 
     assert "secret" not in repr(CryptoSettings(replay_shared="postgresql://ec:secret@db/replay"))
 
 
-def test_a_replayed_request_gets_a_sealed_resync_from_the_other_gateway(url: str) -> None:
+def test_a_replayed_request_gets_a_sealed_resync_from_the_other_gateway(database_url: str) -> None:
     gateway_key, device_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     keyring = GatewayKeyring(gateway_key)
     keyring.add("cam-01", 1, device_key.public_key())
@@ -188,7 +169,7 @@ def test_a_replayed_request_gets_a_sealed_resync_from_the_other_gateway(url: str
         "cam-01", {1: crypto.device_pair_keys(device_key, gateway_key.public_key(), "cam-01", 1)}
     )
     a, b = (
-        GatewayCrypto(keyring, windows=SharedReplayStore(url), clock=lambda: NOW / 1_000_000)
+        GatewayCrypto(keyring, windows=SharedReplayStore(database_url), clock=lambda: NOW / 1_000_000)
         for _ in range(2)
     )
     try:
