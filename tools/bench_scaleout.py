@@ -48,22 +48,12 @@ def gateway_env(stack: Any, name: str) -> dict[str, str]:
     The same payload key as the stack's gateway (so the same share group), its own gateway
     token, MQTT client id and working directory, no metrics listener.
     """
-    pki = stack.pki
+    from edgecascade.tools.stack import gateway_environment
+
+    token = stack.tokens.create("gateway", name)[0]
     return {
-        "EC_GATEWAY__BUNDLE": str(stack.bundle),
+        **gateway_environment(stack.pki, stack.broker, stack.bundle, stack.cloud_url, token),
         "EC_GATEWAY__GATEWAY_ID": name,
-        "EC_GATEWAY__CLOUD_URL": stack.cloud_url,
-        "EC_GATEWAY__CLOUD_CA": str(pki.ca_cert),
-        "EC_GATEWAY__CLOUD_TOKEN": stack.tokens.create("gateway", name)[0],
-        "EC_UPDATE__CA_FILE": str(pki.ca_cert),
-        "EC_MQTT__HOST": stack.broker.host,
-        "EC_MQTT__PORT": str(stack.broker.port),
-        "EC_MQTT__CA_FILE": str(pki.ca_cert),
-        "EC_MQTT__CERT_FILE": str(pki.gateway_dir() / "cert.pem"),
-        "EC_MQTT__KEY_FILE": str(pki.gateway_dir() / "key.pem"),
-        "EC_CRYPTO__PRIVATE_KEY": str(pki.gateway_x25519_key),
-        "EC_CRYPTO__DEVICE_KEYS": str(pki.device_keys),
-        "EC_CRYPTO__RESCAN_INTERVAL": "0",
         "EC_METRICS__PORT": "0",
         **stack.gateway_env,
     }

@@ -26,7 +26,7 @@ from edgecascade.device_sdk.errors import TransportError
 from edgecascade.device_sdk.wire.crypto import DeviceCrypto
 from edgecascade.device_sdk.wire.keys import load_device_crypto
 from edgecascade.tools.broker import Mosquitto, free_port, wait_for_port
-from edgecascade.tools.certs import init_pki, issue_device
+from edgecascade.tools.certs import Pki, init_pki, issue_device
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,29 @@ GUNICORN = [
     "python:edgecascade.cloud_service.gunicorn_conf",
     "edgecascade.cloud_service.wsgi:create_app()",
 ]
+
+
+def gateway_environment(
+    pki: Pki, broker: Mosquitto, bundle: Path, cloud_url: str, cloud_token: str
+) -> dict[str, str]:
+    """The ``EC_…`` settings of a gateway daemon of this site: ``bundle``, TLS to ``broker``,
+    the cloud at ``cloud_url`` with ``cloud_token``, the site's payload keys (so every such
+    gateway is in one share group), new devices picked up at once."""
+    return {
+        "EC_GATEWAY__BUNDLE": str(bundle),
+        "EC_GATEWAY__CLOUD_URL": cloud_url,
+        "EC_GATEWAY__CLOUD_CA": str(pki.ca_cert),
+        "EC_GATEWAY__CLOUD_TOKEN": cloud_token,
+        "EC_UPDATE__CA_FILE": str(pki.ca_cert),  # model downloads come from the cloud too
+        "EC_MQTT__HOST": broker.host,
+        "EC_MQTT__PORT": str(broker.port),
+        "EC_MQTT__CA_FILE": str(pki.ca_cert),
+        "EC_MQTT__CERT_FILE": str(pki.gateway_dir() / "cert.pem"),
+        "EC_MQTT__KEY_FILE": str(pki.gateway_dir() / "key.pem"),
+        "EC_CRYPTO__PRIVATE_KEY": str(pki.gateway_x25519_key),
+        "EC_CRYPTO__DEVICE_KEYS": str(pki.device_keys),
+        "EC_CRYPTO__RESCAN_INTERVAL": "0",
+    }
 
 
 class LocalStack:
@@ -99,19 +122,7 @@ class LocalStack:
                 "gateway",
                 ["-m", "edgecascade.edge_gateway"],
                 {
-                    "EC_GATEWAY__BUNDLE": str(self.bundle),
-                    "EC_GATEWAY__CLOUD_URL": self.cloud_url,
-                    "EC_GATEWAY__CLOUD_CA": str(self.pki.ca_cert),
-                    "EC_UPDATE__CA_FILE": str(self.pki.ca_cert),  # model downloads come from the cloud too
-                    "EC_MQTT__HOST": self.broker.host,
-                    "EC_MQTT__PORT": str(self.broker.port),
-                    "EC_MQTT__CA_FILE": str(self.pki.ca_cert),
-                    "EC_MQTT__CERT_FILE": str(self.pki.gateway_dir() / "cert.pem"),
-                    "EC_MQTT__KEY_FILE": str(self.pki.gateway_dir() / "key.pem"),
-                    "EC_CRYPTO__PRIVATE_KEY": str(self.pki.gateway_x25519_key),
-                    "EC_CRYPTO__DEVICE_KEYS": str(self.pki.device_keys),
-                    "EC_CRYPTO__RESCAN_INTERVAL": "0",
-                    "EC_GATEWAY__CLOUD_TOKEN": gateway_token,
+                    **gateway_environment(self.pki, self.broker, self.bundle, self.cloud_url, gateway_token),
                     "EC_METRICS__PORT": self.metrics_url.rsplit(":", 1)[1],
                     **self.gateway_env,
                 },

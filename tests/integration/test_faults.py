@@ -34,6 +34,7 @@ from edgecascade.edge_gateway.config import OutboxSettings
 from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 from edgecascade.tools.certs import Pki
+from edgecascade.tools.stack import gateway_environment
 from tests.tcp_proxy import TcpProxy
 
 from .conftest import CloudServer, gateway_config
@@ -187,20 +188,9 @@ def test_gateway_kill_9_mid_stream(
     gateway = GatewayProcess(
         tmp_path / "gateway",
         {
-            "EC_GATEWAY__BUNDLE": str(tiny_bundle),
+            **gateway_environment(pki, own_broker, tiny_bundle, cloud.url, cloud.gateway_token),
             "EC_GATEWAY__GATEWAY_ID": "gw-kill",
-            "EC_GATEWAY__CLOUD_URL": cloud.url,
-            "EC_GATEWAY__CLOUD_CA": str(pki.ca_cert),
-            "EC_GATEWAY__CLOUD_TOKEN": cloud.gateway_token,
             "EC_GATEWAY__HEARTBEAT_INTERVAL": "0",
-            "EC_MQTT__HOST": own_broker.host,
-            "EC_MQTT__PORT": str(own_broker.port),
-            "EC_MQTT__CA_FILE": str(pki.ca_cert),
-            "EC_MQTT__CERT_FILE": str(pki.gateway_dir() / "cert.pem"),
-            "EC_MQTT__KEY_FILE": str(pki.gateway_dir() / "key.pem"),
-            "EC_CRYPTO__PRIVATE_KEY": str(pki.gateway_x25519_key),
-            "EC_CRYPTO__DEVICE_KEYS": str(pki.device_keys),
-            "EC_CRYPTO__RESCAN_INTERVAL": "0",
             "EC_CRYPTO__REPLAY_STORE": str(tmp_path / "gateway" / "replay.db"),
             "EC_OUTBOX__PATH": str(gateway_outbox),
             "EC_OUTBOX__UPLOAD_INTERVAL": "0.2",
