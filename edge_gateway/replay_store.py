@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgecascade.device_sdk.errors import ReplayError, StorageError
+from edgecascade.device_sdk.learning.outbox import open_durable_sqlite
 from edgecascade.edge_gateway.replay import WINDOW, ReplayWindow, ReplayWindows, Verdict, judge
 
 SCHEMA_VERSION = 1
@@ -53,28 +54,10 @@ class ReplayStore:
         self.reserve = reserve
         self.writes = 0  # commits since opening: what the reservation saves is measurable
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open replay store {self.path}: {exc}") from None
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"replay store {self.path} has schema {version}; this code reads {SCHEMA_VERSION}"
-                )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a mark is on disk before numbers under it are accepted
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            db.close()
-            raise StorageError(f"replay store {self.path} is not usable: {exc}") from None
-        except StorageError:
-            db.close()
-            raise
-        self._db: sqlite3.Connection | None = db
+        # every commit fsynced: a mark is on disk before numbers under it are accepted
+        self._db: sqlite3.Connection | None = open_durable_sqlite(
+            self.path, "replay store", _SCHEMA, SCHEMA_VERSION
+        )
 
     def mark(self, device_id: str) -> int | None:
         """The device's stored mark (None: never seen)."""

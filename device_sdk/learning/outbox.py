@@ -90,6 +90,36 @@ class PendingRecord:
     size: int  # bytes of its JSON text
 
 
+def open_durable_sqlite(path: Path, what: str, schema: str, version: int) -> sqlite3.Connection:
+    """An SQLite file at ``schema`` ``version``, made if missing: WAL, and every commit fsynced.
+
+    ``what`` names the store in errors. A file of a newer schema, or on a file system without
+    WAL, is refused with a :class:`StorageError`, as is anything SQLite cannot open or read.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open {what} {path}: {exc}") from None
+    try:
+        found = db.execute("PRAGMA user_version").fetchone()[0]
+        if found > version:
+            raise StorageError(f"{what} {path} has schema {found}; this code reads {version}")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(f"{what} {path}: the file system does not support WAL ({mode})")
+        db.execute("PRAGMA synchronous=FULL")  # every commit fsyncs the WAL
+        db.executescript(schema)
+        db.execute(f"PRAGMA user_version={version}")
+    except sqlite3.Error as exc:
+        db.close()
+        raise StorageError(f"{what} {path} is not usable: {exc}") from None
+    except StorageError:
+        db.close()
+        raise
+    return db
+
+
 class Outbox:
     """A bounded, durable, idempotent store of hard examples; see the module docstring."""
 
@@ -100,31 +130,9 @@ class Outbox:
         self.capacity = capacity
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open outbox {self.path}: {exc}") from None
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"outbox {self.path} has schema {version}; this code reads {SCHEMA_VERSION}"
-                )
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"outbox {self.path}: the file system does not support WAL ({mode})")
-            db.execute("PRAGMA synchronous=FULL")  # every commit fsyncs the WAL
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            db.close()
-            raise StorageError(f"outbox {self.path} is not usable: {exc}") from None
-        except StorageError:
-            db.close()
-            raise
-        self._db = db
+        self._db: sqlite3.Connection | None = open_durable_sqlite(
+            self.path, "outbox", _SCHEMA, SCHEMA_VERSION
+        )
 
     # ------------------------------------------------------------------------------ writing
     def add(self, example: HardExample) -> AddStatus:
