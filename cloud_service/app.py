@@ -112,12 +112,7 @@ def open_registry(config: CloudConfig) -> ModelRegistry:
         assert settings.signing_key is not None
         public_key = load_private_key(settings.signing_key).public_key()
     registry = ModelRegistry(settings.models_dir, public_key, settings.signing_key)
-    if registry.current() is None:
-        version = load_bundle(config.cloud.bundle, tiers=()).manifest.version
-        if version not in registry.versions():
-            registry.register(config.cloud.bundle)
-        registry.promote(version)
-        logger.info("empty registry: registered and promoted %s as v%d", config.cloud.bundle, version)
+    registry.adopt(config.cloud.bundle)
     return registry
 
 

@@ -196,47 +196,73 @@ class ModelRegistry:
         source = Path(bundle_dir)
         bundle = load_bundle(source)  # every file present and matching the manifest
         version = bundle.manifest.version
-        if metrics is None and (source / METRICS).is_file():
-            metrics = json.loads((source / METRICS).read_text())
         with self._locked():
-            target = self.root / f"v{version}"
-            if target.exists():
+            if (self.root / f"v{version}").exists():
                 raise RegistryError(f"version {version} is already registered")
-            staging = Path(tempfile.mkdtemp(prefix=".register-", dir=self.root))
-            try:
-                names = [
-                    MANIFEST,
-                    SIGNATURE,
-                    *(name for p in bundle.manifest.partitions for name, _ in p.files),
-                ]
-                for name in names:
-                    if (source / name).is_file():
-                        shutil.copyfile(source / name, staging / name)
-                if not (staging / SIGNATURE).is_file():
-                    if self.signing_key is None:
-                        raise RegistryError(f"{source} is not signed and this registry has no signing key")
-                    sign_bundle(staging, self.signing_key)
-                load_bundle(staging, public_key=self.public_key)
-                if metrics is not None:
-                    atomic_write(staging / METRICS, json.dumps(metrics, indent=2, sort_keys=True).encode())
-                staging.chmod(0o755)
-                staging.rename(target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            _fsync_dir(self.root)
+            self._copy_in(source, bundle, metrics)
         logger.info("registered %s v%d from %s", bundle.manifest.name, version, source)
         return version
+
+    def adopt(self, bundle_dir: str | Path) -> Release:
+        """The current release; in an empty registry, first register and promote ``bundle_dir``.
+
+        One step under the registry's lock, so server processes that start together on an
+        empty registry adopt the bundle once (each checking, then registering, raced).
+        """
+        source = Path(bundle_dir)
+        with self._locked():
+            current = self.current()
+            if current is not None:
+                return current  # ``bundle_dir`` is not read: after the first start it may be gone
+            bundle = load_bundle(source)  # every file present and matching the manifest
+            version = bundle.manifest.version
+            if not (self.root / f"v{version}").exists():
+                self._copy_in(source, bundle, None)
+            release = self._promote(version)
+        logger.info("empty registry: registered and promoted %s as v%d", source, version)
+        return release
+
+    def _copy_in(self, source: Path, bundle: Bundle, metrics: dict[str, Any] | None) -> None:
+        """Copy, sign if unsigned, verify and add ``bundle`` as ``v<version>`` (the lock held)."""
+        if metrics is None and (source / METRICS).is_file():
+            metrics = json.loads((source / METRICS).read_text())
+        target = self.root / f"v{bundle.manifest.version}"
+        staging = Path(tempfile.mkdtemp(prefix=".register-", dir=self.root))
+        try:
+            names = [
+                MANIFEST,
+                SIGNATURE,
+                *(name for p in bundle.manifest.partitions for name, _ in p.files),
+            ]
+            for name in names:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, staging / name)
+            if not (staging / SIGNATURE).is_file():
+                if self.signing_key is None:
+                    raise RegistryError(f"{source} is not signed and this registry has no signing key")
+                sign_bundle(staging, self.signing_key)
+            load_bundle(staging, public_key=self.public_key)
+            if metrics is not None:
+                atomic_write(staging / METRICS, json.dumps(metrics, indent=2, sort_keys=True).encode())
+            staging.chmod(0o755)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
 
     def promote(self, version: int) -> Release:
         """Make ``version`` current, atomically; promoting the current version changes nothing."""
         with self._locked():
-            current = self.current()
-            if current is not None and current.version == version:
-                return current
-            highest = max(version, current.highest if current else 0)
-            history = (*(current.history if current else ()), version)
-            return self._release(version, highest, history)
+            return self._promote(version)
+
+    def _promote(self, version: int) -> Release:
+        current = self.current()
+        if current is not None and current.version == version:
+            return current
+        highest = max(version, current.highest if current else 0)
+        history = (*(current.history if current else ()), version)
+        return self._release(version, highest, history)
 
     def rollback(self) -> Release:
         """Make the previous version current again, as a signed rollback release."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,28 @@ def test_register_signs_copies_and_refuses_duplicates_and_foreign_bundles(
     registry.register(make_bundle(tmp_path / "src-5", version=5), metrics={"accuracy": 0.91})
     entry = {e["version"]: e for e in registry.listing()}[5]
     assert entry["metrics"] == {"accuracy": 0.91} and entry["signed"] and not entry["current"]
+
+
+def test_server_processes_starting_together_adopt_the_first_bundle_once(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """gunicorn's workers open an empty registry at once: none may fail, one v1 is made current."""
+    source = make_bundle(tmp_path / "src", version=1)
+    root = tmp_path / "models"
+    start = threading.Barrier(4)
+
+    def adopt() -> Any:
+        registry = ModelRegistry(root, keys[1], keys[0])  # each worker's own registry object
+        start.wait()
+        return registry.adopt(source)
+
+    with ThreadPoolExecutor(4) as pool:  # flock serialises threads too: each opens the lock file
+        releases = list(pool.map(lambda _: adopt(), range(4)))
+    assert {r.version for r in releases} == {1}
+    registry = ModelRegistry(root, keys[1], keys[0])
+    assert registry.versions() == [1] and registry.current() == releases[0]
+    shutil.rmtree(source)  # later starts never read the bundle again
+    assert registry.adopt(source) == releases[0]
 
 
 def test_promote_and_rollback_move_one_atomic_pointer(
