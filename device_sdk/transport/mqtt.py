@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +51,13 @@ class MqttLink:
         self._client.on_socket_open = self._on_socket_open
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         self._subscriptions: dict[str, MessageHandler] = {}
         self._connected = threading.Event()
+        # set once the broker acknowledged every subscription made on connecting: before
+        # that, messages on those topics are not delivered to this client
+        self._subscribed = threading.Event()
+        self._unacknowledged: set[int] = set()  # message ids of those subscriptions
         self._refused: str | None = None
         self._lock = threading.Lock()
         self._refused_acks: dict[int, str] = {}  # message id -> why the broker refused it (bounded)
@@ -69,9 +75,14 @@ class MqttLink:
         """
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
         self._client.loop_start()
-        if not self._connected.wait(timeout) and required:
+        deadline = time.monotonic() + timeout
+        up = self._connected.wait(timeout) and self._subscribed.wait(max(0.0, deadline - time.monotonic()))
+        if not up and required:
             self.close()
-            reason = self._refused or "no answer"
+            if self._connected.is_set():
+                reason = "the broker did not acknowledge the subscriptions"
+            else:
+                reason = self._refused or "no answer"
             raise TransportError(f"MQTT connection to {self.config.host}:{self.config.port} failed: {reason}")
 
     @property
@@ -145,8 +156,10 @@ class MqttLink:
             return
         with self._lock:
             topics = list(self._subscriptions)
-        for topic in topics:
-            client.subscribe(topic, qos=self.config.qos)
+            self._subscribed.clear()
+            self._unacknowledged = {client.subscribe(topic, qos=self.config.qos)[1] for topic in topics}
+            if not self._unacknowledged:
+                self._subscribed.set()
         self._connected.set()
         logger.debug("connected to MQTT broker %s:%s", self.config.host, self.config.port)
 
@@ -156,6 +169,15 @@ class MqttLink:
                 if len(self._refused_acks) >= 256:
                     self._refused_acks.pop(next(iter(self._refused_acks)))
                 self._refused_acks[mid] = str(reason)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        for reason in reasons:
+            if getattr(reason, "is_failure", False):
+                logger.warning("the MQTT broker refused a subscription: %s", reason)
+        with self._lock:
+            self._unacknowledged.discard(mid)
+            if not self._unacknowledged:
+                self._subscribed.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._connected.clear()
