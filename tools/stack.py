@@ -36,6 +36,8 @@ GUNICORN = [
     "gunicorn",
     "-c",
     "python:edgecascade.cloud_service.gunicorn_conf",
+    "--graceful-timeout",  # in-flight requests get 5 s, well within the stack's 15 s stop
+    "5",
     "edgecascade.cloud_service.wsgi:create_app()",
 ]
 
