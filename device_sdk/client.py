@@ -81,7 +81,12 @@ class Prediction:
 
 
 class DeviceClient(ServesModels):
-    """Cascaded inference from a device: local exit first, then gateway and cloud."""
+    """Cascaded inference from a device: local exit first, then gateway and cloud.
+
+    ``policy`` replaces the manifest's exit rule: any :class:`~.core.policy.ExitPolicy`, or
+    the one a device's ``[offload]`` settings name (``config.offload.build_policy()``). One
+    that leaves its threshold to the manifest is resolved for each model version it runs on.
+    """
 
     def __init__(
         self,

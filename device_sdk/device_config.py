@@ -1,4 +1,4 @@
-"""A device application's settings file: ``[mqtt]`` and ``[hard_examples]``."""
+"""A device application's settings file: ``[mqtt]``, ``[hard_examples]`` and ``[offload]``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from edgecascade.device_sdk.config import MqttConfig, load_config
+from edgecascade.device_sdk.core.offload import OffloadSettings
 from edgecascade.device_sdk.learning.settings import HardExampleSettings
 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceConfig:
-    """A device application's settings file: ``[mqtt]`` and ``[hard_examples]``."""
+    """A device application's settings file: ``[mqtt]``, ``[hard_examples]`` and ``[offload]``.
+
+    ``offload`` names the policy that decides which inputs leave the device; pass
+    ``config.offload.build_policy()`` as the client's ``policy``.
+    """
 
     mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
     hard_examples: HardExampleSettings = dataclasses.field(default_factory=HardExampleSettings)
+    offload: OffloadSettings = dataclasses.field(default_factory=OffloadSettings)
 
 
 def load_device_config(path: str | Path | None = None, **kwargs: Any) -> DeviceConfig:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecascade.device_sdk.config import MqttConfig, load_config, must_exist
+from edgecascade.device_sdk.core.offload import OffloadSettings
 from edgecascade.device_sdk.errors import ConfigError
 from edgecascade.device_sdk.learning.settings import upload_problems
 from edgecascade.device_sdk.model.updater import UpdateSettings
@@ -187,6 +188,7 @@ class GatewayConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    offload: OffloadSettings = field(default_factory=OffloadSettings)  # which requests go on to the cloud
 
     def __post_init__(self) -> None:
         if self.update.enabled and self.gateway.verify_key is None:

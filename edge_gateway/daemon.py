@@ -160,6 +160,7 @@ class GatewayDaemon:
         return GatewayService(
             bundle,
             link,
+            policy=config.offload.build_policy(),  # [offload]; by default the manifest's rule
             cache=cache,
             crypto=gateway_crypto(config.crypto),
             grace=settings.model_grace,

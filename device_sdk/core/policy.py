@@ -3,7 +3,9 @@
 A policy looks at one exit's probabilities for a batch and says which inputs may stop
 there. Policies are small objects passed to a client or gateway
 (``DeviceClient(..., policy=MaxProbExit(0.9))``); :func:`policy_from_spec` builds the one a
-bundle's manifest asks for.
+bundle's manifest asks for. The same decisions seen from the other side, which inputs
+leave a tier, under the names joint-inference frameworks use and chosen in a node's
+``[offload]`` settings, are in :mod:`.offload`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ class ExitPolicy(abc.ABC):
     @abc.abstractmethod
     def should_exit(self, probs: np.ndarray) -> np.ndarray:
         """Boolean mask over the batch: True where the input may exit here."""
+
+    def resolve(self, spec: ExitSpec) -> ExitPolicy:
+        """The policy to apply to a model version whose manifest exit is ``spec``.
+
+        Most policies are complete on their own and return themselves; one that leaves a
+        setting to the manifest (an offload filter without a threshold) returns a complete
+        copy, so every model version, also one swapped in later, is judged by its own.
+        """
+        return self
 
 
 class ThresholdExit(ExitPolicy):

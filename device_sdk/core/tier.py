@@ -77,8 +77,14 @@ class TierModel:
         return self.bundle.manifest.partition(self.tier)
 
     @functools.cached_property
+    def is_last(self) -> bool:
+        """True on the last tier, whose exit answers everything."""
+        return self.tier == self.bundle.manifest.partitions[-1].tier
+
+    @functools.cached_property
     def cut_encoding(self) -> str:
-        """How this version's previous tier encodes the features this tier receives (read per request)."""
+        """How this version's previous tier encodes what this tier receives (read per request):
+        cut features in the partitioned mode, the raw input in the models mode."""
         index = TIERS.index(self.tier)
         if index == 0:
             raise ValueError(f"the {self.tier} partition receives raw inputs, not cut features")
@@ -91,7 +97,9 @@ class Decision:
 
     tier: wire.Tier  # the tier's exit
     probs: np.ndarray  # calibrated exit probabilities: the tier's own best answer
-    features: np.ndarray | None  # cut features for the tier above (None on the last tier)
+    features: (
+        np.ndarray | None
+    )  # what the tier above receives: cut features or the input (None on the last tier)
     answer: wire.Result | None = None  # the exit's or the cache's answer; None: ask the tier above
     embedding: np.ndarray | None = None  # cache key of a miss, to learn the answer from above
 
@@ -103,19 +111,22 @@ class Decision:
 def decide(model: TierModel, x: np.ndarray, policy: ExitPolicy | None = None) -> list[Decision]:
     """Run ``model``'s partition on the batch ``x`` and decide each input (exit, cache, or ask above).
 
-    ``policy`` overrides the manifest's exit rule (``model.policy``).
+    ``policy`` overrides the manifest's exit rule (``model.policy``), resolved for this model
+    version (:meth:`ExitPolicy.resolve`: a filter that leaves its threshold to the manifest
+    takes this version's). What goes up is the
+    partition's cut features, or in the models mode the input ``x`` itself.
     """
     out = model.runner.run(x)
     probs = softmax(out.logits, model.spec.exit.temperature)
     labels = probs.argmax(axis=-1).tolist()
     exit_tier, cache_tier = ANSWERING[model.tier]
-    features = out.features
-    if features is None:  # the last tier
+    features = x if model.manifest.forwards_input else out.features
+    if model.is_last or features is None:
         return [
             Decision(exit_tier, p, None, wire.Result(y, p, exit_tier))
             for p, y in zip(probs, labels, strict=True)
         ]
-    exits = (policy or model.policy).should_exit(probs)
+    exits = (policy.resolve(model.spec.exit) if policy else model.policy).should_exit(probs)
     leaves = exits.tolist()
     decisions = [
         Decision(
@@ -217,8 +228,9 @@ class ServesModels:
 
     @property
     def policy(self) -> ExitPolicy:
-        """The exit policy in force: the explicit one, else the current manifest's."""
-        return self._policy or self.models.current.policy
+        """The exit policy in force for the current model: the explicit one, else the manifest's."""
+        current = self.models.current
+        return self._policy.resolve(current.spec.exit) if self._policy else current.policy
 
     @policy.setter
     def policy(self, policy: ExitPolicy | None) -> None:
