@@ -89,6 +89,33 @@ def fmnist() -> Any:
         pytest.fail(str(exc))
 
 
+def _cached_entry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kind: str, config: Any
+) -> tuple[Path, Path | None]:
+    """``(entry, staging)``: the cache entry for ``kind`` and ``config``, and where to build it
+    (None when the entry is usable as it is). Entries of ``kind`` for older sources are removed."""
+    key = _cache_key(config)
+    cache = getattr(request.config, "cache", None)
+    base = cache.mkdir("edgecascade") if cache is not None else tmp_path_factory.mktemp("edgecascade")
+    entry = base / f"{kind}-{key}"
+    if _usable(entry):
+        return entry, None
+    for old in base.glob(f"{kind}-*"):  # entries for older sources are dead weight
+        shutil.rmtree(old, ignore_errors=True)
+    staging = base / f".{kind}-{key}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    return entry, staging
+
+
+def _publish(staging: Path, entry: Path, start: float) -> Path:
+    try:
+        staging.rename(entry)  # atomic: a concurrent session either sees the whole entry or none
+    except OSError:  # another session finished first: use its entry
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"\n[{entry.name}] trained and exported in {time.monotonic() - start:.1f} s")
+    return entry
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fmnist: Any
@@ -99,29 +126,49 @@ def tiny_model_dir(
     from edgecascade.training.train import train
 
     config = TrainConfig.tiny()
-    key = _cache_key(config)
-    cache = getattr(request.config, "cache", None)
-    base = cache.mkdir("edgecascade") if cache is not None else tmp_path_factory.mktemp("edgecascade")
-    entry = base / f"tiny-{key}"
-    if _usable(entry):
+    entry, staging = _cached_entry(request, tmp_path_factory, "tiny", config)
+    if staging is None:
         return entry
-    shutil.rmtree(entry, ignore_errors=True)
-    for old in base.glob("tiny-*"):  # entries for older sources are dead weight
-        shutil.rmtree(old, ignore_errors=True)
-
     start = time.monotonic()
-    staging = base / f".tiny-{key}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     trained = train(config, fmnist, progress=False)
     trained.save(staging / "trained")
     thresholds = _traffic_mix_thresholds(trained.exit_probs(fmnist.x_train[:2000]))
     export_bundle(trained, staging / "bundle", name="fashion-mnist-tiny", version=1, thresholds=thresholds)
-    try:
-        staging.rename(entry)  # atomic: a concurrent session either sees the whole entry or none
-    except OSError:  # another session finished first: use its entry
-        shutil.rmtree(staging, ignore_errors=True)
-    print(f"\n[tiny model] trained and exported in {time.monotonic() - start:.1f} s -> {entry}")
-    return entry
+    return _publish(staging, entry, start)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fmnist: Any
+) -> Path:
+    """``large/`` (a tiny large model), ``trained/`` and ``bundle/`` of a tiny models-mode bundle."""
+    from edgecascade.training.classifier import ClassifierConfig
+    from edgecascade.training.config import TrainConfig
+    from edgecascade.training.export import export_bundle
+    from edgecascade.training.large import LargeConfig, train_large
+    from edgecascade.training.models_mode import train_models
+
+    config, large_config = TrainConfig.tiny(), LargeConfig.tiny()
+    entry, staging = _cached_entry(request, tmp_path_factory, "tiny-models", (config, large_config))
+    if staging is None:
+        return entry
+    start = time.monotonic()
+    large = train_large(large_config, fmnist, progress=False)
+    large.save(staging / "large")
+    tiny = ClassifierConfig(blocks=((4,), (8,)), dense=16, dropout=0.1)
+    trained = train_models(config, fmnist, large, small=tiny, medium=ClassifierConfig.tiny(), progress=False)
+    trained.save(staging / "trained")
+    thresholds = _traffic_mix_thresholds(trained.exit_probs(fmnist.x_train[:2000]))
+    export_bundle(
+        trained, staging / "bundle", name="fashion-mnist-tiny-models", version=1, thresholds=thresholds
+    )
+    return _publish(staging, entry, start)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_bundle(tiny_models_dir: Path) -> Path:
+    """A models-mode bundle (small, medium and large whole models), thresholds set for a traffic mix."""
+    return tiny_models_dir / "bundle"
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = Path("artifacts/model")
 DEFAULT_CHECKPOINT = Path("artifacts/checkpoint")
+DEFAULT_LARGE = Path("artifacts/large")
+DEFAULT_MODELS = Path("artifacts/models")  # the models mode's bundle
+DEFAULT_MODELS_CHECKPOINT = Path("artifacts/models-checkpoint")
 DAEMONS = ("gateway", "cloud")  # their arguments go to the daemons' own parsers
 
 
@@ -37,10 +40,35 @@ def _dataset(npz: str | None) -> Dataset:
     return load_npz(Path(npz)) if npz else load_fashion_mnist()
 
 
+def _train_large(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edgecascade.training.large import LargeConfig, train_large
+
+    if args.config or args.quick or args.teacher:
+        raise ConfigError("--preset large takes no --config, --quick or --teacher; set --epochs or --subset")
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.subset)) if v is not None}
+    try:
+        config = replace(LargeConfig(), **overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = Path(args.out if args.out != str(DEFAULT_MODEL) else DEFAULT_LARGE)
+    large = train_large(config, _dataset(args.data), progress=True)
+    large.save(out)
+    print(
+        f"large model saved to {out} ({large.model.count_params():,} parameters, {large.train_seconds:.0f} s)"
+    )
+    for key, value in sorted(large.metrics.items()):
+        print(f"  {key}: {value:.4f}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from edgecascade.training.config import TrainConfig, load_train_config
     from edgecascade.training.export import train_and_export
 
+    if args.preset == "large":
+        return _train_large(args)
     config = TrainConfig.quick() if args.quick else TrainConfig()
     if args.config:
         config = load_train_config(args.config, config)
@@ -52,6 +80,16 @@ def _train(args: argparse.Namespace) -> int:
             config = replace(config, **overrides)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if args.preset == "models":  # its own defaults: the partitioned bundle stays where it is
+        args.out = str(DEFAULT_MODELS) if args.out == str(DEFAULT_MODEL) else args.out
+        args.checkpoint = (
+            str(DEFAULT_MODELS_CHECKPOINT) if args.checkpoint == str(DEFAULT_CHECKPOINT) else args.checkpoint
+        )
+    large = None
+    if args.preset == "models" or args.teacher:
+        from edgecascade.training.large import load_large
+
+        large = load_large(args.teacher or DEFAULT_LARGE)
     manifest = train_and_export(
         config,
         Path(args.out),
@@ -59,6 +97,8 @@ def _train(args: argparse.Namespace) -> int:
         version=args.model_version,
         progress=True,
         checkpoint_dir=args.checkpoint,
+        large=large,
+        mode="models" if args.preset == "models" else "partitioned",
     )
     _print_manifest(manifest, args.out)
     print(f"Keras checkpoint saved to {args.checkpoint}")
@@ -155,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_MODEL), help="bundle directory (default %(default)s)")
     p.add_argument("--data", help=".npz file with x and y arrays (default: Debian's Fashion-MNIST)")
     p.add_argument("--quick", action="store_true", help="the quicker preset the demo uses")
+    p.add_argument(
+        "--preset",
+        choices=("cascade", "large", "models"),
+        default="cascade",
+        help="cascade: the partitioned multi-exit model as a bundle (default); large: the large "
+        f"cloud model alone, a checkpoint written to --out (default {DEFAULT_LARGE}); models: a "
+        "models-mode bundle, small device and medium gateway models under the large one "
+        f"(default --out {DEFAULT_MODELS}, --checkpoint {DEFAULT_MODELS_CHECKPOINT})",
+    )
+    p.add_argument(
+        "--teacher",
+        help="large-model checkpoint (from --preset large): the exits learn its soft targets; "
+        f"--preset models uses it as the cloud's model (default {DEFAULT_LARGE})",
+    )
     p.add_argument(
         "--config", help="TOML file of training settings; its [model] table sets the network's shape"
     )

@@ -42,6 +42,8 @@ class TrainConfig:
     label_smoothing: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per exit: target share spread evenly
     exit_score: str = "max_prob"  # confidence score the exits threshold: max_prob, margin or entropy
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
+    distill_alpha: float = 0.5  # with a teacher: weight of its soft targets against the labels
+    distill_temperature: float = 4.0  # with a teacher: softmax temperature of the soft targets
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -55,6 +57,10 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not is_fraction(self.val_fraction):
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not (is_fraction(self.distill_alpha) or self.distill_alpha == 1):
+            problems.append(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
+        if not (isinstance(self.distill_temperature, int | float) and self.distill_temperature > 0):
+            problems.append(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
         if not _per_exit(self.label_smoothing, is_fraction):
             problems.append(f"label_smoothing must be three numbers in [0, 1), got {self.label_smoothing!r}")
         if not _per_exit(self.loss_weights, lambda w: isinstance(w, int | float) and w >= 0):

@@ -31,6 +31,8 @@ from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.files import atomic_write, sha256_file
 from edgecascade.device_sdk.model.bundle import (
     MANIFEST,
+    MODELS,
+    PARTITIONED,
     PRECISIONS,
     TIERS,
     ExitSpec,
@@ -46,11 +48,13 @@ from edgecascade.device_sdk.model.signing import PrivateKeySource
 from edgecascade.training.calibration import softmax
 from edgecascade.training.config import TrainConfig
 from edgecascade.training.data import Dataset, load_fashion_mnist
+from edgecascade.training.large import LargeModel
 from edgecascade.training.train import TrainedModel, train, training_split
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "fashion-mnist-3exit"
+MODELS_NAME = "fashion-mnist-3models"
 
 
 def convert_stage(model: Any, precision: str = "float32", representative: np.ndarray | None = None) -> bytes:
@@ -93,9 +97,12 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
 
 
 def inspect_partition(
-    content: bytes, tier: str, num_classes: int
+    content: bytes, tier: str, num_classes: int, cut: bool | None = None
 ) -> tuple[TensorSpec, TensorSpec, TensorSpec | None]:
-    """``(input, logits, features)`` specs of a converted partition, as LiteRT reports them."""
+    """``(input, logits, features)`` specs of a converted partition, as LiteRT reports them.
+
+    ``cut``: whether the partition must output cut features (None: every tier but the last).
+    """
     interp = interpreter_class()(model_content=content)
     inputs, outputs = interp.get_input_details(), interp.get_output_details()
     if len(inputs) != 1:
@@ -104,7 +111,7 @@ def inspect_partition(
         raise ModelError(f"{tier} partition has a fixed batch size; expected a dynamic batch")
     logits = [d for d in outputs if len(d["shape"]) == 2]
     features = [d for d in outputs if len(d["shape"]) == 4]
-    want_features = 0 if tier == TIERS[-1] else 1
+    want_features = int(tier != TIERS[-1] if cut is None else cut)
     if len(logits) != 1 or len(features) != want_features or len(outputs) != 1 + want_features:
         raise ModelError(
             f"{tier} partition outputs {[(d['name'], list(d['shape'])) for d in outputs]}: expected one "
@@ -117,10 +124,12 @@ def inspect_partition(
 
 
 def _partition_spec(
-    tier: str, content: bytes, num_classes: int, exit_spec: ExitSpec, encoding: str, precision: str
+    tier: str, content: bytes, num_classes: int, exit_spec: ExitSpec, encoding: str, precision: str, mode: str
 ) -> PartitionSpec:
     """The manifest entry of a converted partition (``file`` and ``sha256`` filled in when written)."""
-    tensor_in, logits, features = inspect_partition(content, tier, num_classes)
+    whole = mode == MODELS  # a whole model on the raw input: no cut, the input itself goes up
+    tensor_in, logits, features = inspect_partition(content, tier, num_classes, cut=False if whole else None)
+    sends_up = tier != TIERS[-1]
     return PartitionSpec(
         tier=tier,
         file=f"{tier}.tflite",
@@ -129,7 +138,7 @@ def _partition_spec(
         logits=logits,
         features=features,
         exit=exit_spec,
-        encoding=encoding if features is not None else "float32",
+        encoding=encoding if sends_up else "float32",
         precision=precision,
     )
 
@@ -179,7 +188,7 @@ def export_bundle(
     measure = representative is not None and holdout is not None
     to_convert = {(t, p) for t in TIERS for p in (PRECISIONS if measure else ("float32", wanted[t]))}
     rep_inputs = stage_inputs(trained, representative[:256]) if representative is not None else {}
-    encodings = (trained.config.model.cut1_encoding, trained.config.model.cut2_encoding, "float32")
+    encodings = (*trained.encodings, "float32")
     exits = {
         tier: ExitSpec(threshold=float(t), temperature=float(temp), score=trained.config.exit_score)
         for tier, t, temp in zip(TIERS, thresholds, trained.temperatures, strict=True)
@@ -192,7 +201,7 @@ def export_bundle(
         content = convert_stage(trained.stage(tier), precision, rep_inputs.get(tier))
         contents[tier, precision] = content
         specs[tier, precision] = _partition_spec(
-            tier, content, len(classes), exits[tier], encodings[TIERS.index(tier)], precision
+            tier, content, len(classes), exits[tier], encodings[TIERS.index(tier)], precision, trained.mode
         )
         logger.info("converted %s partition (%s): %d bytes", tier, precision, len(content))
     if measure:
@@ -202,6 +211,8 @@ def export_bundle(
         wanted = choose_precisions(variants) | (precisions or {})
     for prev, nxt in itertools.pairwise(TIERS):
         features, next_input = specs[prev, wanted[prev]].features, specs[nxt, wanted[nxt]].input
+        if trained.mode == MODELS:
+            features = specs[prev, wanted[prev]].input
         if features is None or features.shape != next_input.shape:
             raise ModelError(f"{prev} features {features} do not feed the {nxt} input {next_input}")
     if specs[TIERS[0], wanted[TIERS[0]]].input.shape != trained.input_spec.shape:
@@ -223,6 +234,7 @@ def export_bundle(
         input=trained.input_spec,
         partitions=tuple(partitions),
         metrics={k: float(v) for k, v in sorted(metrics.items())},
+        mode=trained.mode,
     )
     _fsync_dir(out)
     write_manifest(out, manifest)
@@ -282,24 +294,36 @@ def train_and_export(
     progress: bool = True,
     name: str = DEFAULT_NAME,
     checkpoint_dir: str | Path | None = None,
+    *,
+    large: LargeModel | None = None,
+    mode: str = PARTITIONED,
 ) -> Manifest:
     """Train on ``dataset`` (Fashion-MNIST when None) and export the bundle; the one call the CLI makes.
 
     With ``checkpoint_dir`` the Keras model is also saved there (for later fine-tuning). The
     partitions' precisions are chosen, and the neural caches' hit rule calibrated, on the
-    validation split; both are stored in the manifest.
+    validation split; both are stored in the manifest. With ``large`` (the large model) the
+    partitioned cascade's exits learn its soft targets; the models ``mode`` needs it, as the
+    cloud's model and the small and medium models' teacher.
     """
     from edgecascade.training.cache_calibration import calibrate_cache
 
     data = dataset if dataset is not None else load_fashion_mnist()
-    trained = train(train_config, data, progress=progress)
+    if mode == MODELS:
+        if large is None:
+            raise ModelError("the models mode needs the large model: train it with --preset large")
+        from edgecascade.training.models_mode import train_models
+
+        trained = train_models(train_config, data, large, progress=progress)
+    else:
+        trained = train(train_config, data, progress=progress, teacher=large.model if large else None)
     if checkpoint_dir is not None:
         trained.save(checkpoint_dir)
     x_train, _, x_val, y_val = training_split(train_config, data)
     export_bundle(
         trained,
         out_dir,
-        name=name,
+        name=name if mode != MODELS or name != DEFAULT_NAME else MODELS_NAME,
         version=version,
         classes=data.classes,
         representative=x_train,

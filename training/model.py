@@ -232,6 +232,15 @@ def chain(device: keras.Model, gateway: keras.Model, cloud: keras.Model) -> kera
     return keras.Model(inp, outputs, name="joint")
 
 
+def side_by_side(device: keras.Model, gateway: keras.Model, cloud: keras.Model) -> keras.Model:
+    """The models mode's joint model: image → each whole model's logits, the models side by side."""
+    inp = keras.Input(shape=device.input_shape[1:], name="image")
+    outputs = [
+        layers.Identity(name=f"exit{i}")(m(inp)) for i, m in enumerate((device, gateway, cloud), start=1)
+    ]
+    return keras.Model(inp, outputs, name="joint")
+
+
 def build_stages(config: ModelConfig) -> Stages:
     """Fresh, untrained stages for ``config``."""
     device = build_device(config)

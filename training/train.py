@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -25,17 +25,20 @@ from keras import layers
 from tqdm.auto import tqdm
 
 from edgecascade.device_sdk.errors import ModelError
-from edgecascade.device_sdk.model.bundle import InputSpec
+from edgecascade.device_sdk.model.bundle import MODELS, PARTITIONED, InputSpec
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.calibration import NEVER_EXIT, accuracy_metrics, calibrate, cascade_metrics, softmax
 from edgecascade.training.config import TrainConfig
 from edgecascade.training.data import Dataset, split_validation
-from edgecascade.training.model import Stages, build_stages, chain
+from edgecascade.training.distill import DistillationLoss, soft_targets, teacher_logits
+from edgecascade.training.model import Stages, build_stages, chain, side_by_side
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trained.json"
 _TIERS = ("device", "gateway", "cloud")
+RAW_ENCODING = "int8"
+"""How the models mode sends the raw input up: int8 over the batch's range, lossless for 8-bit images."""
 
 
 @dataclass
@@ -53,6 +56,7 @@ class TrainedModel:
     temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0)
     train_seconds: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)
+    mode: str = PARTITIONED  # models: three whole networks, each on the raw input (bundle.MODES)
     _joint: keras.Model | None = field(default=None, init=False, repr=False, compare=False)
 
     def stage(self, tier: str) -> keras.Model:
@@ -60,20 +64,31 @@ class TrainedModel:
 
     @property
     def joint(self) -> keras.Model:
-        """The three stages chained (image → three exits' logits), built once."""
+        """Image → three exits' logits, sharing the stages' weights (chained, or side by side
+        in the models mode), built once."""
         if self._joint is None:
-            self._joint = chain(self.device, self.gateway, self.cloud)
+            join = side_by_side if self.mode == MODELS else chain
+            self._joint = join(self.device, self.gateway, self.cloud)
         return self._joint
 
+    @property
+    def encodings(self) -> tuple[str, str]:
+        """How what the device and the gateway send up travels: the cuts', or the raw input's."""
+        if self.mode == MODELS:
+            return RAW_ENCODING, RAW_ENCODING
+        return self.config.model.cut1_encoding, self.config.model.cut2_encoding
+
     def exit_logits(self, raw: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
-        """Logits of the three exits for raw images, as deployed: each cut through its wire encoding."""
+        """Logits of the three exits for raw images, as deployed: what goes up through its wire encoding."""
         x = self.input_spec.normalise(raw)
-        model = self.config.model
         logits = []
-        for tier, encoding in zip(_TIERS, (model.cut1_encoding, model.cut2_encoding, None), strict=True):
+        for tier, encoding in zip(_TIERS, (*self.encodings, None), strict=True):
             out = self.stage(tier).predict(x, batch_size=batch_size, verbose=0)
             if encoding is None:
                 logits.append(np.asarray(out))
+            elif self.mode == MODELS:
+                logits.append(np.asarray(out))
+                x = through_wire(x, encoding)
             else:
                 logits.append(np.asarray(out[0]))
                 x = through_wire(np.asarray(out[1]), encoding)
@@ -100,6 +115,7 @@ class TrainedModel:
             "input": asdict(self.input_spec),
             "train_seconds": self.train_seconds,
             "history": self.history,
+            "mode": self.mode,
         }
         tmp = root / f".{CHECKPOINT_FILE}.tmp"
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -131,6 +147,7 @@ def load_trained(path: str | Path) -> TrainedModel:
         ),
         train_seconds=float(meta.get("train_seconds", 0.0)),
         history=meta.get("history", {}),
+        mode=meta.get("mode", PARTITIONED),
     )
 
 
@@ -162,24 +179,77 @@ class TqdmProgress(keras.callbacks.Callback):
             self._bar = None
 
 
-def augmented(joint: keras.Model, max_shift: int) -> keras.Model:
-    """``joint`` behind random horizontal flips and shifts (±``max_shift`` pixels), active only in training.
+def augmented(model: keras.Model, max_shift: int) -> keras.Model:
+    """``model`` behind random horizontal flips and shifts (±``max_shift`` pixels), active only in training.
 
     Fashion-MNIST items are centred and mostly left-right symmetric, so these are label
-    preserving; the stages themselves (and so the exported partitions) stay unchanged.
+    preserving; the model itself (and so the exported partitions) stays unchanged.
     """
-    inp = keras.Input(shape=joint.input_shape[1:], name="image")
-    height, width = joint.input_shape[1:3]
+    inp = keras.Input(shape=model.input_shape[1:], name="image")
+    height, width = model.input_shape[1:3]
     x = layers.RandomFlip("horizontal", name="flip")(inp)
     if max_shift:
         fraction = (max_shift / height, max_shift / width)
         x = layers.RandomTranslation(*fraction, fill_mode="constant", name="shift")(x)
-    exits = [layers.Identity(name=f"exit{i}")(t) for i, t in enumerate(joint(x), start=1)]
+    outputs = model(x)
+    outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+    exits = [layers.Identity(name=f"exit{i}")(t) for i, t in enumerate(outputs, start=1)]
     return keras.Model(inp, exits, name="augmented")  # named outputs: exit1_loss ... in the history
 
 
+def fit(
+    model: keras.Model,
+    x: np.ndarray,
+    targets: list[np.ndarray],
+    losses: list[keras.losses.Loss],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    max_shift: int | None,
+    loss_weights: tuple[float, ...] | None = None,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Train ``model`` (one output per target) with Adam on a cosine schedule; returns the history.
+
+    ``max_shift`` None trains without augmentation; a number adds flips and shifts of up to
+    that many pixels (:func:`augmented`).
+    """
+    steps = max(1, -(-len(x) // batch_size)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.02)
+    fitted = augmented(model, max_shift) if max_shift is not None else model
+    fitted.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=losses,
+        loss_weights=list(loss_weights) if loss_weights is not None else None,
+    )
+    history = fitted.fit(
+        x,
+        targets,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[TqdmProgress(epochs)] if progress else [],
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+class SplitSettings(Protocol):
+    """What decides a run's training and validation split (a TrainConfig or a LargeConfig)."""
+
+    @property
+    def train_subset(self) -> int | None: ...
+
+    @property
+    def val_fraction(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
 def training_split(
-    config: TrainConfig, dataset: Dataset
+    config: SplitSettings, dataset: Dataset
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_val, y_val)`` exactly as :func:`train` uses them for ``config``."""
     x, y = dataset.x_train, dataset.y_train
@@ -189,8 +259,14 @@ def training_split(
     return split_validation(x, y, config.val_fraction, config.seed)
 
 
-def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> TrainedModel:
-    """Train the three exits jointly, choose thresholds on validation data, measure on the test set."""
+def train(
+    config: TrainConfig, dataset: Dataset, progress: bool = True, teacher: keras.Model | None = None
+) -> TrainedModel:
+    """Train the three exits jointly, choose thresholds on validation data, measure on the test set.
+
+    With a ``teacher`` (the large model: image → logits) every exit also learns its soft
+    targets (:class:`~edgecascade.training.distill.DistillationLoss`).
+    """
     start = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     input_spec = InputSpec(shape=dataset.input_shape)
@@ -204,29 +280,20 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
     logger.info("training on %d images, validating on %d, %d epochs", len(x_tr), len(x_val), config.epochs)
 
     stages: Stages = build_stages(model_config)
-    steps = max(1, -(-len(x_tr) // config.batch_size)) * config.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=0.02)
-    smoothing = config.label_smoothing
-    losses = [keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s) for s in smoothing]
-    targets = keras.utils.to_categorical(y_tr, model_config.num_classes)
-    fitted = augmented(stages.joint, config.max_shift) if config.augment else stages.joint
-    fitted.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=losses,
-        loss_weights=list(config.loss_weights),
-    )
-    callbacks = [TqdmProgress(config.epochs)] if progress else []
-    fit = fitted.fit(
-        input_spec.normalise(x_tr),
-        [targets, targets, targets],
-        batch_size=config.batch_size,
+    x_fit = input_spec.normalise(x_tr)
+    targets = exit_targets(config, y_tr, model_config.num_classes, x_fit, teacher)
+    history = fit(
+        stages.joint,
+        x_fit,
+        [targets] * 3,
+        exit_losses(config, 3, teacher is not None),
         epochs=config.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_shift=config.max_shift if config.augment else None,
+        loss_weights=config.loss_weights,
+        progress=progress,
     )
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-
     trained = TrainedModel(
         device=stages.device,
         gateway=stages.gateway,
@@ -238,13 +305,43 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> Train
         input_spec=input_spec,
         history=history,
     )
+    return calibrate_and_measure(trained, dataset, x_val, y_val, start)
+
+
+def exit_losses(config: TrainConfig, exits: int, distill: bool) -> list[keras.losses.Loss]:
+    """One loss per exit: cross-entropy on the labels, or with a teacher :class:`DistillationLoss`."""
+    smoothing = config.label_smoothing[:exits]
+    if distill:
+        return [DistillationLoss(config.distill_alpha, config.distill_temperature, s) for s in smoothing]
+    return [keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s) for s in smoothing]
+
+
+def exit_targets(
+    config: TrainConfig, y: np.ndarray, num_classes: int, x: np.ndarray, teacher: keras.Model | None
+) -> np.ndarray:
+    """Every exit's targets for normalised inputs ``x``: one-hot labels, the teacher's logits beside them."""
+    targets = keras.utils.to_categorical(y, num_classes)
+    if teacher is None:
+        return targets
+    logger.info(
+        "distilling from a teacher (alpha %s, T %s)", config.distill_alpha, config.distill_temperature
+    )
+    return soft_targets(targets, teacher_logits(teacher, x))
+
+
+def calibrate_and_measure(
+    trained: TrainedModel, dataset: Dataset, x_val: np.ndarray, y_val: np.ndarray, start: float
+) -> TrainedModel:
+    """Temperatures and thresholds on the validation split; every exit and the cascade on the test set."""
     metrics = calibrate(trained, x_val, y_val) if len(x_val) else {}
     if not len(x_val):
         logger.warning("no validation data: early exits get threshold %s (never answer)", NEVER_EXIT)
     if len(dataset.x_test):
         test_probs = trained.exit_probs(dataset.x_test)
         metrics |= accuracy_metrics("test", test_probs, dataset.y_test)
-        metrics |= cascade_metrics("test", test_probs, dataset.y_test, trained.thresholds, config.exit_score)
+        metrics |= cascade_metrics(
+            "test", test_probs, dataset.y_test, trained.thresholds, trained.config.exit_score
+        )
     trained.metrics = metrics
     trained.train_seconds = time.monotonic() - start
     logger.info(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecascade.device_sdk.model.bundle import PRECISIONS, TIERS, PartitionSpec
+from edgecascade.device_sdk.model.bundle import MODELS, PRECISIONS, TIERS, PartitionSpec
 from edgecascade.device_sdk.model.runtime import PartitionRunner
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.train import TrainedModel
@@ -43,33 +43,37 @@ class Variant:
         return len(self.content)
 
 
-def cut_encodings(trained: TrainedModel) -> tuple[str, str]:
-    """The wire encodings of cut 1 and cut 2."""
-    return trained.config.model.cut1_encoding, trained.config.model.cut2_encoding
-
-
 def stage_inputs(trained: TrainedModel, raw: np.ndarray) -> dict[str, np.ndarray]:
-    """What each tier's partition receives for raw images: Keras features after their wire encoding."""
+    """What each tier's partition receives for raw images: Keras features (or, in the models
+    mode, the input) after their wire encoding."""
     x = trained.input_spec.normalise(raw)
     inputs = {TIERS[0]: x}
-    for tier, nxt, encoding in zip(TIERS[:-1], TIERS[1:], cut_encodings(trained), strict=True):
-        _, features = trained.stage(tier).predict(inputs[tier], batch_size=1024, verbose=0)
-        inputs[nxt] = through_wire(np.asarray(features), encoding)
+    for tier, nxt, encoding in zip(TIERS[:-1], TIERS[1:], trained.encodings, strict=True):
+        if trained.mode == MODELS:
+            inputs[nxt] = through_wire(inputs[tier], encoding)
+        else:
+            _, features = trained.stage(tier).predict(inputs[tier], batch_size=1024, verbose=0)
+            inputs[nxt] = through_wire(np.asarray(features), encoding)
     return inputs
 
 
 def _accuracies(
-    runners: list[PartitionRunner], x: np.ndarray, y: np.ndarray, encodings: tuple[str, ...]
+    runners: list[PartitionRunner],
+    x: np.ndarray,
+    y: np.ndarray,
+    encodings: tuple[str, ...],
+    forwards_input: bool,
 ) -> tuple[float, ...]:
-    """Exit accuracies of ``runners`` chained (features through their wire encoding), in batches."""
+    """Exit accuracies of ``runners`` chained (what goes up through its wire encoding), in batches."""
     correct = np.zeros(len(runners))
     for start in range(0, len(x), 512):
         batch = x[start : start + 512]
         for i, runner in enumerate(runners):
             out = runner.run(batch)
             correct[i] += int((out.logits.argmax(1) == y[start : start + 512]).sum())
-            if out.features is not None:
-                batch = through_wire(out.features, encodings[TIERS.index(runner.spec.tier)])
+            up = batch if forwards_input else out.features
+            if up is not None and i < len(runners) - 1:
+                batch = through_wire(up, encodings[TIERS.index(runner.spec.tier)])
     return tuple(float(c / len(x)) for c in correct)
 
 
@@ -82,14 +86,14 @@ def build_variants(
     """Measure every converted ``(tier, precision)`` on the raw ``holdout`` images and labels."""
     x_raw, y = holdout
     inputs = stage_inputs(trained, x_raw)
-    encodings = cut_encodings(trained)
+    encodings = trained.encodings
     variants = {}
     for (tier, precision), content in contents.items():
         later = TIERS[TIERS.index(tier) + 1 :]
         runners = [PartitionRunner(content, specs[tier, precision])] + [
             PartitionRunner(contents[t, "float32"], specs[t, "float32"]) for t in later
         ]
-        accuracy = _accuracies(runners, inputs[tier], y, encodings)
+        accuracy = _accuracies(runners, inputs[tier], y, encodings, trained.mode == MODELS)
         variants[tier, precision] = Variant(tier, precision, content, accuracy)
         logger.info("%s %s: %d bytes, exit accuracies %s", tier, precision, len(content), accuracy)
     return variants

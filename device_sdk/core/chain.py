@@ -30,7 +30,9 @@ def run_partitions(bundle: Bundle, raw: np.ndarray, batch_size: int = 512) -> Ch
     """Run all partitions of ``bundle`` one after another on raw inputs, in batches.
 
     Each cut's features pass through their wire encoding (:func:`~.wire.codec.through_wire`)
-    before the next partition, so the answers are those of the deployed cascade. The
+    before the next partition, so the answers are those of the deployed cascade. In the
+    models mode every model runs on the input as the tier below sends it, and ``features``
+    are those inputs. The
     reference the cascade is measured against: device-only and full-model accuracy, export
     parity, cache calibration and the tests all use it.
     """
@@ -43,9 +45,10 @@ def run_partitions(bundle: Bundle, raw: np.ndarray, batch_size: int = 512) -> Ch
         for i, runner in enumerate(runners):
             out = runner.run(x)
             logits[i].append(out.logits)
-            if out.features is not None:
-                features[i].append(out.features)
-                x = through_wire(out.features, runner.spec.encoding)
+            up = x if bundle.manifest.forwards_input else out.features
+            if i < len(features) and up is not None:
+                features[i].append(up)
+                x = through_wire(up, runner.spec.encoding)
     return ChainOutputs(
         tuple(np.concatenate(chunks) for chunks in logits),
         tuple(np.concatenate(chunks) for chunks in features),

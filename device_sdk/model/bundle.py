@@ -37,6 +37,11 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 TIERS = ("device", "gateway", "cloud")
 PRECISIONS = ("float32", "float16", "int8")
+PARTITIONED, MODELS = "partitioned", "models"
+MODES = (PARTITIONED, MODELS)
+"""How a bundle's tiers relate. ``partitioned``: one multi-exit network cut in three, each
+tier runs on the cut features of the one below. ``models``: three separately trained
+networks (small, medium, large), each runs on the raw input, which is what travels up."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,12 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
     rollback_of: int | None = None  # set on a signed rollback: the newest version it may replace
+    mode: str = PARTITIONED  # see MODES
+
+    @property
+    def forwards_input(self) -> bool:
+        """True in the models mode: a tier passes its own input (the raw input) up, not cut features."""
+        return self.mode == MODELS
 
     def partition(self, tier: str) -> PartitionSpec:
         """The partition that runs on ``tier``."""
@@ -161,12 +172,14 @@ class Manifest:
         """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
 
         Sorted keys, fixed indent and separators, ASCII only, floats as their shortest
-        round-trip repr. ``rollback_of`` is left out when unset, so manifests written before
-        the field existed keep their exact bytes.
+        round-trip repr. ``rollback_of`` is left out when unset and ``mode`` when partitioned, so
+        manifests written before those fields existed keep their exact bytes.
         """
         data = asdict(self)
         if data["rollback_of"] is None:
             del data["rollback_of"]
+        if data["mode"] == PARTITIONED:
+            del data["mode"]
         return json.dumps(data, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=True) + "\n"
 
     @classmethod
@@ -188,6 +201,7 @@ class Manifest:
                 partitions=parts,
                 metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
                 rollback_of=None if data.get("rollback_of") is None else int(data["rollback_of"]),
+                mode=_one_of(data.get("mode", PARTITIONED), MODES, "mode"),
             )
         except BundleError:
             raise
@@ -206,7 +220,10 @@ class Manifest:
         for p, nxt in zip(manifest.partitions, (*manifest.partitions[1:], None), strict=True):
             if p.logits.shape != (len(manifest.classes),):
                 problems.append(f"{p.tier} logits shape {p.logits.shape} != ({len(manifest.classes)},)")
-            if nxt is not None and (p.features is None or p.features.shape != nxt.input.shape):
+            if manifest.forwards_input:
+                if p.features is not None or p.input.shape != manifest.input.shape:
+                    problems.append(f"{p.tier} model must take the raw input {manifest.input.shape}, no cut")
+            elif nxt is not None and (p.features is None or p.features.shape != nxt.input.shape):
                 problems.append(f"{p.tier} features do not match the {nxt.tier} partition's input")
             if not (math.isfinite(p.exit.threshold) and p.exit.threshold >= 0 and p.exit.temperature > 0):
                 problems.append(f"{p.tier} exit needs a finite threshold >= 0 and a temperature > 0")

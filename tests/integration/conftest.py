@@ -8,6 +8,7 @@ gateways rescan the device-key directory on every miss, so they serve it at once
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import queue
@@ -87,11 +88,11 @@ class CloudServer:
 _GATEWAY_TOKENS: dict[str, str] = {}
 
 
-@pytest.fixture(scope="session")
-def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[CloudServer]:
-    state = tmp_path_factory.mktemp("cloud-state")
+@contextlib.contextmanager
+def serve_cloud(bundle: Path, state: Path, pki: Pki) -> Iterator[CloudServer]:
+    """The Flask cloud app serving ``bundle`` over HTTPS on a free port, with a gateway and an admin token."""
     settings = CloudSettings(
-        bundle=tiny_bundle,
+        bundle=bundle,
         port=0,
         max_body_bytes=64 * 1024,
         token_store=state / "tokens.db",
@@ -110,10 +111,18 @@ def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki)
     url = f"https://127.0.0.1:{server.server_port}"
     _GATEWAY_TOKENS[url] = tokens.create("gateway", "gateway")[0]
     admin = tokens.create("admin", "tests")[0]
-    yield CloudServer(
-        url, app.extensions["edgecascade"], server, _GATEWAY_TOKENS[url], admin, tokens, str(pki.ca_cert)
-    )
-    server.shutdown()
+    try:
+        yield CloudServer(
+            url, app.extensions["edgecascade"], server, _GATEWAY_TOKENS[url], admin, tokens, str(pki.ca_cert)
+        )
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cloud(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[CloudServer]:
+    with serve_cloud(tiny_bundle, tmp_path_factory.mktemp("cloud-state"), pki) as server:
+        yield server
 
 
 def gateway_config(
