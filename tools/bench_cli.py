@@ -20,19 +20,27 @@ from edgecascade.tools import (
 
 
 def _bench_accuracy(args: argparse.Namespace) -> int:
-    from edgecascade.tools.bench_accuracy import bench_accuracy, format_accuracy_report, plot_sweep
+    from edgecascade.tools.bench_accuracy import (
+        bench_accuracy,
+        format_accuracy_report,
+        open_bundles,
+        plot_sweep,
+    )
     from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
-    bundle = load_bundle(Path(args.model))
+    models_bundle = Path(args.models_bundle) if args.models_bundle else None
+    bundle, other, hint = open_bundles(Path(args.model), models_bundle)
+    if hint:
+        print(hint)
     data = load_fashion_mnist()
     n = args.n or len(data.x_test)
-    report = bench_accuracy(bundle, data.x_test[:n], data.y_test[:n])
+    report = bench_accuracy(bundle, data.x_test[:n], data.y_test[:n], other)
     plot = Path(args.plot or (Path(args.report).with_suffix(".png") if args.report else "bench-accuracy.png"))
     plot_sweep(report, plot)
     report["plot"] = str(plot)
     print(format_accuracy_report(report))
-    print_report(f"threshold sweep plotted to {plot}", report, args.report)
+    print_report(f"accuracy against offload share plotted to {plot}", report, args.report)
     return 0
 
 
@@ -108,11 +116,17 @@ def register(
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_bench_cache)
     p = bench.add_parser(
-        "accuracy", help="device-only, gateway-only, cloud-only and the cascade on the test set; sweep"
+        "accuracy",
+        help="device-only, gateway-only, cloud-only and the cascade on the test set, partitioned "
+        "and models mode side by side; sweep",
     )
     p.add_argument("--model", default=default_model, help="bundle directory (default %(default)s)")
+    p.add_argument(
+        "--models-bundle",
+        help="the bundle of the other inference mode (default artifacts/models; skipped if missing)",
+    )
     p.add_argument("--report", help="write the JSON report here (the plot beside it, as .png)")
-    p.add_argument("--plot", help="where to save the threshold sweep plot (PNG)")
+    p.add_argument("--plot", help="where to save the accuracy against offload share plot (PNG)")
     p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
     p.set_defaults(func=_bench_accuracy)
     p = bench.add_parser(
