@@ -57,9 +57,9 @@ class VersionSpec:
     def from_manifest(cls, manifest: Manifest) -> VersionSpec:
         cuts = {}
         for cut, tier in CUT_TIERS.items():
-            spec = manifest.partition(tier)
-            assert spec.features is not None  # Manifest.from_dict guarantees features on these tiers
-            cuts[cut] = CutSpec(spec.features.shape, spec.encoding)
+            sent = manifest.sent_up(tier)  # cut features, or the raw input in the models mode
+            assert sent is not None  # Manifest.from_dict guarantees it below the last tier
+            cuts[cut] = CutSpec(sent.shape, manifest.partition(tier).encoding)
         return cls(manifest.version, manifest.name, len(manifest.classes), manifest.input.shape, cuts)
 
     def to_json(self) -> dict[str, Any]:

@@ -226,7 +226,7 @@ class _Retrain:
             version,
             replay=original.replay,
             validation=original.validation,
-            device_frozen=not trains_device(hard.train, config),
+            device_frozen=not trains_device(candidate, hard.train, config),
             signing_key=settings.signing_key,
         )
         candidate.save(self.workdir / "checkpoint")

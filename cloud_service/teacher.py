@@ -3,7 +3,8 @@
 The cloud holds the gateway and cloud partitions of the version it serves. Cut-2 features
 go through the cloud partition; cut-1 features through the gateway partition, its cut-2
 output through the wire encoding (as it would travel), then the cloud partition. The label
-is the final exit's argmax (temperature does not change it).
+is the final exit's argmax (temperature does not change it). In the models mode both cuts
+carry the raw input, which the cloud's large model answers directly.
 
 Features from another version are labelled only when that version's cut has the same
 shape and encoding as the served one's: features the served partitions cannot read get no
@@ -29,6 +30,7 @@ class Teacher:
         self._gateway = PartitionRunner.from_bundle(bundle, "gateway")
         self._cloud = PartitionRunner.from_bundle(bundle, "cloud")
         self._cut2_encoding = bundle.manifest.partition("gateway").encoding
+        self._through_gateway = not bundle.manifest.forwards_input
 
     @property
     def version(self) -> int:
@@ -47,7 +49,7 @@ class Teacher:
             if not picked:
                 continue
             x = np.stack([items[i].features for i in picked]).astype(np.float32)
-            if cut == "cut1":
+            if cut == "cut1" and self._through_gateway:
                 x = through_wire(self._gateway.run(x).features, self._cut2_encoding)  # type: ignore[arg-type]
             predicted = self._cloud.run(x).logits.argmax(axis=1)
             for i, label in zip(picked, predicted, strict=True):

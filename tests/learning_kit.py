@@ -106,14 +106,17 @@ def make_learning_cloud(
 def device_examples(
     bundle: Path, images: np.ndarray, device_id: str = "cam-01", version: int | None = None
 ) -> list[HardExample]:
-    """Hard examples as the device partition of ``bundle`` produces them for ``images`` (cut 1)."""
+    """Hard examples as the device partition of ``bundle`` produces them for ``images`` (cut 1: its
+    features, or in the models mode the input)."""
     loaded = load_bundle(bundle)
     spec = loaded.manifest.partition("device")
     runner = PartitionRunner.from_bundle(loaded, "device")
-    out = runner.run(loaded.manifest.input.normalise(images))
-    assert out.features is not None
+    x = loaded.manifest.input.normalise(images)
+    out = runner.run(x)
+    sent = x if loaded.manifest.forwards_input else out.features
+    assert sent is not None
     examples = []
-    for i, (features, logits) in enumerate(zip(out.features, out.logits, strict=True)):
+    for i, (features, logits) in enumerate(zip(sent, out.logits, strict=True)):
         examples.append(
             HardExample(
                 device_id=device_id,

@@ -10,6 +10,9 @@ app opted in). What can change depends on that:
   keep their partition, and the features they send stay valid for the new version.
 - **raw inputs for every example** (and ``train_device``): all three stages learn, on raw
   replay images and raw hard examples.
+- **the models mode**: what a device or a gateway sends up is the input itself, so every
+  example is an input for all three models, and all three learn (the device model only
+  with ``train_device``).
 
 The replay sample (original training images with their true labels) keeps the model from
 forgetting what it knew; hard examples are weighted by ``hard_weight``. Batch-norm layers
@@ -35,11 +38,12 @@ import keras
 import numpy as np
 from keras import layers
 
+from edgecascade.device_sdk.model.bundle import MODELS
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.calibration import cascade_predictions, softmax
 from edgecascade.training.gate import Scores, pooled_accuracy
 from edgecascade.training.hard_examples import HardSet
-from edgecascade.training.train import TrainedModel
+from edgecascade.training.train import RAW_ENCODING, TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +63,11 @@ class FinetuneConfig:
     seed: int = 0
 
 
-def trains_device(hard: HardSet, config: FinetuneConfig) -> bool:
-    """Whether the device stage may learn: only from raw inputs, and only if every example has one."""
+def trains_device(trained: TrainedModel, hard: HardSet, config: FinetuneConfig) -> bool:
+    """Whether the device stage may learn: only from raw inputs, and only if every example has one
+    (in the models mode every example is one)."""
+    if trained.mode == MODELS:
+        return config.train_device and len(hard) > 0
     return config.train_device and len(hard.raw_y) > 0 and len(hard.raw_y) == len(hard)
 
 
@@ -100,8 +107,25 @@ def _after_cut1(trained: TrainedModel, cut1: np.ndarray) -> list[np.ndarray]:
 
 def exit_logits(trained: TrainedModel, raw: np.ndarray) -> list[np.ndarray]:
     """Logits of the three exits for raw images, as deployed (what ``TrainedModel.exit_logits`` gives)."""
+    if trained.mode == MODELS:
+        return _models_logits(trained, trained.input_spec.normalise(raw))
     logits1, _ = _run(trained.device, trained.input_spec.normalise(raw))
     return [logits1, *_after_cut1(trained, _cut1(trained, raw))]
+
+
+def _models_logits(trained: TrainedModel, x: np.ndarray) -> list[np.ndarray]:
+    """The models mode: each whole model on normalised inputs as its tier receives them."""
+    sent = through_wire(x, RAW_ENCODING)
+    return [_run(trained.device, x)[0], _run(trained.gateway, sent)[0], _run(trained.cloud, sent)[0]]
+
+
+def _as_inputs(trained: TrainedModel, hard: HardSet) -> tuple[np.ndarray, np.ndarray]:
+    """Hard examples as normalised inputs, and their labels: the raw ones, and in the models mode
+    both cuts' (which carry the input)."""
+    x, y = [trained.input_spec.normalise(hard.raw)], [hard.raw_y]
+    if trained.mode == MODELS:
+        x, y = [*x, hard.cut1, hard.cut2], [*y, hard.cut1_y, hard.cut2_y]
+    return np.concatenate(x).astype(np.float32), np.concatenate(y)
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -125,15 +149,16 @@ def finetune(
     keras.utils.set_random_seed(config.seed)
     x_replay, y_replay = replay
     stages = [trained.device, trained.gateway, trained.cloud]
-    device_learns = trains_device(hard, config)
+    device_learns = trains_device(trained, hard, config)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.device.trainable = device_learns  # before freezing BN: this sets every layer of the stage
     _freeze_batch_norm(stages, True)
     try:
-        if device_learns:
-            x = trained.input_spec.normalise(np.concatenate([x_replay, hard.raw]))
-            y = np.concatenate([y_replay, hard.raw_y])
-            w = np.concatenate([np.ones(len(y_replay)), np.full(len(hard.raw_y), config.hard_weight)])
+        if device_learns or trained.mode == MODELS:  # every example reaches every exit as an input
+            x_hard, y_hard = _as_inputs(trained, hard)
+            x = np.concatenate([trained.input_spec.normalise(x_replay), x_hard])
+            y = np.concatenate([y_replay, y_hard])
+            w = np.concatenate([np.ones(len(y_replay)), np.full(len(y_hard), config.hard_weight)])
             model: keras.Model = trained.joint
             inputs: Any = x
             targets, weights = [y, y, y], [w, w, w]
@@ -194,7 +219,12 @@ def _after_cut_problem(
 
 
 def _held_out_logits(trained: TrainedModel, hard: HardSet) -> list[tuple[list[np.ndarray], np.ndarray]]:
-    """Per kind of held-out input: the logits of the exits it reaches (its cut and later), and labels."""
+    """Per kind of held-out input: the logits of the exits it reaches (its cut and later), and labels.
+
+    In the models mode every example is an input every model can answer."""
+    if trained.mode == MODELS:
+        x, y = _as_inputs(trained, hard)
+        return [(_models_logits(trained, x), y)] if len(y) else []
     out: list[tuple[list[np.ndarray], np.ndarray]] = []
     if len(hard.raw_y):
         out.append((exit_logits(trained, hard.raw), hard.raw_y))

@@ -50,18 +50,18 @@ def load_embedder(bundle: Bundle, tier: str) -> Embedder:
     The file was checked against its sha256 in the manifest when the bundle was loaded;
     a file that does not parse raises :class:`ConfigError`.
     """
-    spec = bundle.manifest.partition(tier)
-    if spec.features is None:
-        raise ConfigError(f"the {tier} partition has no cut features to cache")
+    spec, keyed = bundle.manifest.partition(tier), bundle.manifest.sent_up(tier)
+    if keyed is None:
+        raise ConfigError(f"the {tier} partition sends nothing up to cache")
     if spec.cache is None or spec.cache.embedding is None:
-        return Embedder.pooled(spec.features.shape)
+        return Embedder.pooled(keyed.shape)
     try:
         embedder = Embedder.from_bytes((bundle.path / spec.cache.embedding).read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{tier} cache embedding {spec.cache.embedding}: {exc}") from None
-    if embedder.feature_shape != spec.features.shape:
+    if embedder.feature_shape != keyed.shape:
         raise ConfigError(
             f"{tier} cache embedding is for {embedder.feature_shape} features, "
-            f"the partition makes {spec.features.shape}"
+            f"the partition sends {keyed.shape}"
         )
     return embedder

@@ -168,6 +168,14 @@ class Manifest:
                 return p
         raise BundleError(f"manifest has no {tier!r} partition")
 
+    def sent_up(self, tier: str) -> TensorSpec | None:
+        """What ``tier`` sends the tier above (before its wire encoding): its cut features, or in
+        the models mode the input it ran on; None on the last tier."""
+        spec = self.partition(tier)
+        if tier == self.partitions[-1].tier:
+            return None
+        return spec.input if self.forwards_input else spec.features
+
     def to_json(self) -> str:
         """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
 

@@ -331,3 +331,36 @@ def test_a_succeeded_job_registers_its_candidate_and_auto_promote_serves_it(
         assert promoted.status_code == 200 and promoted.json["current"]["version"] == 2
         entries = {m["version"]: m for m in lc.client.get("/v1/models", headers=admin).json["models"]}
         assert entries[2]["metrics"]["status"] == "promoted"
+
+
+def test_a_models_mode_job_fine_tunes_all_three_models_on_the_inputs_devices_sent(
+    tmp_path: Path, tiny_models_dir: Path, fmnist: Dataset
+) -> None:
+    """In the models mode an uploaded example is the input itself: every model learns from it."""
+    x, y = fmnist.x_train[50000:50120], fmnist.y_train[50000:50120]
+    lc = make_learning_cloud(
+        tmp_path, tiny_models_dir / "bundle", checkpoint=tiny_models_dir / "trained", **(FAST | {"epochs": 2})
+    )
+    examples = device_examples(lc.served, x)
+    response = lc.client.post(
+        "/v1/hard-examples", json={"examples": [e.to_json() for e in examples]}, headers=lc.auth("gateway")
+    )
+    assert len(response.json["accepted"]) == 120, response.json
+    admin = lc.auth("admin")
+    for example, label in zip(examples, y, strict=True):
+        url = f"/v1/hard-examples/{example.example_id}/label"
+        assert lc.client.put(url, json={"label": int(label)}, headers=admin).status_code == 200
+
+    job = lc.client.post("/v1/retrain", headers=admin).json
+    status = wait_for_job(lc.client, admin, job["id"], timeout=300)
+    assert status["state"] in ("succeeded", "rejected"), status
+    metrics = status["metrics"]
+    assert metrics["finetune"]["stages"] == "device+gateway+cloud"
+    assert metrics["finetune"]["hard_cut1"] == metrics["examples"]["train"] > 0
+    assert metrics["gate"]["current"]["n_new"] == metrics["examples"]["holdout"] > 0
+    if status["state"] == "succeeded":
+        candidate = load_bundle(lc.config.models_dir / "v2")
+        assert candidate.manifest.mode == "models" and candidate.manifest.version == 2
+        assert (lc.config.models_dir / "v2" / "device.tflite").read_bytes() != (
+            lc.served / "device.tflite"
+        ).read_bytes()  # the device model learned too, and devices get it with the rollout
