@@ -33,12 +33,15 @@ def predict(site: Path, images: np.ndarray, labels: np.ndarray, show: int) -> No
     """Each image through the cascade as the site's example device; the first ``show`` printed."""
     facts = tomllib.loads((site / "site.toml").read_text())  # device_id, keys, bundle
     device_id = facts["device_id"]
-    config = load_device_config(site / "device.toml")  # [mqtt]: broker, CA, client certificate
+    config = load_device_config(site / "device.toml")  # [mqtt]: broker, CA, client certificate; [offload]
     crypto = load_device_crypto(facts["keys"], device_id)  # payload keys shared with the gateways
     transport = MqttTransport(config.mqtt, device_id)
     tiers: Counter[str] = Counter()
     correct = 0
-    with DeviceClient.from_bundle(facts["bundle"], device_id, transport, crypto=crypto) as client:
+    policy = config.offload.build_policy()  # [offload]: by default the manifest's threshold
+    with DeviceClient.from_bundle(
+        facts["bundle"], device_id, transport, crypto=crypto, policy=policy
+    ) as client:
         if not transport.connected:  # the client would answer alone, flagged degraded; say why instead
             raise TransportError(f"no broker at {config.mqtt.host}:{config.mqtt.port}; is the stack up?")
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):

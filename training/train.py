@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "trained.json"
 _TIERS = ("device", "gateway", "cloud")
 RAW_ENCODING = "int8"
-"""How the models mode sends the raw input up: int8 over the batch's range, lossless for 8-bit images."""
+"""How the models mode sends the raw input up: int8 over the image's range, within half a grey level."""
 
 
 @dataclass
