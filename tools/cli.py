@@ -43,13 +43,15 @@ def _dataset(npz: str | None) -> Dataset:
 def _train_large(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from edgecascade.training.config import load_train_config
     from edgecascade.training.large import LargeConfig, train_large
 
-    if args.config or args.quick or args.teacher:
-        raise ConfigError("--preset large takes no --config, --quick or --teacher; set --epochs or --subset")
+    if args.quick or args.teacher:
+        raise ConfigError("--preset large takes no --quick or --teacher")
+    config = load_train_config(args.config, LargeConfig()) if args.config else LargeConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.subset)) if v is not None}
     try:
-        config = replace(LargeConfig(), **overrides)
+        config = replace(config, **overrides)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out = Path(args.out if args.out != str(DEFAULT_MODEL) else DEFAULT_LARGE)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 from edgecascade.device_sdk.core.policy import SCORES
 from edgecascade.device_sdk.errors import ConfigError
@@ -98,9 +98,22 @@ class TrainConfig:
         return cls(**top, model=ModelConfig(**model))
 
 
-def load_train_config(path: str | Path, base: TrainConfig) -> TrainConfig:
-    """``base`` with what a TOML file sets: top-level keys are :class:`TrainConfig` fields,
-    a ``[model]`` table sets :class:`~edgecascade.training.model.ModelConfig` fields.
+class _FileConfig(Protocol):
+    """A training config that round-trips through a dict: TrainConfig or LargeConfig."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self: ...
+
+
+FileConfig = TypeVar("FileConfig", bound=_FileConfig)
+
+
+def load_train_config(path: str | Path, base: FileConfig) -> FileConfig:
+    """``base`` with what a TOML file sets: top-level keys are the config's fields (a
+    :class:`TrainConfig`'s, or a :class:`~edgecascade.training.large.LargeConfig`'s), a
+    ``[model]`` table sets the fields of its ``model`` (the network's shape).
 
     Unknown keys, wrong types and unreadable files raise :class:`ConfigError`, naming the
     file, before any training time is spent.
@@ -114,14 +127,14 @@ def load_train_config(path: str | Path, base: TrainConfig) -> TrainConfig:
     model = data.pop("model", {})
     if not isinstance(model, dict):
         raise ConfigError(f"{path}: model must be a table")
-    unknown = [k for k in data if k not in {f.name for f in fields(TrainConfig)}] + [
-        f"model.{k}" for k in model if k not in {f.name for f in fields(ModelConfig)}
-    ]
+    defaults = base.to_dict()
+    unknown = [k for k in data if k not in defaults]
+    unknown += [f"model.{k}" for k in model if k not in defaults["model"]]
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    merged = base.to_dict() | data
-    merged["model"] = base.to_dict()["model"] | model
+    merged = defaults | data
+    merged["model"] = defaults["model"] | model
     try:
-        return TrainConfig.from_dict(merged)
+        return type(base).from_dict(merged)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None

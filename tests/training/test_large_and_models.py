@@ -131,3 +131,20 @@ def test_the_cli_trains_the_large_model_then_a_models_bundle_and_a_distilled_cas
     history = load_trained(tmp_path / "cc").history
     assert load_bundle(cascade).manifest.mode == "partitioned" and history["loss"][0] > 0
     assert main(["train", "--preset", "large", "--quick", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_large_model_reads_its_settings_from_a_toml_file(tmp_path: Path) -> None:
+    from edgecascade.device_sdk.errors import ConfigError
+    from edgecascade.training.config import load_train_config
+
+    path = tmp_path / "large.toml"
+    path.write_text("epochs = 30\nmax_shift = 1\n[model]\nblocks = [[32], [64, 64]]\ndense = 128\n")
+    config = load_train_config(path, LargeConfig())
+    assert (config.epochs, config.max_shift) == (30, 1)
+    assert config.model == ClassifierConfig(blocks=((32,), (64, 64)), dense=128)
+    path.write_text("epoch = 30\n[model]\nwidth = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) epoch, model.width"):
+        load_train_config(path, LargeConfig())
+    path.write_text("[model]\nblocks = [[0]]\n")
+    with pytest.raises(ConfigError, match="blocks"):
+        load_train_config(path, LargeConfig())
