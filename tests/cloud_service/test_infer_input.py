@@ -1,4 +1,4 @@
-"""``POST /v1/infer`` with hostile tensors: the real app and the tiny bundle's LiteRT partition 3.
+"""``POST /v1/infer`` with hostile tensors: the real app and the tiny bundles' LiteRT partition 3.
 
 Whatever shape, rank, dtype or cut encoding a request's tensor declares, the answer is a
 result (only for the cut's own encoding and shape) or a 4xx with the project's JSON error
@@ -61,9 +61,10 @@ class Served:
         )
 
 
-@pytest.fixture(scope="module")
-def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
-    return Served(tiny_bundle, tmp_path_factory.mktemp("infer"))
+@pytest.fixture(scope="module", params=["tiny_bundle", "tiny_models_bundle"], ids=["partitioned", "models"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """Both modes: in the models mode what the cloud receives is the raw input (int8 28x28x1)."""
+    return Served(request.getfixturevalue(request.param), tmp_path_factory.mktemp("infer"))
 
 
 def _fitting(code: int, shape: list[int]) -> bytes | None:
