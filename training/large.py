@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import layers, ops
 
 from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.model.bundle import InputSpec
@@ -46,6 +47,7 @@ class LargeConfig:
     augment: bool = True
     max_shift: int = 2
     label_smoothing: float = 0.0
+    mirror: bool = True  # answer with the mean logits of the image and its mirror image (twice the compute)
     model: ClassifierConfig = field(default_factory=ClassifierConfig.large)
 
     def __post_init__(self) -> None:
@@ -73,7 +75,8 @@ class LargeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LargeConfig:
-        return cls(**{**data, "model": ClassifierConfig.from_dict(data.get("model", {}))})
+        """Inverse of :meth:`to_dict`; a checkpoint written before ``mirror`` existed was not mirrored."""
+        return cls(**{"mirror": False, **data, "model": ClassifierConfig.from_dict(data.get("model", {}))})
 
 
 @dataclass
@@ -162,8 +165,23 @@ def train_large(config: LargeConfig, dataset: Dataset, progress: bool = True) ->
         max_shift=config.max_shift if config.augment else None,
         progress=progress,
     )
-    large = LargeModel(model, config, dataset.classes, input_spec, history=history)
+    large = measure_large(
+        LargeModel(model, config, dataset.classes, input_spec, history=history), dataset, x_val, y_val
+    )
+    large.train_seconds = time.monotonic() - start
+    logger.info("large model trained in %.0f s: %s", large.train_seconds, large.metrics)
+    return large
+
+
+def measure_large(large: LargeModel, dataset: Dataset, x_val: np.ndarray, y_val: np.ndarray) -> LargeModel:
+    """Mirror the trained network if the config says so, fit its temperature on the validation
+    split and measure it on the test set (``test_accuracy``; ``test_accuracy_unmirrored`` too)."""
     metrics: dict[str, float] = {}
+    if large.config.mirror:
+        if len(dataset.x_test):
+            single = large.logits(dataset.x_test).argmax(1)
+            metrics["test_accuracy_unmirrored"] = float((single == dataset.y_test).mean())
+        large.model = mirrored(large.model)
     if len(x_val):
         val_logits = large.logits(x_val)
         large.temperature = fit_temperature(val_logits, y_val)
@@ -171,6 +189,24 @@ def train_large(config: LargeConfig, dataset: Dataset, progress: bool = True) ->
     if len(dataset.x_test):
         metrics["test_accuracy"] = float((large.logits(dataset.x_test).argmax(1) == dataset.y_test).mean())
     large.metrics = metrics
-    large.train_seconds = time.monotonic() - start
-    logger.info("large model trained in %.0f s: %s", large.train_seconds, metrics)
     return large
+
+
+@keras.saving.register_keras_serializable(package="edgecascade")
+class HorizontalFlip(layers.Layer):
+    """The image mirrored left to right (NHWC), in training and inference alike."""
+
+    def call(self, x: keras.KerasTensor) -> keras.KerasTensor:
+        return ops.flip(x, axis=2)
+
+
+def mirrored(model: keras.Model) -> keras.Model:
+    """``model``'s logits averaged over the image and its mirror image (test-time augmentation).
+
+    Fashion-MNIST items are mostly left-right symmetric, so both views are the same item;
+    averaging them gains about 0.2 points for twice the compute, which the cloud can afford.
+    The result is one graph, exported as one LiteRT partition like any other.
+    """
+    inp = keras.Input(shape=model.input_shape[1:], name="image")
+    logits = layers.Average(name="mirror_mean")([model(inp), model(HorizontalFlip(name="mirror")(inp))])
+    return keras.Model(inp, logits, name=f"{model.name}_mirrored")

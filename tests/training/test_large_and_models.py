@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.tools.cli import main
@@ -148,3 +149,22 @@ def test_the_large_model_reads_its_settings_from_a_toml_file(tmp_path: Path) -> 
     path.write_text("[model]\nblocks = [[0]]\n")
     with pytest.raises(ConfigError, match="blocks"):
         load_train_config(path, LargeConfig())
+
+
+def test_the_mirrored_large_model_answers_an_image_and_its_mirror_image_alike(
+    tiny_models_dir: Path, fmnist: Dataset
+) -> None:
+    large = load_large(tiny_models_dir / "large")
+    assert large.config.mirror and "test_accuracy_unmirrored" in large.metrics
+    images = fmnist.x_test[:64]
+    np.testing.assert_allclose(large.logits(images), large.logits(images[:, :, ::-1]), atol=1e-4)
+    # and so does its LiteRT partition in the models-mode bundle
+    lite = run_partitions(load_bundle(tiny_models_dir / "bundle"), images)
+    mirrored = run_partitions(load_bundle(tiny_models_dir / "bundle"), images[:, :, ::-1])
+    np.testing.assert_allclose(lite.logits[2], mirrored.logits[2], atol=0.05)
+
+
+def test_a_checkpoint_from_before_the_mirror_setting_reads_as_unmirrored() -> None:
+    config = LargeConfig.tiny().to_dict()
+    del config["mirror"]
+    assert LargeConfig.from_dict(config).mirror is False
