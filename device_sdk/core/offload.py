@@ -212,11 +212,3 @@ class OffloadSettings:
         if self.policy == "edge_only":
             return EdgeOnly()
         return CloudOnly()
-
-    def policy_for(self, spec: ExitSpec) -> ExitPolicy:
-        """The complete policy for one model version's exit ``spec`` (for tools judging one model).
-
-        A random filter built here starts its draws afresh: a serving node keeps one policy
-        from :meth:`build_policy` instead.
-        """
-        return self.build_policy().resolve(spec)

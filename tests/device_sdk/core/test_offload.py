@@ -116,7 +116,7 @@ def test_settings_build_the_policy_they_name() -> None:
     default = OffloadSettings().build_policy()
     assert type(default) is ThresholdFilter and default.threshold is None
     spec = ExitSpec(threshold=0.65)
-    resolved = OffloadSettings().policy_for(spec)
+    resolved = OffloadSettings().build_policy().resolve(spec)
     assert isinstance(resolved, ThresholdFilter) and resolved.threshold == 0.65
 
 
