@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.cache import open_cache
 from edgecascade.device_sdk.client import DeviceClient
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.core.policy import NeverExit
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.transport import MqttTransport
 from edgecascade.device_sdk.wire import codec
+from edgecascade.edge_gateway.config import CacheSettings
 from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 
@@ -128,3 +130,36 @@ def test_a_bad_raw_input_is_refused_with_a_typed_error_and_counted(
         assert answer.header.msg_type == wire.MessageType.RESULT
     finally:
         device.link.close()
+
+
+def test_repeats_are_answered_by_the_device_and_the_gateway_cache(
+    tiny_models_bundle: Path,
+    fmnist,
+    tmp_path: Path,
+    stack: tuple[Mosquitto, GatewayDaemon, CloudServer],
+) -> None:
+    """The caches key on what goes up, here the raw input itself."""
+    broker, _, cloud = stack
+    bundle = load_bundle(tiny_models_bundle)
+    p1, p2, _ = run_partitions(bundle, fmnist.x_test[:500]).probs
+    t1, t2 = (bundle.manifest.partition(t).exit.threshold for t in ("device", "gateway"))
+    images = fmnist.x_test[:500][(p1.max(1) < t1) & (p2.max(1) < t2)][:5]
+    assert len(images) == 5
+    with Mosquitto(tmp_path / "broker", broker.pki) as own:
+        settings = CacheSettings(enabled=True, path=tmp_path / "gateway.cache")
+        daemon = GatewayDaemon(gateway_config(tiny_models_bundle, own, cloud.url, cache=settings))
+        daemon.start()
+        first = client(tiny_models_bundle, own, "models-cache-a", cache=open_cache(bundle, "device", 100))
+        other = client(tiny_models_bundle, own, "models-cache-b", cache=open_cache(bundle, "device", 100))
+        try:
+            cold = [first.predict(x) for x in images]
+            again = [first.predict(x) for x in images]
+            from_gateway = [other.predict(x) for x in images]
+        finally:
+            first.close()
+            other.close()
+            daemon.stop()
+    assert [p.tier for p in cold] == ["cloud"] * 5
+    assert [p.tier for p in again] == ["device_cache"] * 5 and all(p.bytes_sent == 0 for p in again)
+    assert [p.tier for p in from_gateway] == ["gateway_cache"] * 5
+    assert [p.label for p in again] == [p.label for p in cold] == [p.label for p in from_gateway]
