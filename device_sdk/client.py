@@ -74,6 +74,7 @@ class Prediction:
     model_version: int
     error: str | None = None  # why the answer is degraded
     hard_example: str | None = None  # content id, when the input was kept as a hard example
+    unknown: bool = False  # the device exit's unknown-input rule flagged it: perhaps a class never taught
 
     @property
     def confidence(self) -> float:
@@ -280,6 +281,11 @@ class DeviceClient(ServesModels):
             answers = self._offload(model, [decisions[i] for i in window], device_ms, retry_stale)
             for i, prediction in zip(window, answers, strict=True):
                 results[i] = prediction
+        for i, decision in enumerate(decisions):
+            prediction = results[i]
+            if decision.unknown and prediction is not None:
+                results[i] = dataclasses.replace(prediction, unknown=True)
+                self.counters.add("unknown_inputs")
         if self.outbox is not None:
             self._keep_hard_examples(model, raw, decisions, results)
         return results
@@ -372,6 +378,7 @@ class DeviceClient(ServesModels):
                 final_probs=np.stack([p.probabilities for p in answers]),
                 tiers=[p.tier for p in answers],
                 degraded=np.array([p.degraded for p in answers], dtype=bool),
+                unknown=np.array([p.unknown for p in answers], dtype=bool),
             )
         )
         chosen = [

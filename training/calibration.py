@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgecascade.device_sdk.core.novelty import calibrate_unknown
 from edgecascade.device_sdk.core.policy import confidence_score, softmax
 
 if TYPE_CHECKING:
@@ -218,7 +219,8 @@ def choose_thresholds(
 
 
 def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
-    """Fit each exit's temperature, then choose the thresholds, on validation data; returns val metrics."""
+    """Fit each exit's temperature, then choose the thresholds and each exit's unknown-input
+    rule, on validation data; returns val metrics."""
     config = trained.config
     logits = trained.exit_logits(x_val)
     trained.temperatures = tuple(fit_temperature(z, y_val) for z in logits)  # type: ignore[assignment]
@@ -227,6 +229,9 @@ def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> di
         for i, (z, t0) in enumerate(zip(logits, trained.temperatures, strict=True), 1)
         for when, t in (("raw", 1.0), ("calibrated", t0))
     }
+    if config.unknown_score != "none":  # each exit's unknown-input rule, on the same data
+        score, fpr = config.unknown_score, config.unknown_fpr
+        trained.unknown = tuple(calibrate_unknown(z, score, fpr) for z in logits)
     probs = trained.exit_probs(x_val)
     trained.thresholds = choose_thresholds(
         probs, y_val, config.max_loss, config.exit_score, config.exit_target

@@ -17,6 +17,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from edgecascade.device_sdk.core.policy import SCORES
 from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.model.bundle import FAMILIARITY_SCORES
 from edgecascade.training.model import ModelConfig, is_fraction, is_whole
 
 
@@ -44,6 +45,8 @@ class TrainConfig:
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     distill_alpha: float = 0.5  # with a teacher: weight of its soft targets against the labels
     distill_temperature: float = 4.0  # with a teacher: softmax temperature of the soft targets
+    unknown_score: str = "energy"  # each exit's unknown-input score (core.novelty), or "none"
+    unknown_fpr: float = 0.05  # share of known validation inputs the unknown-input rule may flag
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -61,6 +64,11 @@ class TrainConfig:
             problems.append(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
         if not (isinstance(self.distill_temperature, int | float) and self.distill_temperature > 0):
             problems.append(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
+        if self.unknown_score not in (*FAMILIARITY_SCORES, "none"):
+            known = ", ".join((*FAMILIARITY_SCORES, "none"))
+            problems.append(f"unknown_score must be one of {known}, got {self.unknown_score!r}")
+        if not (is_fraction(self.unknown_fpr) and self.unknown_fpr > 0):
+            problems.append(f"unknown_fpr must be in (0, 1), got {self.unknown_fpr!r}")
         if not _per_exit(self.label_smoothing, is_fraction):
             problems.append(f"label_smoothing must be three numbers in [0, 1), got {self.label_smoothing!r}")
         if not _per_exit(self.loss_weights, lambda w: isinstance(w, int | float) and w >= 0):

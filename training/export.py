@@ -226,7 +226,8 @@ def export_bundle(
         spec = specs[tier, wanted[tier]]
         file = out / spec.file
         atomic_write(file, contents[tier, wanted[tier]])
-        partitions.append(dataclasses.replace(spec, sha256=sha256_file(file)))
+        rule = trained.unknown[TIERS.index(tier)]  # the exit's unknown-input rule
+        partitions.append(dataclasses.replace(spec, sha256=sha256_file(file), unknown=rule))
     manifest = Manifest(
         name=name,
         version=version,

@@ -157,7 +157,7 @@ def reuse_device_partition(out: Path, served: Bundle) -> Manifest:
     if new_device.file != old_device.file:
         (out / new_device.file).unlink()
     shutil.copyfile(served.file("device"), out / old_device.file)
-    device = dataclasses.replace(old_device, exit=new_device.exit, cache=None)
+    device = dataclasses.replace(old_device, exit=new_device.exit, unknown=new_device.unknown, cache=None)
     manifest = dataclasses.replace(exported, partitions=(device, *exported.partitions[1:]))
     write_manifest(out, manifest)
     return load_bundle(out).manifest

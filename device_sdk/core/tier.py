@@ -1,8 +1,9 @@
 """The tier core: what one tier decides for a batch, apart from how the batch reached it.
 
 Every tier does the same on a batch of inputs (:func:`decide`): run its partition,
-calibrate its exit, let the confident inputs exit, keep its own unsure exits in its cache,
-and look the others up in the cache. What neither answers goes to the tier above; the
+calibrate its exit, flag the inputs unlike its training data (never cached), let the
+confident inputs exit, keep its own unsure exits in its cache, and look the others up in
+the cache. What neither answers goes to the tier above; the
 answer that comes back is learned (:func:`learn`), and when the tier above cannot be
 reached the tier answers with its own exit, flagged degraded (:meth:`Decision.fallback`).
 The last tier's exit answers everything.
@@ -27,6 +28,7 @@ import numpy as np
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache
+from edgecascade.device_sdk.core.novelty import is_unknown
 from edgecascade.device_sdk.core.policy import ExitPolicy, policy_from_spec, softmax
 from edgecascade.device_sdk.model.bundle import TIERS, Bundle, Manifest, PartitionSpec
 from edgecascade.device_sdk.model.hotswap import ServedModels
@@ -102,6 +104,7 @@ class Decision:
     )  # what the tier above receives: cut features or the input (None on the last tier)
     answer: wire.Result | None = None  # the exit's or the cache's answer; None: ask the tier above
     embedding: np.ndarray | None = None  # cache key of a miss, to learn the answer from above
+    unknown: bool = False  # unlike the training data by the exit's calibrated rule: never cached
 
     def fallback(self) -> wire.Result:
         """The tier's own exit answer, flagged degraded: the tier above could not be asked."""
@@ -119,26 +122,33 @@ def decide(model: TierModel, x: np.ndarray, policy: ExitPolicy | None = None) ->
     out = model.runner.run(x)
     probs = softmax(out.logits, model.spec.exit.temperature)
     labels = probs.argmax(axis=-1).tolist()
+    rule = model.spec.unknown
+    unknown = is_unknown(out.logits, rule) if rule is not None else np.zeros(len(probs), dtype=bool)
+    flags = unknown.tolist()
     exit_tier, cache_tier = ANSWERING[model.tier]
     features = x if model.manifest.forwards_input else out.features
     if model.is_last or features is None:
         return [
-            Decision(exit_tier, p, None, wire.Result(y, p, exit_tier))
-            for p, y in zip(probs, labels, strict=True)
+            Decision(exit_tier, p, None, wire.Result(y, p, exit_tier), unknown=u)
+            for p, y, u in zip(probs, labels, flags, strict=True)
         ]
     exits = (policy.resolve(model.spec.exit) if policy else model.policy).should_exit(probs)
     leaves = exits.tolist()
     decisions = [
         Decision(
-            exit_tier, probs[i], features[i], wire.Result(labels[i], probs[i], exit_tier) if leave else None
+            exit_tier,
+            probs[i],
+            features[i],
+            wire.Result(labels[i], probs[i], exit_tier) if leave else None,
+            unknown=flags[i],
         )
         for i, leave in enumerate(leaves)
     ]
     cache = model.cache
     if cache is None:
         return decisions
-    cache.keep_exits(features, probs, exits, exit_tier.label)
-    undecided = [i for i, leave in enumerate(leaves) if not leave]
+    cache.keep_exits(features, probs, exits & ~unknown, exit_tier.label)  # unknown inputs teach it nothing
+    undecided = [i for i, leave in enumerate(leaves) if not leave and not flags[i]]
     if not undecided:
         return decisions
     keys = cache.embed(features[undecided])

@@ -34,7 +34,7 @@ MAX_TENSOR_BYTES = 64 * 1024
 CUTS = ("cut1", "cut2")
 """Which features a record carries: the device's output (gateway input) or the gateway's."""
 
-REASONS = ("reached_cloud", "exits_disagree", "low_margin", "degraded", "audit")
+REASONS = ("reached_cloud", "exits_disagree", "low_margin", "degraded", "audit", "unknown")
 """Why an example was selected (see the selection filters); ``audit``: a uniform random sample."""
 
 

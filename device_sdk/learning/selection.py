@@ -11,6 +11,9 @@ those worth sending to the cloud for retraining, under one of the record's
   normalised-entropy confidence or top probability is below a threshold);
 - :class:`Degraded` (``degraded``): a tier above could not be reached, so the answer is a
   lower tier's best guess and the cloud never saw the input;
+- :class:`UnknownInput` (``unknown``): the device exit's calibrated unknown-input rule
+  (:mod:`~edgecascade.device_sdk.core.novelty`) says the input is unlike the training data,
+  perhaps of a class the model was never taught; the answer may be confidently wrong;
 - :class:`AuditSample` (``audit``): a uniform random share of all inputs. After a drift the
   early exit can be confidently wrong, and such answers pass every filter above; a small
   random sample is how they reach the cloud. Being uniform, the audited examples are also an
@@ -43,6 +46,7 @@ class Answers:
     final_probs: np.ndarray  # (N, classes): probabilities of the answer the application got
     tiers: Sequence[str]  # the answering tier of each input
     degraded: np.ndarray  # (N,) bool
+    unknown: np.ndarray | None = None  # (N,) bool: flagged by the exit's unknown-input rule
 
     @property
     def labels(self) -> np.ndarray:
@@ -112,6 +116,17 @@ class Degraded(HardExampleFilter):
         return np.asarray(answers.degraded, dtype=bool)
 
 
+class UnknownInput(HardExampleFilter):
+    """The device exit's unknown-input rule flagged the input."""
+
+    reason = "unknown"
+
+    def select(self, answers: Answers) -> np.ndarray:
+        if answers.unknown is None:
+            return np.zeros(len(answers.tiers), dtype=bool)
+        return np.asarray(answers.unknown, dtype=bool)
+
+
 class AuditSample(HardExampleFilter):
     """Each input with probability ``rate``, independently of what the cascade did."""
 
@@ -152,6 +167,7 @@ class HardExampleSelector:
             "exits_disagree": ExitsDisagree(),
             "low_margin": LowConfidence(settings.low_threshold, settings.low_score),
             "degraded": Degraded(),
+            "unknown": UnknownInput(),
         }
         chosen = [f for name, f in available.items() if name in settings.filters]
         if settings.audit_rate > 0:

@@ -15,7 +15,7 @@ from typing import Any
 from edgecascade.device_sdk.errors import ConfigError
 from edgecascade.device_sdk.learning.records import MAX_BATCH
 
-FILTERS = ("reached_cloud", "exits_disagree", "low_margin", "degraded")
+FILTERS = ("reached_cloud", "exits_disagree", "low_margin", "degraded", "unknown")
 """Filters ``[hard_examples] filters`` may name (the audit sample is set by ``audit_rate``)."""
 
 
@@ -25,18 +25,19 @@ class HardExampleSettings:
 
     ``filters`` name the selection filters (:mod:`.selection`): ``reached_cloud``,
     ``exits_disagree``, ``low_margin`` (the final answer's ``low_score`` below
-    ``low_threshold``) and ``degraded``. ``audit_rate`` adds a uniform random sample of every
-    input, whatever the cascade did (reason ``audit``): confidently wrong answers after a
-    drift pass every filter above, and only such a sample shows them to the cloud (0: off).
-    Only cut-1 features are kept unless ``keep_raw``
-    (the application's explicit opt-in to upload raw inputs). ``outbox`` is the SQLite file
+    ``low_threshold``), ``degraded`` and ``unknown`` (the device exit's calibrated
+    unknown-input rule flagged it; only with a manifest that has one). ``audit_rate`` adds a
+    uniform random sample of every input, whatever the cascade did (reason ``audit``):
+    confidently wrong answers after a drift pass every filter above, and only such a sample
+    shows them to the cloud (0: off). Only cut-1 features are kept unless ``keep_raw`` (the
+    application's explicit opt-in to upload raw inputs). ``outbox`` is the SQLite file
     (None: no outbox, nothing is kept); it holds at most ``capacity`` records. The uploader
     sends up to ``batch_size`` records at a time, looks for new ones every
     ``upload_interval`` seconds, and after a failure waits ``backoff_base * 2**n`` seconds
     (with jitter, at most ``backoff_max``).
     """
 
-    filters: tuple[str, ...] = ("reached_cloud", "exits_disagree", "low_margin", "degraded")
+    filters: tuple[str, ...] = FILTERS
     low_score: str = "margin"
     low_threshold: float = 0.1
     audit_rate: float = 0.0

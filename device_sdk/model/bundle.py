@@ -65,6 +65,22 @@ class ExitSpec:
     score: str = "max_prob"
 
 
+FAMILIARITY_SCORES = ("energy", "max_logit", "max_prob")
+"""Scores an exit's unknown-input rule may use (:mod:`edgecascade.device_sdk.core.novelty`)."""
+
+
+@dataclass(frozen=True)
+class UnknownSpec:
+    """How an exit tells inputs unlike its training data: a familiarity score over its logits
+    (at ``temperature``) and the threshold below which an input counts as unknown, chosen so
+    that ``known_fpr`` of the known validation inputs fall below it."""
+
+    score: str
+    threshold: float
+    temperature: float = 1.0
+    known_fpr: float = 0.05
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     """Calibrated settings of a tier's neural cache: its keys, hit rule and what it keeps.
@@ -99,6 +115,7 @@ class PartitionSpec:
     exit: ExitSpec
     features: TensorSpec | None = None  # cut features for the next tier; None on the last
     cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
+    unknown: UnknownSpec | None = None  # calibrated unknown-input rule; None: nothing is flagged
     encoding: str = (
         "float32"  # how ``features`` travel to the next tier (edgecascade.device_sdk.wire.codec.Encoding)
     )
@@ -180,14 +197,18 @@ class Manifest:
         """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
 
         Sorted keys, fixed indent and separators, ASCII only, floats as their shortest
-        round-trip repr. ``rollback_of`` is left out when unset and ``mode`` when partitioned, so
-        manifests written before those fields existed keep their exact bytes.
+        round-trip repr. ``rollback_of`` and a partition's ``unknown`` are left out when unset and
+        ``mode`` when partitioned, so manifests written before those fields existed keep their
+        exact bytes.
         """
         data = asdict(self)
         if data["rollback_of"] is None:
             del data["rollback_of"]
         if data["mode"] == PARTITIONED:
             del data["mode"]
+        for part in data["partitions"]:
+            if part["unknown"] is None:
+                del part["unknown"]
         return json.dumps(data, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=True) + "\n"
 
     @classmethod
@@ -257,9 +278,18 @@ def _partition(d: dict[str, Any]) -> PartitionSpec:
         exit=ExitSpec(**d["exit"]),
         features=_tensor(d["features"]) if d.get("features") else None,
         cache=CacheSpec(**d["cache"]) if d.get("cache") else None,
+        unknown=_unknown(d["unknown"]) if d.get("unknown") else None,
         encoding=Encoding(d.get("encoding", "float32")).value,
         precision=_one_of(d.get("precision", "float32"), PRECISIONS, "precision"),
     )
+
+
+def _unknown(d: dict[str, Any]) -> UnknownSpec:
+    spec = UnknownSpec(**d)
+    _one_of(spec.score, FAMILIARITY_SCORES, "familiarity score")
+    if not (math.isfinite(spec.threshold) and spec.temperature > 0 and 0 < spec.known_fpr < 1):
+        raise BundleError(f"unknown-input rule needs a finite threshold and a temperature > 0, got {spec}")
+    return spec
 
 
 def _one_of(value: Any, allowed: tuple[str, ...], what: str) -> str:

@@ -10,23 +10,31 @@ import pytest
 
 from edgecascade.device_sdk.cache import open_cache
 from edgecascade.device_sdk.client import DeviceClient
+from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.novelty import is_unknown
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.edge_gateway.config import CacheSettings
 from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 
 from .conftest import CloudServer, gateway_config
-from .test_cascade import local_exit_probs
 
 pytestmark = pytest.mark.integration
 
 
-def _cloud_bound(bundle_dir: Path, images: np.ndarray, count: int) -> np.ndarray:
-    """Images that neither the device exit nor the gateway exit answers: they reach the cloud."""
-    manifest = load_bundle(bundle_dir).manifest
-    p1, p2, _ = local_exit_probs(bundle_dir, images)
-    t1, t2 = (manifest.partition(t).exit.threshold for t in ("device", "gateway"))
-    chosen = np.flatnonzero((p1.max(1) < t1) & (p2.max(1) < t2))[:count]
+def cloud_bound(bundle_dir: Path, images: np.ndarray, count: int, unknown: bool = False) -> np.ndarray:
+    """Images that neither the device exit nor the gateway exit answers: they reach the cloud.
+
+    ``unknown``: images both exits' unknown-input rules flag (else: flagged by neither).
+    """
+    bundle = load_bundle(bundle_dir)
+    chain = run_partitions(bundle, images)
+    p1, p2, _ = chain.probs
+    t1, t2 = (bundle.manifest.partition(t).exit.threshold for t in ("device", "gateway"))
+    rules = [bundle.manifest.partition(t).unknown for t in ("device", "gateway")]
+    flags = [is_unknown(z, rule) for z, rule in zip(chain.logits[:2], rules, strict=True)]
+    familiar = (flags[0] & flags[1]) if unknown else ~(flags[0] | flags[1])
+    chosen = np.flatnonzero((p1.max(1) < t1) & (p2.max(1) < t2) & familiar)[:count]
     assert len(chosen) == count
     return images[chosen]
 
@@ -39,7 +47,7 @@ def test_repeats_are_answered_by_each_cache_tier(
     broker: Mosquitto,
     make_client: Callable[..., DeviceClient],
 ) -> None:
-    images = _cloud_bound(tiny_bundle, fmnist.x_test[:500], 5)
+    images = cloud_bound(tiny_bundle, fmnist.x_test[:500], 5)
     bundle = load_bundle(tiny_bundle)
     cache_file = tmp_path / "gateway.cache"
     with Mosquitto(tmp_path / "broker", broker.pki) as own:
@@ -70,3 +78,28 @@ def test_repeats_are_answered_by_each_cache_tier(
             assert [third.predict(x).tier for x in images] == ["gateway_cache"] * 5
         finally:
             restarted.stop()
+
+
+def test_an_unknown_input_is_never_answered_by_a_cache(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    cloud: CloudServer,
+    fmnist,
+    broker: Mosquitto,
+    make_client: Callable[..., DeviceClient],
+) -> None:
+    """Inputs unlike the training data are flagged on the device and go up every time."""
+    images = cloud_bound(tiny_bundle, fmnist.x_test[:2000], 3, unknown=True)
+    bundle = load_bundle(tiny_bundle)
+    with Mosquitto(tmp_path / "broker", broker.pki) as own:
+        settings = CacheSettings(enabled=True, path=tmp_path / "gateway.cache")
+        daemon = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
+        daemon.start()
+        try:
+            device = make_client("cache-unknown", via=own, cache=open_cache(bundle, "device", 100))
+            rounds = [[device.predict(x) for x in images] for _ in range(3)]
+        finally:
+            daemon.stop()
+    assert all(p.tier == "cloud" and p.unknown for predictions in rounds for p in predictions)
+    assert device.counters["unknown_inputs"] == 9
+    assert len(device.cache) == 0 and daemon.service.cache is not None and len(daemon.service.cache) == 0

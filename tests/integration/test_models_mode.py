@@ -27,6 +27,7 @@ from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 
 from .conftest import CloudServer, RawDevice, device_crypto, gateway_config, serve_cloud
+from .test_caches import cloud_bound
 
 pytestmark = pytest.mark.integration
 
@@ -141,10 +142,7 @@ def test_repeats_are_answered_by_the_device_and_the_gateway_cache(
     """The caches key on what goes up, here the raw input itself."""
     broker, _, cloud = stack
     bundle = load_bundle(tiny_models_bundle)
-    p1, p2, _ = run_partitions(bundle, fmnist.x_test[:500]).probs
-    t1, t2 = (bundle.manifest.partition(t).exit.threshold for t in ("device", "gateway"))
-    images = fmnist.x_test[:500][(p1.max(1) < t1) & (p2.max(1) < t2)][:5]
-    assert len(images) == 5
+    images = cloud_bound(tiny_models_bundle, fmnist.x_test[:1000], 5)
     with Mosquitto(tmp_path / "broker", broker.pki) as own:
         settings = CacheSettings(enabled=True, path=tmp_path / "gateway.cache")
         daemon = GatewayDaemon(gateway_config(tiny_models_bundle, own, cloud.url, cache=settings))

@@ -259,3 +259,24 @@ def test_signed_export_and_refused_updates_keep_the_running_model(
     assert client.manifest.version == 2
     assert load_bundle(v2, public_key=public).manifest == client.manifest
     client.close()
+
+
+def test_the_unknown_input_rules_are_calibrated_and_litert_flags_what_keras_flags(
+    tiny_bundle: Path, tiny_trained: TrainedModel, fmnist: Dataset
+) -> None:
+    from edgecascade.device_sdk.core.chain import run_partitions
+    from edgecascade.device_sdk.core.novelty import familiarity, is_unknown
+
+    manifest = load_bundle(tiny_bundle).manifest
+    rules = [p.unknown for p in manifest.partitions]
+    assert rules == list(tiny_trained.unknown) and all(r is not None and r.score == "energy" for r in rules)
+    images = fmnist.x_test[:1000]
+    lite = run_partitions(load_bundle(tiny_bundle), images).logits
+    keras_logits = tiny_trained.exit_logits(images)
+    for rule, z_lite, z_keras in zip(rules, lite, keras_logits, strict=True):
+        assert rule is not None
+        score = familiarity(rule.score)
+        np.testing.assert_allclose(score(z_lite, 1.0), score(z_keras, 1.0), atol=0.05)
+        agreement = (is_unknown(z_lite, rule) == is_unknown(z_keras, rule)).mean()
+        assert agreement >= 0.99
+        assert 0.01 < is_unknown(z_lite, rule).mean() < 0.15  # about the calibrated 5 % of known inputs

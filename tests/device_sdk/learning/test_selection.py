@@ -114,6 +114,7 @@ def test_the_audit_sample_takes_a_uniform_share_whatever_the_cascade_did() -> No
         "exits_disagree",
         "low_margin",
         "degraded",
-    ]  # off unless configured
+        "unknown",
+    ]  # the audit sample is off unless configured
     settings = HardExampleSettings(audit_rate=0.02)
     assert repr(HardExampleSelector.from_settings(settings).filters[-1]) == "AuditSample(0.02)"
