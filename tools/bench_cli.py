@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgecascade.device_sdk.cache import load_embedder
 from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.errors import ConfigError
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.tools import (
     bench_cloud,
@@ -97,6 +98,30 @@ def _bench_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_novelty(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from edgecascade.tools.bench_novelty import NoveltyOptions, bench_novelty, format_novelty_report
+    from edgecascade.tools.report import print_report
+    from edgecascade.training.data import load_fashion_mnist
+
+    options = NoveltyOptions(
+        unknown_classes=tuple(c.strip() for c in args.unknown_classes.split(",")),
+        unknown_share=args.unknown_share,
+        epochs=args.epochs,
+        seed=args.seed,
+        train_subset=args.subset,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-novelty-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        try:
+            report = bench_novelty(load_fashion_mnist(), workdir, options, progress=not args.no_progress)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    print_report(format_novelty_report(report), report, args.report)
+    return 0
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], default_model: str, default_checkpoint: str
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
@@ -129,6 +154,20 @@ def register(
     p.add_argument("--plot", help="where to save the accuracy against offload share plot (PNG)")
     p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
     p.set_defaults(func=_bench_accuracy)
+    p = bench.add_parser(
+        "novelty", help="train without some classes, stream them in: how well unknown inputs are told"
+    )
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument(
+        "--unknown-classes", default="Bag,Ankle boot", help="classes held out of training (%(default)s)"
+    )
+    p.add_argument("--unknown-share", type=float, default=0.1, help="their share of the stream (%(default)s)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (%(default)s)")
+    p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="keep the trained model here (default: a temporary directory)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench_novelty)
     p = bench.add_parser(
         "drift", help="a shifted stream through the live stack: before, retrain on it, roll out, after"
     )
