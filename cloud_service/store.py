@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -103,10 +104,29 @@ def connect(url: str) -> Engine:
     return engine
 
 
+WAL_ATTEMPTS = 40  # switching a new file to WAL: attempts, 25 ms apart and more (about 20 s in all)
+
+
 def _sqlite_pragmas(connection: Any, record: Any) -> None:
+    """Busy timeout, then WAL (readers never wait for the writer).
+
+    Switching a new database file to WAL takes an exclusive lock. When several processes
+    open the same new file at once (web workers and a job), two may each hold a shared lock
+    and want the exclusive one: SQLite then fails one at once with "database is locked",
+    without waiting (waiting could not end). Once the other has switched the file, the
+    switch is a no-op, so the failed one tries again.
+    """
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
     cursor.execute("PRAGMA busy_timeout=30000")
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                raise
+            logger.debug("switching to WAL: %s; trying again", exc)
+            time.sleep(0.025 * (1 + attempt))
     cursor.close()
 
 

@@ -121,3 +121,39 @@ def test_an_unreachable_database_is_a_config_error() -> None:
         open_engine("postgresql+psycopg://ec@127.0.0.1:1/none")
     with pytest.raises(ConfigError, match="cannot open the database"):
         open_engine("nosuchdialect://x")
+
+
+def test_a_connection_that_loses_the_race_to_switch_a_new_file_to_wal_tries_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two processes switching one new file at once: SQLite fails one at once ("database is locked")."""
+    import sqlite3
+
+    from edgecascade.cloud_service import store
+
+    class Cursor:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.executed = failures, []
+
+        def execute(self, sql: str) -> None:
+            self.executed.append(sql)
+            if sql.endswith("WAL") and self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+
+        def close(self) -> None:
+            pass
+
+    class Connection:
+        def __init__(self, failures: int) -> None:
+            self.cur = Cursor(failures)
+
+        def cursor(self) -> Cursor:
+            return self.cur
+
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: None)
+    lucky = Connection(failures=3)
+    store._sqlite_pragmas(lucky, None)
+    assert lucky.cur.executed == ["PRAGMA busy_timeout=30000"] + ["PRAGMA journal_mode=WAL"] * 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # not for ever
+        store._sqlite_pragmas(Connection(failures=store.WAL_ATTEMPTS), None)
