@@ -21,6 +21,21 @@ from edgecascade.device_sdk.model.bundle import FAMILIARITY_SCORES
 from edgecascade.training.model import ModelConfig, is_fraction, is_whole
 
 
+def fit_problems(config: Any) -> list[str]:
+    """What is wrong with the settings every training run has: epochs, batch size, shifts,
+    learning rate and validation share (a TrainConfig's or a LargeConfig's)."""
+    problems = [
+        f"{name} must be a whole number >= {low}, got {getattr(config, name)!r}"
+        for name, low in (("epochs", 1), ("batch_size", 1), ("max_shift", 0))
+        if not is_whole(getattr(config, name), low)
+    ]
+    if not (isinstance(config.learning_rate, int | float) and config.learning_rate > 0):
+        problems.append(f"learning_rate must be > 0, got {config.learning_rate!r}")
+    if not is_fraction(config.val_fraction):
+        problems.append(f"val_fraction must be in [0, 1), got {config.val_fraction!r}")
+    return problems
+
+
 def _per_exit(value: object, valid: Callable[[Any], bool]) -> bool:
     """A tuple of one valid value per exit: what loss weights and label smoothing must be."""
     return isinstance(value, tuple) and len(value) == 3 and all(map(valid, value))
@@ -51,15 +66,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """ValueError on a wrong setting, before any training time is spent."""
-        problems = [
-            f"{name} must be a whole number >= {low}, got {getattr(self, name)!r}"
-            for name, low in (("epochs", 1), ("batch_size", 1), ("max_shift", 0))
-            if not is_whole(getattr(self, name), low)
-        ]
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not is_fraction(self.val_fraction):
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        problems = fit_problems(self)
         if not (is_fraction(self.distill_alpha) or self.distill_alpha == 1):
             problems.append(f"distill_alpha must be in [0, 1], got {self.distill_alpha!r}")
         if not (isinstance(self.distill_temperature, int | float) and self.distill_temperature > 0):

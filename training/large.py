@@ -24,8 +24,9 @@ from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.model.bundle import InputSpec
 from edgecascade.training.calibration import fit_temperature
 from edgecascade.training.classifier import ClassifierConfig, build_classifier
+from edgecascade.training.config import fit_problems
 from edgecascade.training.data import Dataset
-from edgecascade.training.model import is_fraction, is_whole
+from edgecascade.training.model import is_fraction
 from edgecascade.training.train import fit, training_split
 
 logger = logging.getLogger(__name__)
@@ -52,16 +53,9 @@ class LargeConfig:
 
     def __post_init__(self) -> None:
         """ValueError on a wrong setting, before any training time is spent."""
-        problems = [
-            f"{name} must be a whole number >= {low}, got {getattr(self, name)!r}"
-            for name, low in (("epochs", 1), ("batch_size", 1), ("max_shift", 0))
-            if not is_whole(getattr(self, name), low)
-        ]
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        for name in ("val_fraction", "label_smoothing"):
-            if not is_fraction(getattr(self, name)):
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        problems = fit_problems(self)
+        if not is_fraction(self.label_smoothing):
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -159,10 +153,7 @@ def train_large(config: LargeConfig, dataset: Dataset, progress: bool = True) ->
         input_spec.normalise(x_tr),
         [targets],
         [keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)],
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        max_shift=config.max_shift if config.augment else None,
+        config,
         progress=progress,
     )
     large = measure_large(

@@ -83,10 +83,7 @@ def train_models(
         x_fit,
         [targets, targets],
         exit_losses(config, 2, distill),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        max_shift=config.max_shift if config.augment else None,
+        config,
         progress=progress,
     )
     trained = TrainedModel(

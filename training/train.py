@@ -200,27 +200,44 @@ def augmented(model: keras.Model, max_shift: int) -> keras.Model:
     return keras.Model(inp, exits, name="augmented")  # named outputs: exit1_loss ... in the history
 
 
+class FitSettings(Protocol):
+    """How a network is fitted (a TrainConfig's or a LargeConfig's settings)."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def learning_rate(self) -> float: ...
+
+    @property
+    def augment(self) -> bool: ...
+
+    @property
+    def max_shift(self) -> int: ...
+
+
 def fit(
     model: keras.Model,
     x: np.ndarray,
     targets: list[np.ndarray],
     losses: list[keras.losses.Loss],
+    settings: FitSettings,
     *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    max_shift: int | None,
     loss_weights: tuple[float, ...] | None = None,
     progress: bool = True,
 ) -> dict[str, list[float]]:
     """Train ``model`` (one output per target) with Adam on a cosine schedule; returns the history.
 
-    ``max_shift`` None trains without augmentation; a number adds flips and shifts of up to
-    that many pixels (:func:`augmented`).
+    With ``settings.augment`` the model trains behind flips and shifts of up to
+    ``settings.max_shift`` pixels (:func:`augmented`).
     """
+    epochs, batch_size = settings.epochs, settings.batch_size
     steps = max(1, -(-len(x) // batch_size)) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.02)
-    fitted = augmented(model, max_shift) if max_shift is not None else model
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=steps, alpha=0.02)
+    fitted = augmented(model, settings.max_shift) if settings.augment else model
     fitted.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=losses,
@@ -290,10 +307,7 @@ def train(
         x_fit,
         [targets] * 3,
         exit_losses(config, 3, teacher is not None),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        max_shift=config.max_shift if config.augment else None,
+        config,
         loss_weights=config.loss_weights,
         progress=progress,
     )
