@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from edgecascade.device_sdk import wire
+from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.model.bundle import Bundle
-from edgecascade.device_sdk.model.runtime import PartitionRunner
 from edgecascade.device_sdk.wire import codec
 
 SERVERS = ("werkzeug", "gunicorn")
@@ -41,14 +41,10 @@ _LENGTH = struct.Struct(">I")
 
 
 def cloud_requests(bundle: Bundle, images: np.ndarray, device_id: str = "bench-gateway") -> list[bytes]:
-    """``/v1/infer`` bodies for ``images``: cut-2 features encoded as a gateway forwards them."""
+    """``/v1/infer`` bodies for ``images``: what a gateway forwards (cut 2, or in the models mode
+    the input), encoded as it sends it."""
     manifest = bundle.manifest
-    x = manifest.input.prepare(images)
-    cut1 = PartitionRunner.from_bundle(bundle, "device").run(x).features
-    assert cut1 is not None
-    cut1 = codec.through_wire(cut1, manifest.partition("device").encoding)
-    cut2 = PartitionRunner.from_bundle(bundle, "gateway").run(cut1).features
-    assert cut2 is not None
+    cut2 = run_partitions(bundle, images).features[1]
     encoding = manifest.partition("gateway").encoding
     return [
         wire.envelope_to_bytes(

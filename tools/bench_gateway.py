@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import open_cache
-from edgecascade.device_sdk.core.tier import TierModel
+from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.device_sdk.wire import codec
 from edgecascade.device_sdk.wire.crypto import DeviceCrypto, device_pair_keys
@@ -63,10 +63,8 @@ def sealed_requests(
     keyring = GatewayKeyring(gateway_key)
     keyring.add(DEVICE, 1, device_key.public_key())
     device = DeviceCrypto(DEVICE, {1: device_pair_keys(device_key, gateway_key.public_key(), DEVICE, 1)})
-    device_model = TierModel.load(bundle, "device")
-    features = device_model.runner.run(bundle.manifest.input.prepare(images)).features
-    assert features is not None
-    bodies = [codec.encode_features(f, device_model.spec.encoding) for f in features]
+    features = run_partitions(bundle, images).features[0]  # cut 1, or in the models mode the input
+    bodies = [codec.encode_features(f, bundle.manifest.partition("device").encoding) for f in features]
     seq = itertools.count(1)
     version = bundle.manifest.version
 

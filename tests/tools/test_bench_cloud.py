@@ -32,3 +32,19 @@ def test_both_servers_answer_every_request_and_the_report_says_how_fast(
     assert report["speedup"] == pytest.approx(rates["gunicorn"] / rates["werkzeug"], abs=0.01)
     table = capsys.readouterr().out
     assert "gunicorn (1×2)" in table and f"report written to {report_path}" in table
+
+
+def test_the_cloud_requests_of_either_mode_carry_what_the_gateway_forwards(
+    tiny_bundle: Path, tiny_models_bundle: Path, fmnist
+) -> None:
+    from edgecascade.device_sdk import wire
+    from edgecascade.device_sdk.model.bundle import load_bundle
+    from edgecascade.device_sdk.wire import codec
+    from edgecascade.tools.bench_cloud import cloud_requests
+
+    for path in (tiny_bundle, tiny_models_bundle):
+        manifest = load_bundle(path).manifest
+        bodies = cloud_requests(load_bundle(path), fmnist.x_test[:4])
+        envelope = wire.envelope_from_bytes(bodies[0])
+        tensor = codec.decode_features(envelope.body, manifest.partition("gateway").encoding)
+        assert len(bodies) == 4 and tensor.shape == manifest.partition("cloud").input.shape

@@ -24,3 +24,12 @@ def test_every_request_is_answered_and_timed(tiny_bundle: Path, fmnist, cache: b
     text = format_gateway_report(report)
     assert f"{report['us_per_request']:.1f} µs per request" in text
     assert ("cache on" if cache else "cache off") in text
+
+
+def test_a_models_mode_bundle_is_measured_on_the_inputs_its_devices_send(
+    tiny_models_bundle: Path, fmnist
+) -> None:
+    report = bench_gateway(load_bundle(tiny_models_bundle), fmnist.x_test[:64], batch=32, runs=1)
+    assert report["n"] == 64 and report["us_per_request"] > 0
+    assert sum(report["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert 0 < report["forwarded_share"] < 1
