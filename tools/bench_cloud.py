@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import ssl
 import struct
 import subprocess
@@ -34,6 +33,7 @@ from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.device_sdk.wire import codec
+from edgecascade.tools.stack import terminate
 
 SERVERS = ("werkzeug", "gunicorn")
 WARMUP = 20  # untimed requests per client before the clock starts
@@ -98,15 +98,8 @@ def start_server(
 
 
 def stop_server(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    """SIGTERM, as a service manager stops it; its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    """SIGTERM, as a service manager stops it (SIGKILL after ``timeout``); its exit code."""
+    return terminate(process, timeout, "the cloud server")
 
 
 def run_clients(

@@ -18,7 +18,6 @@ cores, and the ratio shows it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -92,13 +91,9 @@ def spawn_gateway(
 
 def stop_gateway(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     """SIGTERM a gateway started by :func:`spawn_gateway` (SIGKILL after ``timeout``); its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
+    from edgecascade.tools.stack import terminate
+
+    return terminate(process, timeout, "the gateway")
 
 
 def _headline(steps: list[dict[str, Any]]) -> dict[str, Any]:

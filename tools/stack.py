@@ -42,6 +42,19 @@ GUNICORN = [
 ]
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 15.0, name: str = "process") -> int:
+    """SIGTERM ``process``, as a service manager stops a daemon, SIGKILL it after ``timeout``
+    seconds; its exit code (at once if it had already ended)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %g s; killing it", name, timeout)
+            process.kill()
+    return process.wait()
+
+
 def gateway_environment(
     pki: Pki, broker: Mosquitto, bundle: Path, cloud_url: str, cloud_token: str
 ) -> dict[str, str]:
@@ -141,13 +154,7 @@ class LocalStack:
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
                 continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                self.exit_codes[name] = process.wait(15)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within 15 s; killing it", name)
-                process.kill()
-                self.exit_codes[name] = process.wait()
+            self.exit_codes[name] = terminate(process, 15.0, name)
         self.broker.stop()
         return self.exit_codes
 
