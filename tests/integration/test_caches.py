@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,20 @@ def cloud_bound(bundle_dir: Path, images: np.ndarray, count: int, unknown: bool 
     return images[chosen]
 
 
+@contextlib.contextmanager
+def caching_gateway(
+    bundle_dir: Path, broker: Mosquitto, cloud_url: str, work: Path
+) -> Iterator[GatewayDaemon]:
+    """A gateway daemon with its cache on (kept in ``work/gateway.cache``), stopped afterwards."""
+    settings = CacheSettings(enabled=True, path=work / "gateway.cache")
+    daemon = GatewayDaemon(gateway_config(bundle_dir, broker, cloud_url, cache=settings))
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
 def test_repeats_are_answered_by_each_cache_tier(
     tiny_bundle: Path,
     tmp_path: Path,
@@ -49,19 +64,13 @@ def test_repeats_are_answered_by_each_cache_tier(
 ) -> None:
     images = cloud_bound(tiny_bundle, fmnist.x_test[:500], 5)
     bundle = load_bundle(tiny_bundle)
-    cache_file = tmp_path / "gateway.cache"
     with Mosquitto(tmp_path / "broker", broker.pki) as own:
-        settings = CacheSettings(enabled=True, path=cache_file)
-        daemon = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
-        daemon.start()
-        try:
+        with caching_gateway(tiny_bundle, own, cloud.url, tmp_path):
             first = make_client("cache-a", via=own, cache=open_cache(bundle, "device", 100))
             cold = [first.predict(x) for x in images]
             again = [first.predict(x) for x in images]
             other = make_client("cache-b", via=own, cache=open_cache(bundle, "device", 100))
             from_gateway = [other.predict(x) for x in images]
-        finally:
-            daemon.stop()
         assert [p.tier for p in cold] == ["cloud"] * 5
         assert [p.tier for p in again] == ["device_cache"] * 5
         assert [p.tier for p in from_gateway] == ["gateway_cache"] * 5
@@ -70,14 +79,10 @@ def test_repeats_are_answered_by_each_cache_tier(
         assert all(p.bytes_upstream == 0 and p.bytes_sent > 0 for p in from_gateway)
 
         # a restarted gateway keeps what it learned
-        assert cache_file.exists()
-        restarted = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
-        restarted.start()
-        try:
+        assert (tmp_path / "gateway.cache").exists()
+        with caching_gateway(tiny_bundle, own, cloud.url, tmp_path):
             third = make_client("cache-c", via=own)
             assert [third.predict(x).tier for x in images] == ["gateway_cache"] * 5
-        finally:
-            restarted.stop()
 
 
 def test_an_unknown_input_is_never_answered_by_a_cache(
@@ -91,15 +96,12 @@ def test_an_unknown_input_is_never_answered_by_a_cache(
     """Inputs unlike the training data are flagged on the device and go up every time."""
     images = cloud_bound(tiny_bundle, fmnist.x_test[:2000], 3, unknown=True)
     bundle = load_bundle(tiny_bundle)
-    with Mosquitto(tmp_path / "broker", broker.pki) as own:
-        settings = CacheSettings(enabled=True, path=tmp_path / "gateway.cache")
-        daemon = GatewayDaemon(gateway_config(tiny_bundle, own, cloud.url, cache=settings))
-        daemon.start()
-        try:
-            device = make_client("cache-unknown", via=own, cache=open_cache(bundle, "device", 100))
-            rounds = [[device.predict(x) for x in images] for _ in range(3)]
-        finally:
-            daemon.stop()
+    with (
+        Mosquitto(tmp_path / "broker", broker.pki) as own,
+        caching_gateway(tiny_bundle, own, cloud.url, tmp_path) as daemon,
+    ):
+        device = make_client("cache-unknown", via=own, cache=open_cache(bundle, "device", 100))
+        rounds = [[device.predict(x) for x in images] for _ in range(3)]
     assert all(p.tier == "cloud" and p.unknown for predictions in rounds for p in predictions)
     assert device.counters["unknown_inputs"] == 9
     assert len(device.cache) == 0 and daemon.service.cache is not None and len(daemon.service.cache) == 0

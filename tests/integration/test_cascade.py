@@ -26,6 +26,22 @@ def local_exit_probs(bundle_dir: Path, images: np.ndarray) -> list[np.ndarray]:
     return run_partitions(load_bundle(bundle_dir), images).probs
 
 
+def assert_each_tier_answered_as_its_exit(bundle_dir: Path, images: np.ndarray, predictions: list) -> None:
+    """No answer degraded, every tier answered some, each input by the tier the manifest's
+    thresholds pick, with that exit's probabilities (the partitions chained in-process)."""
+    p1, p2, p3 = local_exit_probs(bundle_dir, images)
+    manifest = load_bundle(bundle_dir).manifest
+    t1, t2 = manifest.partition("device").exit.threshold, manifest.partition("gateway").exit.threshold
+    assert not any(p.degraded for p in predictions)
+    assert {p.tier for p in predictions} == {"device", "gateway", "cloud"}
+    for i, p in enumerate(predictions):
+        expected_tier = "device" if p1[i].max() >= t1 else "gateway" if p2[i].max() >= t2 else "cloud"
+        assert p.tier == expected_tier, i
+        reference = {"device": p1, "gateway": p2, "cloud": p3}[p.tier][i]
+        np.testing.assert_allclose(p.probabilities, reference, atol=1e-5)
+        assert p.label == int(reference.argmax())
+
+
 def test_every_tier_answers_what_the_model_says(
     tiny_bundle: Path,
     fmnist,
@@ -36,18 +52,8 @@ def test_every_tier_answers_what_the_model_says(
     images, labels = fmnist.x_test[:200], fmnist.y_test[:200]
     client = make_client("cascade-test")
     predictions = [client.predict(image) for image in images]
-    p1, p2, p3 = local_exit_probs(tiny_bundle, images)
-    manifest = load_bundle(tiny_bundle).manifest
-    t1, t2 = manifest.partition("device").exit.threshold, manifest.partition("gateway").exit.threshold
-
-    assert not any(p.degraded for p in predictions)
-    assert {p.tier for p in predictions} == {"device", "gateway", "cloud"}
-    for i, p in enumerate(predictions):
-        expected_tier = "device" if p1[i].max() >= t1 else "gateway" if p2[i].max() >= t2 else "cloud"
-        assert p.tier == expected_tier, i
-        reference = {"device": p1, "gateway": p2, "cloud": p3}[p.tier][i]
-        np.testing.assert_allclose(p.probabilities, reference, atol=1e-5)
-        assert p.label == int(reference.argmax())
+    assert_each_tier_answered_as_its_exit(tiny_bundle, images, predictions)
+    for p in predictions:
         assert (p.bytes_sent > 0) == (p.tier != "device")
         assert (p.bytes_upstream > 0) == (p.tier == "cloud")
     accuracy = np.mean([p.label for p in predictions] == labels)

@@ -22,12 +22,12 @@ from edgecascade.device_sdk.core.policy import NeverExit
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.transport import MqttTransport
 from edgecascade.device_sdk.wire import codec
-from edgecascade.edge_gateway.config import CacheSettings
 from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 
 from .conftest import CloudServer, RawDevice, device_crypto, gateway_config, serve_cloud
-from .test_caches import cloud_bound
+from .test_caches import caching_gateway, cloud_bound
+from .test_cascade import assert_each_tier_answered_as_its_exit
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +66,10 @@ def test_each_tier_answers_what_its_own_model_says(
         predictions = device.predict_batch(images, max_in_flight=16)
     finally:
         device.close()
-    bundle = load_bundle(tiny_models_bundle)
-    assert bundle.manifest.mode == "models"
-    p1, p2, p3 = run_partitions(bundle, images).probs
-    t1 = bundle.manifest.partition("device").exit.threshold
-    t2 = bundle.manifest.partition("gateway").exit.threshold
+    assert load_bundle(tiny_models_bundle).manifest.mode == "models"
+    assert_each_tier_answered_as_its_exit(tiny_models_bundle, images, predictions)
     raw_envelope = None
-    assert not any(p.degraded for p in predictions)
-    assert {p.tier for p in predictions} == {"device", "gateway", "cloud"}
-    for i, p in enumerate(predictions):
-        expected = "device" if p1[i].max() >= t1 else "gateway" if p2[i].max() >= t2 else "cloud"
-        assert p.tier == expected, i
-        reference = {"device": p1, "gateway": p2, "cloud": p3}[p.tier][i]
-        np.testing.assert_allclose(p.probabilities, reference, atol=1e-5)
+    for p in predictions:
         if p.tier != "device":  # the whole raw input went up, one byte per pixel plus the envelope
             raw_envelope = raw_envelope or p.bytes_sent
             assert p.bytes_sent == raw_envelope and p.bytes_sent > images[0].size
@@ -143,10 +134,10 @@ def test_repeats_are_answered_by_the_device_and_the_gateway_cache(
     broker, _, cloud = stack
     bundle = load_bundle(tiny_models_bundle)
     images = cloud_bound(tiny_models_bundle, fmnist.x_test[:1000], 5)
-    with Mosquitto(tmp_path / "broker", broker.pki) as own:
-        settings = CacheSettings(enabled=True, path=tmp_path / "gateway.cache")
-        daemon = GatewayDaemon(gateway_config(tiny_models_bundle, own, cloud.url, cache=settings))
-        daemon.start()
+    with (
+        Mosquitto(tmp_path / "broker", broker.pki) as own,
+        caching_gateway(tiny_models_bundle, own, cloud.url, tmp_path),
+    ):
         first = client(tiny_models_bundle, own, "models-cache-a", cache=open_cache(bundle, "device", 100))
         other = client(tiny_models_bundle, own, "models-cache-b", cache=open_cache(bundle, "device", 100))
         try:
@@ -156,7 +147,6 @@ def test_repeats_are_answered_by_the_device_and_the_gateway_cache(
         finally:
             first.close()
             other.close()
-            daemon.stop()
     assert [p.tier for p in cold] == ["cloud"] * 5
     assert [p.tier for p in again] == ["device_cache"] * 5 and all(p.bytes_sent == 0 for p in again)
     assert [p.tier for p in from_gateway] == ["gateway_cache"] * 5
