@@ -41,14 +41,17 @@ import numpy as np
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache, open_cache
 from edgecascade.device_sdk.core import tier
+from edgecascade.device_sdk.core.drift import DriftSettings
 from edgecascade.device_sdk.core.policy import ExitPolicy
 from edgecascade.device_sdk.core.tier import Decision, ServesModels, TierModel, TierModels
 from edgecascade.device_sdk.counters import Counters
 from edgecascade.device_sdk.errors import ConfigError, RemoteError
+from edgecascade.device_sdk.learning.drift_watch import DriftWatch
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.records import HardExample, raw_body
 from edgecascade.device_sdk.learning.selection import Answers, HardExampleSelector
 from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
+from edgecascade.device_sdk.model.overlay import OverlayFile
 from edgecascade.device_sdk.model.updater import ModelUpdater, UpdateSettings
 from edgecascade.device_sdk.transport import Transport
 from edgecascade.device_sdk.transport.fetch import HttpFetcher
@@ -87,6 +90,8 @@ class DeviceClient(ServesModels):
     ``policy`` replaces the manifest's exit rule: any :class:`~.core.policy.ExitPolicy`, or
     the one a device's ``[offload]`` settings name (``config.offload.build_policy()``). One
     that leaves its threshold to the manifest is resolved for each model version it runs on.
+    ``overlay`` is the site's signed exit thresholds (``[model] overlay``,
+    :class:`~.model.overlay.OverlayFile`), read again for every model version the client swaps to.
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class DeviceClient(ServesModels):
         outbox: Outbox | None = None,
         selector: HardExampleSelector | None = None,
         keep_raw: bool = False,
+        overlay: OverlayFile | None = None,
+        drift: DriftSettings | None = None,
     ) -> None:
         wire.Header(wire.MessageType.INFER_REQUEST, device_id, bundle.manifest.version)  # validates the id
         if crypto is not None and crypto.device_id != device_id:
@@ -121,12 +128,14 @@ class DeviceClient(ServesModels):
         self.selector = selector or HardExampleSelector.default()
         self.keep_raw = keep_raw
         self.counters = Counters()
+        self.drift = DriftWatch(drift or DriftSettings(), self.counters)
         self._policy = policy
         self.sequence = SequenceCounter()  # from the clock: above what gateways saw before a restart
         self._updater: ModelUpdater | None = None
         # a new model version starts with an empty cache of the same capacity (another model's
         # embeddings do not compare)
         self._cache_capacity = cache.config.capacity if cache is not None else None
+        self._overlay = overlay
         self.models = TierModels(
             "device",
             bundle,
@@ -134,6 +143,7 @@ class DeviceClient(ServesModels):
             grace=grace,
             cache=cache,
             cache_factory=self._new_cache if cache is not None else None,
+            overlay=overlay.load(bundle.manifest, self.counters) if overlay is not None else None,
         )
 
     @classmethod
@@ -144,10 +154,16 @@ class DeviceClient(ServesModels):
         transport: Transport | None = None,
         *,
         verify_key: str | Path | None = None,
+        overlay: str | Path | None = None,
         **kwargs: object,
     ) -> DeviceClient:
-        """Load and verify the device partition of a bundle; with ``verify_key`` its signature too."""
+        """Load and verify the device partition of a bundle; with ``verify_key`` its signature too.
+
+        ``overlay`` (``config.model.overlay``) is a site overlay file, verified with ``verify_key``.
+        """
         bundle = load_bundle(path, tiers=("device",), public_key=verify_key)
+        if overlay is not None:
+            kwargs["overlay"] = OverlayFile(overlay, verify_key)
         return cls(bundle, device_id, transport, **kwargs)  # type: ignore[arg-type]
 
     # --------------------------------------------------------------- the model it serves
@@ -164,9 +180,11 @@ class DeviceClient(ServesModels):
         """Serve ``bundle`` from the next call on; calls in progress finish on the current model.
 
         The interpreter (and an empty cache) is built here, before the swap; the caller (an
-        updater thread) has verified the bundle.
+        updater thread) has verified the bundle. The configured site overlay is read again: it
+        applies when it was made for the new version, else the manifest's thresholds do.
         """
-        self.models.swap(bundle)
+        overlay = self._overlay.load(bundle.manifest, self.counters) if self._overlay is not None else None
+        self.models.swap(bundle, overlay)
         self.counters.add("model_swaps")
 
     def follow_updates(
@@ -286,8 +304,9 @@ class DeviceClient(ServesModels):
             if decision.unknown and prediction is not None:
                 results[i] = dataclasses.replace(prediction, unknown=True)
                 self.counters.add("unknown_inputs")
+        drifted = self.drift.observe(model, decisions) if model.version == self.version else set()
         if self.outbox is not None:
-            self._keep_hard_examples(model, raw, decisions, results)
+            self._keep_hard_examples(model, raw, decisions, results, drifted)
         return results
 
     def _prediction(
@@ -365,14 +384,16 @@ class DeviceClient(ServesModels):
         raw: np.ndarray,
         decisions: list[Decision],
         results: list[Prediction | None],
+        drifted: set[int],
     ) -> None:
-        """Store the selected inputs in the outbox (one fsync per batch) and tag their predictions."""
+        """Store the selected inputs in the outbox (one fsync per batch) and tag their predictions;
+        the ``drifted`` ones (they raised a drift alarm) are kept for the reason ``drift`` too."""
         assert self.outbox is not None
         answered = [i for i, r in enumerate(results) if r is not None]  # None: asked again later
         answers = [p for p in results if p is not None]
         if not answers:
             return
-        selected = self.selector.reasons(
+        selected = self.drift.selector(self.selector, model.version).reasons(
             Answers(
                 exit_probs=np.stack([decisions[i].probs for i in answered]),
                 final_probs=np.stack([p.probabilities for p in answers]),
@@ -381,6 +402,7 @@ class DeviceClient(ServesModels):
                 unknown=np.array([p.unknown for p in answers], dtype=bool),
             )
         )
+        selected = [(*r, "drift") if i in drifted else r for i, r in zip(answered, selected, strict=True)]
         chosen = [
             (i, p, reasons) for i, p, reasons in zip(answered, answers, selected, strict=True) if reasons
         ]

@@ -24,7 +24,8 @@ are translated at the boundary where they occur.
     ├── ModelError             bundle or partition problems
     │   ├── BundleError        missing files, bad manifest, hash mismatch
     │   │   ├── SignatureError  manifest.sig missing, malformed, or not by the trusted key
-    │   │   └── RollbackError   older than the running version and not a signed rollback
+    │   │   ├── RollbackError   older than the running version and not a signed rollback
+    │   │   └── ClassListError  a class list that is not the running one followed by new classes
     │   ├── ModelVersionError  a request for a model version this node does not serve
     │   └── RegistryError      a registry operation that cannot be done (see its ``status``)
     ├── TransportError         a link failed
@@ -143,6 +144,10 @@ class SignatureError(BundleError):
 
 class RollbackError(BundleError):
     """A bundle is older than the running version and its signed manifest does not allow a rollback."""
+
+
+class ClassListError(BundleError):
+    """A model's class list shrinks, renames or reorders the running one's (only growth is allowed)."""
 
 
 class ModelVersionError(ModelError):

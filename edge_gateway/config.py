@@ -10,6 +10,7 @@ from edgecascade.device_sdk.config import MqttConfig, load_config, must_exist
 from edgecascade.device_sdk.core.offload import OffloadSettings
 from edgecascade.device_sdk.errors import ConfigError
 from edgecascade.device_sdk.learning.settings import upload_problems
+from edgecascade.device_sdk.model.overlay import ModelSettings
 from edgecascade.device_sdk.model.updater import UpdateSettings
 
 
@@ -189,10 +190,16 @@ class GatewayConfig:
     update: UpdateSettings = field(default_factory=UpdateSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     offload: OffloadSettings = field(default_factory=OffloadSettings)  # which requests go on to the cloud
+    model: ModelSettings = field(default_factory=ModelSettings)  # the site overlay of exit thresholds
 
     def __post_init__(self) -> None:
+        problems = []
         if self.update.enabled and self.gateway.verify_key is None:
-            raise ConfigError("update.enabled needs gateway.verify_key: a downloaded model must verify")
+            problems.append("update.enabled needs gateway.verify_key: a downloaded model must verify")
+        if self.model.overlay is not None and self.gateway.verify_key is None:
+            problems.append("model.overlay needs gateway.verify_key: a site overlay must verify")
+        if problems:
+            raise ConfigError(problems)
 
 
 def load_gateway_config(path: str | Path | None = None, **kwargs: object) -> GatewayConfig:

@@ -42,6 +42,7 @@ from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.uploader import Uploader, UploadLink
 from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
+from edgecascade.device_sdk.model.overlay import OverlayFile
 from edgecascade.device_sdk.model.updater import ModelUpdater, installed_bundle
 from edgecascade.device_sdk.transport.fetch import HttpFetcher
 from edgecascade.device_sdk.transport.mqtt import MqttLink
@@ -166,6 +167,7 @@ class GatewayDaemon:
             grace=settings.model_grace,
             cache_factory=self._new_cache if config.cache.enabled else None,
             outbox=self.outbox if config.outbox.record_degraded else None,
+            overlay=OverlayFile(config.model.overlay, settings.verify_key) if config.model.overlay else None,
         )
 
     def _initial_bundle(self) -> Bundle:

@@ -44,6 +44,7 @@ from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.records import HardExample
 from edgecascade.device_sdk.logs import LogLimiter
 from edgecascade.device_sdk.model.bundle import Bundle
+from edgecascade.device_sdk.model.overlay import OverlayFile
 from edgecascade.device_sdk.wire import codec
 from edgecascade.edge_gateway.cloud_link import CloudLink
 from edgecascade.edge_gateway.crypto import GatewayCrypto
@@ -76,6 +77,7 @@ class GatewayService(ServesModels):
         grace: float = 300.0,
         cache_factory: CacheFactory | None = None,
         outbox: Outbox | None = None,
+        overlay: OverlayFile | None = None,
     ) -> None:
         self.crypto = crypto
         self.cloud = cloud
@@ -83,11 +85,23 @@ class GatewayService(ServesModels):
         self._policy = policy
         self.counters = Counters()  # events, and the decode and inference stages' latencies
         self.log_limiter = LogLimiter(logger)  # refusals: outside input can repeat them at will
-        self.models = TierModels("gateway", bundle, grace=grace, cache=cache, cache_factory=cache_factory)
+        self._overlay = overlay  # the site's signed exit thresholds ([model] overlay), read per version
+        self.models = TierModels(
+            "gateway",
+            bundle,
+            grace=grace,
+            cache=cache,
+            cache_factory=cache_factory,
+            overlay=overlay.load(bundle.manifest, self.counters) if overlay is not None else None,
+        )
 
     def swap(self, bundle: Bundle) -> None:
-        """Serve ``bundle`` for new requests; the replaced version stays servable for the grace period."""
-        self.models.swap(bundle)
+        """Serve ``bundle`` for new requests; the replaced version stays servable for the grace period.
+
+        The site overlay is read again and applies only if it was made for the new version.
+        """
+        overlay = self._overlay.load(bundle.manifest, self.counters) if self._overlay is not None else None
+        self.models.swap(bundle, overlay)
         self.counters.add("model_swaps")
 
     # ------------------------------------------------------------------------- requests

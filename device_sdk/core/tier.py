@@ -19,6 +19,7 @@ current model version and, for a grace period, the one it replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -28,10 +29,11 @@ import numpy as np
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.cache import NeuralCache
-from edgecascade.device_sdk.core.novelty import is_unknown
+from edgecascade.device_sdk.core.novelty import UnknownRule
 from edgecascade.device_sdk.core.policy import ExitPolicy, policy_from_spec, softmax
 from edgecascade.device_sdk.model.bundle import TIERS, Bundle, Manifest, PartitionSpec
 from edgecascade.device_sdk.model.hotswap import ServedModels
+from edgecascade.device_sdk.model.overlay import SiteOverlay, apply_overlay
 from edgecascade.device_sdk.model.runtime import PartitionRunner
 
 logger = logging.getLogger(__name__)
@@ -56,27 +58,49 @@ class TierModel:
     runner: PartitionRunner
     policy: ExitPolicy  # the manifest's exit rule for this tier (an explicit override wins over it)
     cache: NeuralCache | None = None
+    unknown: UnknownRule | None = None  # the manifest's unknown-input rule; None: nothing is flagged
+    overlay: SiteOverlay | None = None  # the site's own exit settings for this version; None: the manifest's
 
     @classmethod
     def load(
-        cls, bundle: Bundle, tier: str, *, num_threads: int = 1, cache: NeuralCache | None = None
+        cls,
+        bundle: Bundle,
+        tier: str,
+        *,
+        num_threads: int = 1,
+        cache: NeuralCache | None = None,
+        overlay: SiteOverlay | None = None,
     ) -> TierModel:
-        """Build the interpreter and exit policy of ``tier``'s partition (the bundle is verified)."""
+        """Build the interpreter, exit policy and unknown-input rule of ``tier``'s partition
+        (the bundle is verified); ``overlay`` replaces the manifest's exits when it is for this
+        version, and is left out when it is not."""
         runner = PartitionRunner.from_bundle(bundle, tier, num_threads)
-        return cls(tier, bundle, runner, policy_from_spec(bundle.manifest.partition(tier).exit), cache)
+        if overlay is not None and not overlay.matches(bundle.manifest):
+            overlay = None
+        policy = policy_from_spec(apply_overlay(bundle.manifest, overlay).partition(tier).exit)
+        return cls(tier, bundle, runner, policy, cache, UnknownRule.from_bundle(bundle, tier), overlay)
+
+    def with_overlay(self, overlay: SiteOverlay | None) -> TierModel:
+        """This model with ``overlay``'s exits (None: the manifest's); interpreter and cache are kept.
+
+        An overlay that is not for this version is a BundleError.
+        """
+        spec = apply_overlay(self.bundle.manifest, overlay).partition(self.tier)
+        return dataclasses.replace(self, overlay=overlay, policy=policy_from_spec(spec.exit))
 
     @property
     def version(self) -> int:
         return self.bundle.manifest.version
 
-    @property
+    @functools.cached_property
     def manifest(self) -> Manifest:
-        return self.bundle.manifest
+        """The manifest this tier runs: the bundle's, with the site overlay's exits if it has one."""
+        return apply_overlay(self.bundle.manifest, self.overlay)
 
     @functools.cached_property
     def spec(self) -> PartitionSpec:
         """This tier's partition in the manifest (read on every batch, so looked up once)."""
-        return self.bundle.manifest.partition(self.tier)
+        return self.manifest.partition(self.tier)
 
     @functools.cached_property
     def is_last(self) -> bool:
@@ -122,11 +146,11 @@ def decide(model: TierModel, x: np.ndarray, policy: ExitPolicy | None = None) ->
     out = model.runner.run(x)
     probs = softmax(out.logits, model.spec.exit.temperature)
     labels = probs.argmax(axis=-1).tolist()
-    rule = model.spec.unknown
-    unknown = is_unknown(out.logits, rule) if rule is not None else np.zeros(len(probs), dtype=bool)
+    features = x if model.manifest.forwards_input else out.features
+    rule = model.unknown
+    unknown = rule.flags(out.logits, features) if rule is not None else np.zeros(len(probs), dtype=bool)
     flags = unknown.tolist()
     exit_tier, cache_tier = ANSWERING[model.tier]
-    features = x if model.manifest.forwards_input else out.features
     if model.is_last or features is None:
         return [
             Decision(exit_tier, p, None, wire.Result(y, p, exit_tier), unknown=u)
@@ -198,11 +222,13 @@ class TierModels:
         grace: float = 300.0,
         cache: NeuralCache | None = None,
         cache_factory: CacheFactory | None = None,
+        overlay: SiteOverlay | None = None,
     ) -> None:
         self.tier = tier
         self.num_threads = num_threads
         self._cache_factory = cache_factory
-        self._served = ServedModels(TierModel.load(bundle, tier, num_threads=num_threads, cache=cache), grace)
+        model = TierModel.load(bundle, tier, num_threads=num_threads, cache=cache, overlay=overlay)
+        self._served = ServedModels(model, grace)
 
     @property
     def current(self) -> TierModel:
@@ -221,13 +247,33 @@ class TierModels:
         """Versions answered right now: the current first, then those in grace."""
         return self._served.versions()
 
-    def swap(self, bundle: Bundle) -> TierModel:
-        """Serve ``bundle`` from now on; returns the model it replaced (servable during its grace)."""
+    def swap(self, bundle: Bundle, overlay: SiteOverlay | None = None) -> TierModel:
+        """Serve ``bundle`` from now on; returns the model it replaced (servable during its grace).
+
+        ``overlay`` applies when it is for the new version; the overlay of the replaced version
+        is dropped (it was fitted on another model) until a new one comes (:meth:`use_overlay`).
+        """
         cache = self._cache_factory(bundle) if self._cache_factory is not None else None
-        model = TierModel.load(bundle, self.tier, num_threads=self.num_threads, cache=cache)
+        model = TierModel.load(bundle, self.tier, num_threads=self.num_threads, cache=cache, overlay=overlay)
         old = self._served.swap(model)
         logger.info("%s now serves model v%d (replacing v%d)", self.tier, model.version, old.version)
+        if old.overlay is not None and model.overlay is None:
+            logger.info(
+                "%s dropped site %s's overlay made for v%d: v%d uses its manifest's thresholds "
+                "until an overlay for it arrives",
+                self.tier,
+                old.overlay.site,
+                old.overlay.version,
+                model.version,
+            )
         return old
+
+    def use_overlay(self, overlay: SiteOverlay | None) -> TierModel:
+        """Serve the current version with ``overlay``'s exits (None: the manifest's) from the next
+        request on; a BundleError if it is not for that version. Returns the model now current."""
+        model = self._served.current.with_overlay(overlay)
+        self._served.swap(model)  # the same version: nothing goes into grace
+        return model
 
 
 class ServesModels:
@@ -245,6 +291,11 @@ class ServesModels:
     @policy.setter
     def policy(self, policy: ExitPolicy | None) -> None:
         self._policy = policy
+
+    def use_overlay(self, overlay: SiteOverlay | None) -> None:
+        """Use ``overlay``'s exit thresholds for the current model version (None: the manifest's);
+        a BundleError if it was not made for that version."""
+        self.models.use_overlay(overlay)
 
     @property
     def cache(self) -> NeuralCache | None:

@@ -34,8 +34,9 @@ MAX_TENSOR_BYTES = 64 * 1024
 CUTS = ("cut1", "cut2")
 """Which features a record carries: the device's output (gateway input) or the gateway's."""
 
-REASONS = ("reached_cloud", "exits_disagree", "low_margin", "degraded", "audit", "unknown")
-"""Why an example was selected (see the selection filters); ``audit``: a uniform random sample."""
+REASONS = ("reached_cloud", "exits_disagree", "low_margin", "degraded", "audit", "unknown", "drift")
+"""Why an example was selected (see the selection filters); ``audit``: a uniform random sample;
+``drift``: the input that raised the device's drift alarm (:mod:`~edgecascade.device_sdk.core.drift`)."""
 
 
 class HardExampleError(WireError):

@@ -19,6 +19,11 @@ those worth sending to the cloud for retraining, under one of the record's
   random sample is how they reach the cloud. Being uniform, the audited examples are also an
   unbiased sample of what the node sees, which retraining uses to set exit thresholds.
 
+One reason is not a filter's: ``drift`` marks the input that raised the device's drift alarm
+(:mod:`~edgecascade.device_sdk.core.drift`); the :class:`~edgecascade.device_sdk.client.DeviceClient`
+adds it, and from then on raises its audit sample to ``[drift] audit_rate``
+(:meth:`HardExampleSelector.with_audit_rate`).
+
 A :class:`HardExampleSelector` combines filters and gives each input the reasons it was
 selected for (none: not selected). :meth:`HardExampleSelector.from_settings` builds one
 from the ``[hard_examples]`` config section.
@@ -173,6 +178,15 @@ class HardExampleSelector:
         if settings.audit_rate > 0:
             chosen.append(AuditSample(settings.audit_rate))
         return cls(chosen)
+
+    def with_audit_rate(self, rate: float) -> HardExampleSelector:
+        """These filters with the audit sample at ``rate``, or at its current rate when that is higher."""
+        audits = [f for f in self.filters if isinstance(f, AuditSample)]
+        if any(f.rate >= rate for f in audits):
+            return self
+        return HardExampleSelector(
+            [f for f in self.filters if not isinstance(f, AuditSample)] + [AuditSample(rate)]
+        )
 
     def reasons(self, answers: Answers) -> list[tuple[str, ...]]:
         """Per input, the reasons it was selected for; an empty tuple means not selected."""

@@ -13,13 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecascade.device_sdk.errors import BundleError, ConfigError, RollbackError, TensorSpecError
+from edgecascade.device_sdk.errors import (
+    BundleError,
+    ClassListError,
+    ConfigError,
+    RollbackError,
+    TensorSpecError,
+)
 from edgecascade.device_sdk.files import atomic_write, sha256_file
 from edgecascade.device_sdk.model.signing import (
     SIGNATURE,
@@ -65,20 +72,40 @@ class ExitSpec:
     score: str = "max_prob"
 
 
-FAMILIARITY_SCORES = ("energy", "max_logit", "max_prob")
-"""Scores an exit's unknown-input rule may use (:mod:`edgecascade.device_sdk.core.novelty`)."""
+FAMILIARITY_SCORES = ("energy", "max_logit", "max_prob", "mahalanobis")
+"""Scores an exit's unknown-input rule may use (:mod:`edgecascade.device_sdk.core.novelty`):
+three over the exit's logits, ``mahalanobis`` over the tier's cache keys (it needs statistics)."""
 
 
 @dataclass(frozen=True)
 class UnknownSpec:
     """How an exit tells inputs unlike its training data: a familiarity score over its logits
     (at ``temperature``) and the threshold below which an input counts as unknown, chosen so
-    that ``known_fpr`` of the known validation inputs fall below it."""
+    that ``known_fpr`` of the known validation inputs fall below it.
+
+    The ``mahalanobis`` score reads ``statistics``, a file in the bundle (hashed like the
+    partitions) with the class means and shared precision of the tier's cache keys."""
 
     score: str
     threshold: float
     temperature: float = 1.0
     known_fpr: float = 0.05
+    statistics: str | None = None
+    statistics_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """What the device exit did on validation data, the reference of the device's drift detector
+    (:mod:`edgecascade.device_sdk.core.drift`): the mean and standard deviation of its top
+    calibrated probability, the share of inputs it answered, the share its unknown-input rule
+    flagged, and how many inputs these were measured on."""
+
+    confidence_mean: float
+    confidence_std: float
+    device_share: float
+    unknown_share: float = 0.0
+    samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class PartitionSpec:
     features: TensorSpec | None = None  # cut features for the next tier; None on the last
     cache: CacheSpec | None = None  # calibrated neural-cache settings for this tier
     unknown: UnknownSpec | None = None  # calibrated unknown-input rule; None: nothing is flagged
+    drift: DriftSpec | None = None  # the drift detector's reference (device); None: no detector
     encoding: str = (
         "float32"  # how ``features`` travel to the next tier (edgecascade.device_sdk.wire.codec.Encoding)
     )
@@ -123,10 +151,14 @@ class PartitionSpec:
 
     @property
     def files(self) -> tuple[tuple[str, str], ...]:
-        """The bundle files this tier needs, with their sha256: the partition, the cache's key projection."""
+        """The bundle files this tier needs, with their sha256: the partition, the cache's key projection,
+        the unknown-input rule's statistics."""
+        files = [(self.file, self.sha256)]
         if self.cache is not None and self.cache.embedding is not None:
-            return ((self.file, self.sha256), (self.cache.embedding, self.cache.embedding_sha256))
-        return ((self.file, self.sha256),)
+            files.append((self.cache.embedding, self.cache.embedding_sha256))
+        if self.unknown is not None and self.unknown.statistics is not None:
+            files.append((self.unknown.statistics, self.unknown.statistics_sha256))
+        return tuple(files)
 
 
 @dataclass(frozen=True)
@@ -197,9 +229,9 @@ class Manifest:
         """Canonical JSON, the bytes that are signed: one manifest always gives the same text.
 
         Sorted keys, fixed indent and separators, ASCII only, floats as their shortest
-        round-trip repr. ``rollback_of`` and a partition's ``unknown`` are left out when unset and
-        ``mode`` when partitioned, so manifests written before those fields existed keep their
-        exact bytes.
+        round-trip repr. ``rollback_of`` and a partition's ``unknown`` and ``drift`` are left out
+        when unset and ``mode`` when partitioned, so manifests written before those fields
+        existed keep their exact bytes.
         """
         data = asdict(self)
         if data["rollback_of"] is None:
@@ -207,8 +239,12 @@ class Manifest:
         if data["mode"] == PARTITIONED:
             del data["mode"]
         for part in data["partitions"]:
+            if part["drift"] is None:
+                del part["drift"]
             if part["unknown"] is None:
                 del part["unknown"]
+            elif part["unknown"]["statistics"] is None:  # a rule over logits
+                del part["unknown"]["statistics"], part["unknown"]["statistics_sha256"]
         return json.dumps(data, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=True) + "\n"
 
     @classmethod
@@ -279,6 +315,7 @@ def _partition(d: dict[str, Any]) -> PartitionSpec:
         features=_tensor(d["features"]) if d.get("features") else None,
         cache=CacheSpec(**d["cache"]) if d.get("cache") else None,
         unknown=_unknown(d["unknown"]) if d.get("unknown") else None,
+        drift=_drift(d["drift"]) if d.get("drift") else None,
         encoding=Encoding(d.get("encoding", "float32")).value,
         precision=_one_of(d.get("precision", "float32"), PRECISIONS, "precision"),
     )
@@ -289,6 +326,23 @@ def _unknown(d: dict[str, Any]) -> UnknownSpec:
     _one_of(spec.score, FAMILIARITY_SCORES, "familiarity score")
     if not (math.isfinite(spec.threshold) and spec.temperature > 0 and 0 < spec.known_fpr < 1):
         raise BundleError(f"unknown-input rule needs a finite threshold and a temperature > 0, got {spec}")
+    if (spec.score == "mahalanobis") != (spec.statistics is not None):
+        raise BundleError("an unknown-input rule has statistics exactly when its score is mahalanobis")
+    return spec
+
+
+def _drift(d: dict[str, Any]) -> DriftSpec:
+    spec = DriftSpec(**d)
+    spec = DriftSpec(
+        float(spec.confidence_mean),
+        float(spec.confidence_std),
+        float(spec.device_share),
+        float(spec.unknown_share),
+        int(spec.samples),
+    )
+    shares = (spec.confidence_mean, spec.device_share, spec.unknown_share)
+    if not (all(0.0 <= v <= 1.0 for v in shares) and 0.0 <= spec.confidence_std <= 1.0 and spec.samples >= 0):
+        raise BundleError(f"drift reference needs means and shares in [0, 1] and a std in [0, 1], got {spec}")
     return spec
 
 
@@ -351,6 +405,23 @@ def load_bundle(
             if sha256_file(root / name) != sha256:
                 raise BundleError(f"{name} does not match its sha256 in the manifest")
     return Bundle(root, manifest)
+
+
+def check_classes_grow(old: Sequence[str], new: Sequence[str]) -> tuple[str, ...]:
+    """The classes ``new`` adds to ``old``; :class:`ClassListError` unless ``new`` is ``old`` followed
+    by zero or more new names.
+
+    A label is an index into the class list, so a version may only append classes: a
+    shrunk, renamed or reordered list would give stored labels, caches and apps another
+    meaning for the same index.
+    """
+    old, new = tuple(old), tuple(new)
+    if new[: len(old)] != old:
+        raise ClassListError(f"class list {list(new)} does not begin with the running classes {list(old)}")
+    added = new[len(old) :]
+    if len(set(new)) != len(new):
+        raise ClassListError(f"class list {list(new)} names a class twice")
+    return added
 
 
 def write_manifest(path: str | Path, manifest: Manifest) -> None:

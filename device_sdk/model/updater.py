@@ -6,15 +6,16 @@ the MQTT thread; everything else happens on the updater's own thread, off the re
 path: download the release into a staging directory under ``update.dir``, check that the
 manifest is the announced one, verify its signature and the version rule before fetching
 the partitions (:func:`~edgecascade.device_sdk.model.signing.load_verified_update`: signature, every sha256,
-no older version unless the signed manifest is a rollback), then hand the bundle to the
+no older version unless the signed manifest is a rollback; :func:`check_update_classes`:
+the class list only grows), then hand the bundle to the
 node's ``install`` callback, which builds the new runners and swaps one reference
 (:mod:`edgecascade.device_sdk.model.hotswap`).
 
 Any failure (corrupt or truncated download, foreign signature, cloud unreachable) is
 logged and counted, the node keeps serving what it runs, and the same announcement is
 retried with exponential back-off (``retry_initial`` doubling up to ``retry_max``, with
-jitter so a fleet does not retry in step). A signed bundle refused by the version rule is
-not retried: it will not change. A newer announcement is tried at once.
+jitter so a fleet does not retry in step). A signed bundle refused by the version or class
+rule is not retried: it will not change. A newer announcement is tried at once.
 
 Verified releases stay in ``update.dir/<release>-<sha>/`` and ``update.dir/active`` names
 the one running, so a restarted node starts from it (:func:`installed_bundle`).
@@ -45,10 +46,23 @@ from typing import Protocol
 
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.counters import Counters
-from edgecascade.device_sdk.errors import BundleError, ConfigError, EdgeCascadeError, RollbackError
+from edgecascade.device_sdk.errors import (
+    BundleError,
+    ClassListError,
+    ConfigError,
+    EdgeCascadeError,
+    RollbackError,
+)
 from edgecascade.device_sdk.files import atomic_write
 from edgecascade.device_sdk.model.announcement import Announcement, release_path
-from edgecascade.device_sdk.model.bundle import MANIFEST, Bundle, Manifest, load_bundle, load_verified_update
+from edgecascade.device_sdk.model.bundle import (
+    MANIFEST,
+    Bundle,
+    Manifest,
+    check_classes_grow,
+    load_bundle,
+    load_verified_update,
+)
 from edgecascade.device_sdk.model.signing import SIGNATURE, PublicKeySource, load_public_key
 from edgecascade.device_sdk.transport.fetch import Fetcher
 
@@ -218,7 +232,7 @@ class ModelUpdater:
                 continue
             try:
                 self._apply(wanted)
-            except RollbackError as exc:  # signed and final: retrying cannot change the answer
+            except (RollbackError, ClassListError) as exc:  # signed and final: retrying cannot change it
                 self._refused = (wanted.manifest_sha256, self._running().version)
                 self._fail(wanted, exc, retry=False)
             except Exception as exc:  # any failure: keep the running model, try again later
@@ -281,11 +295,13 @@ class ModelUpdater:
         self._fetcher.fetch(f"{route}/{SIGNATURE}", staging / SIGNATURE)
         if hashlib.sha256((staging / MANIFEST).read_bytes()).hexdigest() != wanted.manifest_sha256:
             raise BundleError(f"the downloaded manifest of {wanted.release} is not the announced one")
-        running = self._running().version
-        # signature and version rule first: never fetch files a manifest we cannot trust names
+        running_manifest = self._running()
+        running = running_manifest.version
+        # signature, version and class rules first: never fetch files a manifest we cannot trust names
         head = load_bundle(staging, tiers=(), public_key=self._key, min_version=running)
         if (head.manifest.version, head.manifest.rollback_of) != (wanted.version, wanted.rollback_of):
             raise BundleError(f"the manifest served for {wanted.release} is another release")
+        check_update_classes(running_manifest, head.manifest)
         for tier in self.tiers:
             for file, _ in head.manifest.partition(tier).files:
                 self._fetcher.fetch(f"{route}/{file}", staging / file)
@@ -299,6 +315,18 @@ class ModelUpdater:
         )
         for old in [p for p in releases if p.name != keep][:-1]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def check_update_classes(running: Manifest, update: Manifest) -> None:
+    """Refuse (:class:`ClassListError`) an update whose classes are not the running ones plus new ones.
+
+    A signed rollback may go back to a version with fewer classes, but only to one whose
+    list the running one extends (the version the class-incremental one grew from).
+    """
+    if update.rollback_of is None:
+        check_classes_grow(running.classes, update.classes)
+    else:
+        check_classes_grow(update.classes, running.classes)
 
 
 def installed_bundle(

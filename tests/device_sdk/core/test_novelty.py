@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecascade.device_sdk.core.novelty import FAMILIARITY, calibrate_unknown, energy, is_unknown, max_logit
+from edgecascade.device_sdk.core.novelty import (
+    FAMILIARITY,
+    KEY_SCORE,
+    ClassStatistics,
+    calibrate_unknown,
+    energy,
+    is_unknown,
+    max_logit,
+)
 from edgecascade.device_sdk.errors import BundleError, ConfigError
 from edgecascade.device_sdk.learning.selection import Answers, HardExampleSelector, UnknownInput
 from edgecascade.device_sdk.model.bundle import FAMILIARITY_SCORES, MANIFEST, UnknownSpec, load_bundle
@@ -16,7 +24,7 @@ from tests.fake_bundle import make_bundle
 
 
 def test_the_scores_the_manifest_may_name_are_the_ones_implemented() -> None:
-    assert tuple(FAMILIARITY) == FAMILIARITY_SCORES
+    assert (*FAMILIARITY, KEY_SCORE) == FAMILIARITY_SCORES
 
 
 def test_energy_is_a_stable_logsumexp_and_orders_inputs_by_the_scale_of_their_logits() -> None:
@@ -27,7 +35,7 @@ def test_energy_is_a_stable_logsumexp_and_orders_inputs_by_the_scale_of_their_lo
     assert list(np.argsort(energy(logits))) == list(np.argsort(max_logit(logits))) == [2, 1, 0]
 
 
-@pytest.mark.parametrize("score", FAMILIARITY_SCORES)
+@pytest.mark.parametrize("score", FAMILIARITY)
 def test_the_calibrated_threshold_flags_the_requested_share_of_known_inputs(score: str) -> None:
     rng = np.random.default_rng(0)
     known = rng.normal(size=(20000, 10)) * 3
@@ -39,12 +47,42 @@ def test_the_calibrated_threshold_flags_the_requested_share_of_known_inputs(scor
 
 
 def test_calibration_needs_data_and_a_share_in_range() -> None:
-    with pytest.raises(ValueError, match="validation logits"):
+    with pytest.raises(ValueError, match="validation inputs"):
         calibrate_unknown(np.zeros((0, 10)))
     with pytest.raises(ValueError, match="known_fpr"):
         calibrate_unknown(np.zeros((10, 10)), known_fpr=0.0)
     with pytest.raises(ConfigError, match="familiarity score 'entropy'"):
         calibrate_unknown(np.zeros((10, 10)), "entropy")
+
+
+def test_class_statistics_score_keys_by_their_distance_to_the_nearest_class() -> None:
+    rng = np.random.default_rng(1)
+    centres = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, 0.0]])
+    labels = rng.integers(0, 3, 3000)
+    keys = centres[labels] + rng.normal(scale=[0.3, 1.0], size=(3000, 2))  # one shared, elongated covariance
+    stats = ClassStatistics.fit(keys, labels)
+    np.testing.assert_allclose(stats.means, centres, atol=0.1)
+    inside, between = stats.familiarity(centres), stats.familiarity(np.array([[2.0, 2.0], [0.0, -4.0]]))
+    assert inside.min() > -0.1 and between.max() < -10
+    # along the wide axis a point is more familiar than as far along the narrow one
+    along, across = stats.familiarity(np.array([[4.0, 1.5], [5.5, 0.0]]))
+    assert along > across
+    again = ClassStatistics.from_bytes(stats.to_bytes())
+    np.testing.assert_array_equal(again.familiarity(keys[:50]), stats.familiarity(keys[:50]))
+
+
+def test_a_statistics_file_that_is_not_one_is_a_clear_error() -> None:
+    import io
+
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"means": 1}], dtype=object), allow_pickle=True)
+    for bad in (b"", b"not a zip", pickled.getvalue()):
+        with pytest.raises(ValueError, match="statistics"):
+            ClassStatistics.from_bytes(bad)
+    with pytest.raises(ValueError, match="finite"):
+        ClassStatistics(np.full((2, 3), np.nan, np.float32), np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="precision"):
+        ClassStatistics(np.zeros((2, 3), np.float32), np.eye(2, dtype=np.float32))
 
 
 def test_the_rule_round_trips_through_the_manifest_and_a_bad_one_is_refused(tmp_path: Path) -> None:
@@ -63,7 +101,12 @@ def test_the_rule_round_trips_through_the_manifest_and_a_bad_one_is_refused(tmp_
         manifest.partitions[1].unknown is None
         and "unknown" not in json.loads(manifest.to_json())["partitions"][1]
     )
-    for bad in ({"score": "entropy", "threshold": 1.0}, {"score": "energy", "threshold": float("nan")}):
+    for bad in (
+        {"score": "entropy", "threshold": 1.0},
+        {"score": "energy", "threshold": float("nan")},
+        {"score": "mahalanobis", "threshold": -3.0},  # a rule over keys needs its statistics file
+        {"score": "energy", "threshold": 1.0, "statistics": "device.unknown.npz"},
+    ):
         data["partitions"][0]["unknown"] = bad
         (bundle / MANIFEST).write_text(json.dumps(data))
         with pytest.raises(BundleError):

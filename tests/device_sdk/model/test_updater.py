@@ -227,3 +227,58 @@ def test_without_announcements_the_node_polls_the_current_release_and_verifies_i
 def test_poll_interval_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="poll_interval"):
         UpdateSettings(poll_interval=-1.0)
+
+
+def with_classes(path: Path, classes: tuple[str, ...]) -> Path:
+    """Give the fake bundle at ``path`` another class list (its logits as wide)."""
+    manifest = load_bundle(path).manifest
+    parts = tuple(replace(p, logits=replace(p.logits, shape=(len(classes),))) for p in manifest.partitions)
+    write_manifest(path, replace(manifest, classes=classes, partitions=parts))
+    return path
+
+
+TEN = tuple(f"c{i}" for i in range(10))
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [TEN[:9], (*TEN[:9], "renamed"), (TEN[1], TEN[0], *TEN[2:], "new")],
+    ids=["shrunk", "renamed", "reordered"],
+)
+def test_a_class_list_that_does_not_extend_the_running_one_is_refused_for_good(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    node_factory: Callable[[Path, Cloud], Node],
+    classes: tuple[str, ...],
+) -> None:
+    cloud = Cloud()
+    cloud.add(make_bundle(tmp_path / "v1"), keys[0], 1)
+    v2 = cloud.add(with_classes(make_bundle(tmp_path / "v2", version=2, seed=2), classes), keys[0], 2)
+    node = node_factory(tmp_path / "v1", cloud)
+    node.updater.offer(v2.sign(keys[0]).to_bytes())
+    assert wait_until(lambda: node.updater.counters["update_failed_ClassListError"] == 1)
+    fetched = len(cloud.fetched)
+    time.sleep(0.4)  # longer than retry_max: a signed class list will not change, so no retry
+    assert len(cloud.fetched) == fetched and not any(p.endswith(".tflite") for p in cloud.fetched)
+    assert node.bundle.manifest.version == 2 - 1 and not node.installed  # the old model is kept
+    assert "does not begin with the running classes" in (node.updater.last_error or "")
+
+
+def test_added_classes_are_installed_and_a_signed_rollback_may_drop_them_again(
+    tmp_path: Path, keys: tuple[Path, Path], node_factory: Callable[[Path, Cloud], Node]
+) -> None:
+    cloud = Cloud()
+    cloud.add(make_bundle(tmp_path / "v1"), keys[0], 1)
+    grown = with_classes(make_bundle(tmp_path / "v2", version=2, seed=2), (*TEN, "new-a", "new-b"))
+    v2 = cloud.add(grown, keys[0], 2)
+    node = node_factory(tmp_path / "v1", cloud)
+    node.updater.offer(v2.sign(keys[0]).to_bytes())
+    assert wait_until(lambda: node.bundle.manifest.version == 2)
+    assert node.bundle.manifest.classes == (*TEN, "new-a", "new-b")
+    rollback_dir = tmp_path / "v1-rollback"
+    shutil.copytree(tmp_path / "v1", rollback_dir)
+    write_manifest(rollback_dir, replace(load_bundle(rollback_dir).manifest, rollback_of=2))
+    rollback = cloud.add(rollback_dir, keys[0], 1, rollback_of=2)
+    node.updater.offer(rollback.sign(keys[0]).to_bytes())
+    assert wait_until(lambda: node.bundle.manifest.version == 1)
+    assert node.bundle.manifest.classes == TEN and node.updater.counters["update_failed"] == 0
