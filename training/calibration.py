@@ -10,7 +10,9 @@ The threshold rule protects accuracy: an early exit may answer a sample only whe
 validation data, it is as accurate as the final exit would have been on the same samples.
 Because the cascade's accuracy is ``acc_exit`` on the samples that exit plus ``acc_final``
 on the rest, meeting the rule with ``max_loss=0`` means the cascade is at least as accurate
-as the full model on that validation set.
+as the full model on that validation set. The rule itself is pure numpy in
+:mod:`edgecascade.device_sdk.core.thresholds` (re-exported here), so the cloud fits a site's
+thresholds with the very same code.
 
 :func:`calibrate` applies both to a trained model's three exits on validation data (exit 2's
 threshold is chosen on what exit 1 leaves, :func:`choose_thresholds`). It calls the model,
@@ -24,13 +26,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecascade.device_sdk.core.novelty import calibrate_unknown
+from edgecascade.device_sdk.core import drift
+from edgecascade.device_sdk.core.novelty import FAMILIARITY, calibrate_unknown, is_unknown
 from edgecascade.device_sdk.core.policy import confidence_score, softmax
+from edgecascade.device_sdk.core.thresholds import (
+    DEFAULT_GRID,
+    NEVER_EXIT,
+    cascade_predictions,
+    choose_threshold,
+    choose_thresholds,
+    exit_share,
+)
+from edgecascade.device_sdk.model.bundle import DriftSpec, UnknownSpec
 
 if TYPE_CHECKING:
     from edgecascade.training.train import TrainedModel
 
 __all__ = [
+    "DEFAULT_GRID",
     "NEVER_EXIT",
     "accuracy_metrics",
     "calibrate",
@@ -38,6 +51,7 @@ __all__ = [
     "cascade_predictions",
     "choose_threshold",
     "choose_thresholds",
+    "drift_reference",
     "exit_share",
     "fit_temperature",
     "nll",
@@ -45,20 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NEVER_EXIT = 1.01
-"""A threshold no max-probability can reach (max-prob ≤ 1): the exit never answers."""
-
-DEFAULT_GRID: tuple[float, ...] = (
-    *(round(float(t), 3) for t in np.linspace(0.0, 0.99, 199)),
-    0.995,
-    0.998,
-    0.999,
-    0.9995,
-    0.9999,
-    1.0,
-)
-"""Candidate thresholds: steps of 0.005 up to 0.99, then finer steps up to 1.0."""
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -95,93 +95,6 @@ def fit_temperature(
     return float(np.exp((lo + hi) / 2.0))
 
 
-def choose_threshold(
-    exit_probs: np.ndarray,
-    labels: np.ndarray,
-    final_correct: np.ndarray,
-    max_loss: float = 0.0,
-    grid: tuple[float, ...] | np.ndarray = DEFAULT_GRID,
-    *,
-    score: str = "max_prob",
-    target: float | None = None,
-) -> float:
-    """The smallest threshold on ``score`` at which the exit meets its accuracy target.
-
-    For a threshold ``t`` the exit answers the samples whose confidence ``score`` (see
-    :data:`edgecascade.device_sdk.core.policy.SCORES`) is ``>= t``. By default ``t`` qualifies when, on
-    those samples, the exit's accuracy is ≥ the final exit's accuracy on the same samples
-    minus ``max_loss``; with ``target`` set, when it is ≥ ``target`` instead. Returns the
-    smallest qualifying ``t`` of ``grid``.
-
-    Edge cases: a threshold at which no sample exits does not qualify (there is no
-    evidence for it), so with no samples, or when no threshold qualifies, the result is
-    :data:`NEVER_EXIT` (> 1.0, the exit never answers). Ties at the threshold exit (``>=``).
-    A larger ``max_loss`` never gives a larger threshold. The criterion is evaluated per
-    threshold, so it need not hold at every larger threshold; it always holds at the one
-    returned.
-
-    ``exit_probs``: ``(N, classes)`` probabilities of the early exit; ``labels``: ``(N,)``
-    true classes; ``final_correct``: ``(N,)`` bool, whether the final exit was right.
-    """
-    probs = np.asarray(exit_probs)
-    labels = np.asarray(labels)
-    final_correct = np.asarray(final_correct, dtype=bool)
-    if probs.ndim != 2 or labels.shape != (len(probs),) or final_correct.shape != (len(probs),):
-        raise ValueError(
-            f"expected probs (N, C), labels (N,), final_correct (N,); "
-            f"got {probs.shape}, {labels.shape}, {final_correct.shape}"
-        )
-    if max_loss < 0:
-        raise ValueError(f"max_loss must be >= 0, got {max_loss}")
-    if len(probs) == 0:
-        return NEVER_EXIT
-    confidence = confidence_score(score)(probs)
-    exit_correct = probs.argmax(axis=1) == labels
-    for t in sorted(float(g) for g in grid):
-        answered = confidence >= t
-        n = int(answered.sum())
-        if n == 0:
-            break  # larger thresholds answer nothing either
-        exit_acc = exit_correct[answered].mean()
-        final_acc = final_correct[answered].mean()
-        wanted = final_acc - max_loss if target is None else target
-        if exit_acc >= wanted - 1e-12:
-            logger.debug(
-                "threshold %.4f: %d/%d exit, acc %.4f vs final %.4f", t, n, len(probs), exit_acc, final_acc
-            )
-            return t
-    return NEVER_EXIT
-
-
-def exit_share(exit_probs: np.ndarray, threshold: float, score: str = "max_prob") -> float:
-    """Fraction of samples whose confidence ``score`` reaches ``threshold``."""
-    probs = np.asarray(exit_probs)
-    if len(probs) == 0:
-        return 0.0
-    return float((confidence_score(score)(probs) >= threshold).mean())
-
-
-def cascade_predictions(
-    probs: list[np.ndarray] | tuple[np.ndarray, ...], thresholds: tuple[float, ...], score: str = "max_prob"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate the cascade: each sample takes the first exit whose ``score`` reaches its threshold.
-
-    Returns ``(predicted class, exit index 0-based)`` per sample; the last exit answers
-    everything that is left, whatever its threshold.
-    """
-    if len(probs) != len(thresholds) or not probs:
-        raise ValueError("need one threshold per exit and at least one exit")
-    n = len(probs[0])
-    taken = np.full(n, len(probs) - 1, dtype=np.int64)
-    pending = np.ones(n, dtype=bool)
-    for i, (p, t) in enumerate(zip(probs[:-1], thresholds[:-1], strict=True)):
-        fire = pending & (confidence_score(score)(np.asarray(p)) >= t)
-        taken[fire] = i
-        pending &= ~fire
-    stacked = np.stack([np.asarray(p).argmax(axis=1) for p in probs])  # (exits, n)
-    return stacked[taken, np.arange(n)], taken
-
-
 def accuracy_metrics(prefix: str, probs: list[np.ndarray], y: np.ndarray) -> dict[str, float]:
     """``<prefix>_accuracy_exit<i>``: each exit's accuracy on its own."""
     return {f"{prefix}_accuracy_exit{i}": float((p.argmax(1) == y).mean()) for i, p in enumerate(probs, 1)}
@@ -198,29 +111,19 @@ def cascade_metrics(
     return metrics
 
 
-def choose_thresholds(
-    probs: list[np.ndarray],
-    y: np.ndarray,
-    max_loss: float,
-    score: str = "max_prob",
-    target: float | None = None,
-) -> tuple[float, float, float]:
-    """Thresholds for exits 1 and 2 (exit 3 answers everything left, threshold 0).
-
-    Exit 2 only ever sees what exit 1 did not answer, so its threshold is chosen on those
-    samples; together the two choices keep the cascade's accuracy ≥ the final exit's
-    (minus ``max_loss``) on this data, or each early exit at ``target`` accuracy.
-    """
-    final_correct = probs[2].argmax(1) == y
-    t1 = choose_threshold(probs[0], y, final_correct, max_loss, score=score, target=target)
-    rest = confidence_score(score)(probs[0]) < t1
-    t2 = choose_threshold(probs[1][rest], y[rest], final_correct[rest], max_loss, score=score, target=target)
-    return t1, t2, 0.0
+def drift_reference(
+    probs: np.ndarray, logits: np.ndarray, threshold: float, score: str, rule: UnknownSpec | None
+) -> DriftSpec:
+    """The device drift detector's reference on validation data: the device exit's calibrated
+    ``probs`` (and ``logits``) with its exit ``threshold`` on ``score`` and its unknown-input ``rule``."""
+    answered = confidence_score(score)(probs) >= threshold
+    flags = is_unknown(logits, rule) if rule is not None and rule.score in FAMILIARITY else None
+    return drift.reference(probs.max(axis=-1), answered, flags)
 
 
 def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
-    """Fit each exit's temperature, then choose the thresholds and each exit's unknown-input
-    rule, on validation data; returns val metrics."""
+    """Fit each exit's temperature, then choose the thresholds, each exit's unknown-input
+    rule and the device's drift reference, on validation data; returns val metrics."""
     config = trained.config
     logits = trained.exit_logits(x_val)
     trained.temperatures = tuple(fit_temperature(z, y_val) for z in logits)  # type: ignore[assignment]
@@ -230,11 +133,16 @@ def calibrate(trained: TrainedModel, x_val: np.ndarray, y_val: np.ndarray) -> di
         for when, t in (("raw", 1.0), ("calibrated", t0))
     }
     if config.unknown_score != "none":  # each exit's unknown-input rule, on the same data
-        score, fpr = config.unknown_score, config.unknown_fpr
-        trained.unknown = tuple(calibrate_unknown(z, score, fpr) for z in logits)
+        # a score over cache keys needs the exported bundle (training.unknown_calibration);
+        # until then, and on a tier without keys, the rule is energy over the logits
+        score = config.unknown_score if config.unknown_score in FAMILIARITY else "energy"
+        trained.unknown = tuple(calibrate_unknown(z, score, config.unknown_fpr) for z in logits)
     probs = trained.exit_probs(x_val)
     trained.thresholds = choose_thresholds(
         probs, y_val, config.max_loss, config.exit_score, config.exit_target
+    )
+    trained.drift = drift_reference(
+        probs[0], logits[0], trained.thresholds[0], config.exit_score, trained.unknown[0]
     )
     metrics |= accuracy_metrics("val", probs, y_val)
     metrics |= cascade_metrics("val", probs, y_val, trained.thresholds, config.exit_score)

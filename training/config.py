@@ -60,7 +60,7 @@ class TrainConfig:
     exit_target: float | None = None  # accuracy an early exit must reach on what it answers (None: final's)
     distill_alpha: float = 0.5  # with a teacher: weight of its soft targets against the labels
     distill_temperature: float = 4.0  # with a teacher: softmax temperature of the soft targets
-    unknown_score: str = "energy"  # each exit's unknown-input score (core.novelty), or "none"
+    unknown_score: str = "mahalanobis"  # each exit's unknown-input score (core.novelty), or "none"
     unknown_fpr: float = 0.05  # share of known validation inputs the unknown-input rule may flag
     model: ModelConfig = field(default_factory=ModelConfig)
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgecascade.device_sdk.core.chain import run_partitions
+from edgecascade.device_sdk.core.novelty import KEY_SCORE
 from edgecascade.device_sdk.errors import ModelError
 from edgecascade.device_sdk.files import atomic_write, sha256_file
 from edgecascade.device_sdk.model.bundle import (
@@ -161,8 +162,9 @@ def export_bundle(
     With ``signing_key`` (the cloud's Ed25519 key or its PEM file) ``manifest.sig`` is written too.
 
     ``thresholds`` overrides the exit thresholds chosen in training (e.g. to trade accuracy
-    for less traffic); the cascade metrics measured with the trained thresholds
-    (``*_cascade_accuracy``, ``*_exit_share_*``) are then left out of the manifest.
+    for less traffic); what was measured with the trained thresholds is then left out of the
+    manifest: the cascade metrics (``*_cascade_accuracy``, ``*_exit_share_*``) and the drift
+    reference (its device share would not be the device's).
 
     With ``representative`` raw training images and a labelled ``holdout`` (raw validation
     images, labels), every tier is also converted to float16 and int8, each variant's size
@@ -176,9 +178,11 @@ def export_bundle(
     out = Path(out_dir)
     classes = tuple(classes) if classes is not None else trained.classes
     metrics = dict(trained.metrics)
+    drift = trained.drift
     if thresholds is None:
         thresholds = trained.thresholds
     else:
+        drift = None
         if len(thresholds) != len(TIERS) or any(not t >= 0.0 for t in thresholds):
             raise ValueError(f"need {len(TIERS)} thresholds >= 0, got {thresholds}")
         metrics = {k: v for k, v in metrics.items() if "cascade" not in k and "exit_share" not in k}
@@ -227,7 +231,8 @@ def export_bundle(
         file = out / spec.file
         atomic_write(file, contents[tier, wanted[tier]])
         rule = trained.unknown[TIERS.index(tier)]  # the exit's unknown-input rule
-        partitions.append(dataclasses.replace(spec, sha256=sha256_file(file), unknown=rule))
+        reference = drift if tier == TIERS[0] else None  # the device's drift reference
+        partitions.append(dataclasses.replace(spec, sha256=sha256_file(file), unknown=rule, drift=reference))
     manifest = Manifest(
         name=name,
         version=version,
@@ -308,6 +313,7 @@ def train_and_export(
     cloud's model and the small and medium models' teacher.
     """
     from edgecascade.training.cache_calibration import calibrate_cache
+    from edgecascade.training.unknown_calibration import calibrate_unknown_keys
 
     data = dataset if dataset is not None else load_fashion_mnist()
     if mode == MODELS:
@@ -320,7 +326,7 @@ def train_and_export(
         trained = train(train_config, data, progress=progress, teacher=large.model if large else None)
     if checkpoint_dir is not None:
         trained.save(checkpoint_dir)
-    x_train, _, x_val, y_val = training_split(train_config, data)
+    x_train, y_train, x_val, y_val = training_split(train_config, data)
     export_bundle(
         trained,
         out_dir,
@@ -330,4 +336,7 @@ def train_and_export(
         representative=x_train,
         holdout=(x_val, y_val),
     )
-    return calibrate_cache(out_dir, x_val, y_val, fit_images=x_train)
+    manifest = calibrate_cache(out_dir, x_val, y_val, fit_images=x_train)
+    if train_config.unknown_score != KEY_SCORE:
+        return manifest
+    return calibrate_unknown_keys(out_dir, x_train, y_train, x_val, train_config.unknown_fpr)

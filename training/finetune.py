@@ -25,10 +25,20 @@ only harmless when zero rows cannot move the statistics.
 given; load a fresh copy of the checkpoint for it. :func:`gate_scores` measures a model the
 way the evaluation gate (:mod:`edgecascade.training.gate`) compares them. Hard examples come
 as a :class:`~edgecascade.training.hard_examples.HardSet`.
+
+**Added classes** (a model widened by :func:`edgecascade.training.incremental.widen`) change
+nothing here: their labels index the widened heads, the replay sample keeps the old
+classes, and the hard examples teach the new ones. Which exits learn them follows the rule
+above: with raw inputs all three; with features only the stages after the cut, and the
+device exit, frozen, keeps its new columns as :func:`~edgecascade.training.incremental.widen`
+started them (the mean of the old), so it never answers an added class: it answers such an
+input with an old class, or passes it up when no old class is confident enough (or its
+unknown-input rule flags it), and the gateway and cloud exits, which did learn, answer it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +51,7 @@ from keras import layers
 from edgecascade.device_sdk.model.bundle import MODELS
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.calibration import cascade_predictions, softmax
+from edgecascade.training.distill import DistillationLoss, soft_targets
 from edgecascade.training.gate import Scores, pooled_accuracy
 from edgecascade.training.hard_examples import HardSet
 from edgecascade.training.train import RAW_ENCODING, TrainedModel
@@ -61,6 +72,11 @@ class FinetuneConfig:
     hard_weight: float = 2.0
     train_device: bool = True  # allowed only when every hard example carries its raw input
     seed: int = 0
+    # classes the model had before it was widened (None: it was not): the replay images are
+    # then also taught the model's own answers on the old classes (see keep_old_answers)
+    known_classes: int | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
 
 
 def trains_device(trained: TrainedModel, hard: HardSet, config: FinetuneConfig) -> bool:
@@ -150,7 +166,7 @@ def finetune(
     x_replay, y_replay = replay
     stages = [trained.device, trained.gateway, trained.cloud]
     device_learns = trains_device(trained, hard, config)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.device.trainable = device_learns  # before freezing BN: this sets every layer of the stage
     _freeze_batch_norm(stages, True)
     try:
@@ -161,7 +177,11 @@ def finetune(
             w = np.concatenate([np.ones(len(y_replay)), np.full(len(y_hard), config.hard_weight)])
             model: keras.Model = trained.joint
             inputs: Any = x
-            targets, weights = [y, y, y], [w, w, w]
+            targets: list[np.ndarray] = [y, y, y]
+            weights = [w, w, w]
+            if config.known_classes is not None and config.known_classes < len(trained.classes):
+                targets = keep_old_answers(_run(model, x), y, len(y_replay), config.known_classes)
+                loss = DistillationLoss(config.distill_alpha, config.distill_temperature)
         else:
             model, inputs, targets, weights = _after_cut_problem(trained, hard, x_replay, y_replay, config)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=[loss] * len(targets))
@@ -187,6 +207,35 @@ def finetune(
         "hard_cut2": len(hard.cut2_y),
         "loss": [float(v) for v in history.history.get("loss", [])],
     }
+
+
+SHARP = 20.0
+"""Logit margin of a target that is (almost) one class at the distillation temperatures used."""
+
+
+def keep_old_answers(
+    logits: list[np.ndarray], y: np.ndarray, replay_rows: int, known: int
+) -> list[np.ndarray]:
+    """Per exit, :class:`DistillationLoss` targets that keep a widened model's old answers.
+
+    Class-incremental fine-tuning forgets: the added classes pull the old ones' decision
+    boundaries (an added ``Ankle boot`` takes inputs from ``Sneaker`` and ``Sandal``). So the
+    replay images (the first ``replay_rows``) are also taught the widened model's own
+    logits before fine-tuning on the ``known`` old classes, exactly the old model's, with the
+    added classes far below them (learning without forgetting, Li and Hoiem, 2016); the
+    labelled examples' soft target is their label. ``logits``: each exit's, for every row.
+    """
+    width = logits[0].shape[1]
+    one_hot = np.eye(width, dtype=np.float32)[y]
+    targets = []
+    for z in logits:
+        teacher = SHARP * one_hot  # labelled examples: the label
+        old = z[:replay_rows, :known]
+        teacher[:replay_rows] = np.concatenate(
+            [old, np.repeat(old.min(axis=1, keepdims=True) - SHARP, width - known, axis=1)], axis=1
+        )
+        targets.append(soft_targets(one_hot, teacher))
+    return targets
 
 
 def _after_cut_problem(
@@ -248,21 +297,39 @@ def _cascade_correct(trained: TrainedModel, logits: list[np.ndarray], y: np.ndar
     return np.asarray(labels == y)
 
 
-def gate_scores(trained: TrainedModel, test: tuple[np.ndarray, np.ndarray], holdout: HardSet) -> Scores:
+def gate_scores(
+    trained: TrainedModel, test: tuple[np.ndarray, np.ndarray], holdout: HardSet, known: int | None = None
+) -> Scores:
     """Per-exit and cascade accuracy on the original test images, and the same on held-out hard examples.
 
     On the hard examples the exits are pooled over every (example, exit it reaches) pair and
-    the cascade answers each example from its cut on.
+    the cascade answers each example from its cut on. ``known`` (default: all of the model's)
+    is how many classes both compared models have: held-out examples of later classes are
+    measured apart (``new_classes``), and only when ``trained`` has those classes.
     """
     x_test, y_test = test
     logits = exit_logits(trained, x_test)
-    held = _held_out_logits(trained, holdout)
+    old_part, added_part = holdout.by_class(len(trained.classes) if known is None else known)
+    held = _held_out_logits(trained, old_part)
     cascade_new = [_cascade_correct(trained, z, y) for z, y in held]
-    return Scores(
+    scores = Scores(
         original=tuple(float((z.argmax(1) == y_test).mean()) for z in logits),
         new=pooled_accuracy([z.argmax(1) == y for zs, y in held for z in zs]),
         n_original=len(y_test),
-        n_new=len(holdout),
+        n_new=len(old_part),
         cascade_original=float(_cascade_correct(trained, logits, y_test).mean()),
         cascade_new=pooled_accuracy(cascade_new),
+        n_new_classes=len(added_part),
     )
+    if not len(added_part) or len(trained.classes) <= int(max(_labels(added_part))):
+        return scores  # no added classes held out, or a model without them: nothing to measure
+    added = _held_out_logits(trained, added_part)
+    return dataclasses.replace(
+        scores,
+        new_classes=pooled_accuracy([z.argmax(1) == y for zs, y in added for z in zs]),
+        cascade_new_classes=pooled_accuracy([_cascade_correct(trained, z, y) for z, y in added]),
+    )
+
+
+def _labels(hard: HardSet) -> np.ndarray:
+    return np.concatenate([hard.raw_y, hard.cut1_y, hard.cut2_y])

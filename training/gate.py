@@ -23,6 +23,15 @@ the current final exit is right by construction, and what retraining can improve
 early exits learning from the teacher (fewer inputs sent upstream); human labels can
 improve the final exit too.
 
+**When the class list grew** (class-incremental retraining), the current model has no
+output for the added classes, so comparing the two models on them would count the
+current model's certain miss as the candidate's gain. The original test split and the
+held-out slice above hold only the classes both models have (accuracy there is compared
+as always, the gain on the slice then not required); the held-out examples of the added
+classes are measured on the candidate alone (``new_classes``, pooled over reachable exits
+like the slice; ``cascade_new_classes``), reported, and must reach ``min_new_classes``
+points. The slice must still hold ``min_holdout`` examples in all.
+
 Pure numpy, no I/O: the numbers in, a decision with every number out.
 """
 
@@ -54,6 +63,9 @@ class Scores:
     n_new: int  # held-out examples (not exit evaluations)
     cascade_original: float | None = None  # the cascade at the model's thresholds; None: not measured
     cascade_new: float | None = None
+    n_new_classes: int = 0  # held-out examples of classes the current model does not have
+    new_classes: float | None = None  # pooled over reachable exits on those; None: this model has none
+    cascade_new_classes: float | None = None
 
 
 def pooled_accuracy(correct: list[np.ndarray]) -> float:
@@ -69,6 +81,7 @@ class GateRule:
     min_gain: float = 0.5
     tolerance: float = 0.5
     min_holdout: int = 20
+    min_new_classes: float = 25.0  # accuracy on held-out examples of added classes, when there are any
 
 
 @dataclass(frozen=True)
@@ -85,11 +98,20 @@ class GateDecision:
     # current minus candidate cascade accuracy, points, by set ("original", "new")
     cascade_drops: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def old_classes_change(self) -> float:
+        """Candidate minus current on the original test split, points: the cascade's when measured,
+        else the worst exit's."""
+        if "original" in self.cascade_drops:
+            return -self.cascade_drops["original"]
+        return -max(self.drops, default=0.0)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "promote": self.promote,
             "reason": self.reason,
             "gain_points": round(self.gain, 4),
+            "old_classes_change_points": round(self.old_classes_change, 4),
             "original_drop_points": [round(d, 4) for d in self.drops],
             "cascade_drop_points": {k: round(d, 4) for k, d in self.cascade_drops.items()},
             "current": asdict(self.current),
@@ -112,13 +134,21 @@ def decide(current: Scores, candidate: Scores, rule: GateRule) -> GateDecision:
         if old is not None and new is not None
     }
     cascade_worst = max(cascade_drops.items(), key=lambda item: item[1], default=("", 0.0))
-    if candidate.n_new < rule.min_holdout:
+    held_out = candidate.n_new + candidate.n_new_classes
+    grew = candidate.n_new_classes > 0
+    new_classes = 100.0 * (candidate.new_classes or 0.0)
+    if held_out < rule.min_holdout:
         promote, reason = (
             False,
-            f"only {candidate.n_new} held-out hard examples; the gate needs {rule.min_holdout}",
+            f"only {held_out} held-out hard examples; the gate needs {rule.min_holdout}",
         )
-    elif gain <= 0 or gain < rule.min_gain:
+    elif not grew and (gain <= 0 or gain < rule.min_gain):
         promote, reason = False, f"gain {gain:+.2f} points on new data; needs >= {rule.min_gain} and > 0"
+    elif grew and new_classes < rule.min_new_classes:
+        promote = False
+        reason = (
+            f"added classes {new_classes:.2f}% right on held-out examples; needs >= {rule.min_new_classes}"
+        )
     elif worst > rule.tolerance:
         exit_no = drops.index(worst) + 1
         promote = False
@@ -134,6 +164,8 @@ def decide(current: Scores, candidate: Scores, rule: GateRule) -> GateDecision:
     else:
         promote = True
         reason = f"gain {gain:+.2f} points on new data; worst original drop {worst:.2f} <= {rule.tolerance}"
+        if grew:
+            reason = f"added classes {new_classes:.2f}% right; " + reason
         if cascade_drops:
             reason += "; cascade " + ", ".join(f"{k} {-d:+.2f}" for k, d in cascade_drops.items())
     return GateDecision(promote, reason, gain, drops, current, candidate, rule, cascade_drops)

@@ -7,6 +7,10 @@ features), else as features at its cut when the served partitions can read them 
 version that produced them has the served shape and encoding at that cut); otherwise, or
 when a body does not decode, it is skipped.
 
+Labels index the class list the job trains for: the served classes followed by any that
+operators added (class-incremental learning, :mod:`edgecascade.training.incremental`); an
+example whose label is beyond that list is skipped.
+
 Where an example goes is a function of its id only
 (:func:`~edgecascade.training.gate.id_position`), so it stays on the same side job after
 job: below ``holdout_fraction`` the evaluation gate's held-out slice; the next
@@ -38,6 +42,8 @@ Item = tuple[str, np.ndarray, np.ndarray | None, int]
 
 AUDIT = "audit"
 """The reason a device gives for an example of its uniform audit sample."""
+UNKNOWN = "unknown"
+"""The reason a node gives for an input its unknown-input rule flagged."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,15 @@ class HardSet:
 
     def __len__(self) -> int:
         return len(self.raw_y) + len(self.cut1_y) + len(self.cut2_y)
+
+    def by_class(self, known: int) -> tuple[HardSet, HardSet]:
+        """The examples of the first ``known`` classes, and those of classes added after them."""
+        parts: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+        for key in ("raw", "cut1", "cut2"):
+            x, y = getattr(self, key), getattr(self, f"{key}_y")
+            for part, keep in zip(parts, (y < known, y >= known), strict=True):
+                part[key], part[f"{key}_y"] = x[keep], y[keep]
+        return HardSet(**parts[0]), HardSet(**parts[1])
 
     @classmethod
     def build(cls, items: list[Item], shapes: Mapping[str, tuple[int, ...]]) -> HardSet:
@@ -85,6 +100,7 @@ class StoredExample:
     label: int  # human label, else the teacher's
     reasons: tuple[str, ...] = ()
     features_readable: bool = True  # False: made by a version whose cut differs from the served one
+    human: bool = True  # the label is a person's, not the teacher's
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,7 @@ class HardExampleSets:
     holdout: HardSet  # the evaluation gate's slice
     calibration: HardSet  # audited raw inputs the thresholds are fitted on
     skipped: int = 0
+    unnamed: int = 0  # unknown inputs no person labelled: left for an operator to name
 
     def counts(self) -> dict[str, int]:
         return {
@@ -102,26 +119,48 @@ class HardExampleSets:
             "holdout": len(self.holdout),
             "calibration": len(self.calibration),
             "skipped": self.skipped,
+            "unnamed": self.unnamed,
         }
 
 
 class HardExampleSplit:
     """Decodes stored examples one at a time (:meth:`add`) into the three sets (:meth:`sets`).
 
-    ``shapes``: the served model's input shape (``raw``) and feature shapes (``cut1``, ``cut2``).
+    ``shapes``: the served model's input shape (``raw``) and feature shapes (``cut1``, ``cut2``);
+    ``num_classes``: how many classes the run trains for (labels at or beyond are skipped).
     """
 
     def __init__(
-        self, shapes: Mapping[str, tuple[int, ...]], *, holdout_fraction: float, calibration_fraction: float
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        *,
+        holdout_fraction: float,
+        calibration_fraction: float,
+        num_classes: int | None = None,
     ) -> None:
         self.shapes = shapes
+        self.num_classes = num_classes
         self._holdout_end = holdout_fraction
         self._calibration_end = holdout_fraction + calibration_fraction
         self._items: dict[str, list[Item]] = {"train": [], "holdout": [], "calibration": []}
         self.skipped = 0
+        self.unnamed = 0
 
     def add(self, example: StoredExample) -> bool:
-        """Put ``example`` in its set; False (and counted as skipped) when the served model cannot use it."""
+        """Put ``example`` in its set; False (and counted as skipped) when the served model cannot use it.
+
+        An input the unknown-input rule flagged is used only once a person labelled it (named
+        its group, say): the teacher's label is the served model's guess at an input unlike
+        anything it was taught, perhaps of a class it does not have (counted as ``unnamed``).
+        """
+        if UNKNOWN in example.reasons and not example.human:
+            self.unnamed += 1
+            return False
+        if self.num_classes is not None and not 0 <= example.label < self.num_classes:
+            self.skip(
+                example.example_id, f"label {example.label} is not one of the {self.num_classes} classes"
+            )
+            return False
         try:
             raw = wire.decode_tensor(example.raw) if example.raw is not None else None
             if raw is not None and raw.shape != self.shapes["raw"]:
@@ -150,4 +189,4 @@ class HardExampleSplit:
 
     def sets(self) -> HardExampleSets:
         built = {name: HardSet.build(items, self.shapes) for name, items in self._items.items()}
-        return HardExampleSets(**built, skipped=self.skipped)
+        return HardExampleSets(**built, skipped=self.skipped, unnamed=self.unnamed)

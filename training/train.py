@@ -25,7 +25,7 @@ from keras import layers
 from tqdm.auto import tqdm
 
 from edgecascade.device_sdk.errors import ModelError
-from edgecascade.device_sdk.model.bundle import MODELS, PARTITIONED, InputSpec, UnknownSpec
+from edgecascade.device_sdk.model.bundle import MODELS, PARTITIONED, DriftSpec, InputSpec, UnknownSpec
 from edgecascade.device_sdk.wire.codec import through_wire
 from edgecascade.training.calibration import NEVER_EXIT, accuracy_metrics, calibrate, cascade_metrics, softmax
 from edgecascade.training.config import TrainConfig
@@ -58,6 +58,7 @@ class TrainedModel:
     history: dict[str, list[float]] = field(default_factory=dict)
     mode: str = PARTITIONED  # models: three whole networks, each on the raw input (bundle.MODES)
     unknown: tuple[UnknownSpec | None, ...] = (None, None, None)  # each exit's unknown-input rule
+    drift: DriftSpec | None = None  # the device's drift reference on validation data
     _joint: keras.Model | None = field(default=None, init=False, repr=False, compare=False)
 
     def stage(self, tier: str) -> keras.Model:
@@ -118,6 +119,7 @@ class TrainedModel:
             "history": self.history,
             "mode": self.mode,
             "unknown": [None if u is None else asdict(u) for u in self.unknown],
+            "drift": None if self.drift is None else asdict(self.drift),
         }
         tmp = root / f".{CHECKPOINT_FILE}.tmp"
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -151,6 +153,7 @@ def load_trained(path: str | Path) -> TrainedModel:
         history=meta.get("history", {}),
         mode=meta.get("mode", PARTITIONED),
         unknown=tuple(None if u is None else UnknownSpec(**u) for u in meta.get("unknown", (None,) * 3)),
+        drift=DriftSpec(**meta["drift"]) if meta.get("drift") else None,
     )
 
 

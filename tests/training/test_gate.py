@@ -81,3 +81,36 @@ def test_the_cascade_as_deployed_may_not_give_away_what_the_exits_gained() -> No
     assert not on_new.promote and "cascade drops 1.00 points on the held-out new" in on_new.reason
     unmeasured = decide(CURRENT, candidate(new=0.62), RULE)  # scores without cascade numbers: exits only
     assert unmeasured.promote and unmeasured.cascade_drops == {}
+
+
+@pytest.mark.parametrize(
+    "original, added, n_added, promote, words",
+    [
+        ((0.80, 0.85, 0.898), 0.70, 30, True, "added classes 70.00% right; gain +0.00"),
+        (
+            (0.80, 0.85, 0.898),
+            0.20,
+            30,
+            False,
+            "added classes 20.00% right on held-out examples; needs >= 25",
+        ),
+        ((0.80, 0.85, 0.85), 0.90, 30, False, "exit 3 drops 5.00 points on the original test data"),
+        ((0.80, 0.85, 0.90), 0.90, 19, False, "only 19 held-out"),  # 0 of the old classes + 19
+    ],
+)
+def test_added_classes_are_measured_on_the_candidate_alone_and_old_ones_compared_as_always(
+    original: tuple[float, ...], added: float, n_added: int, promote: bool, words: str
+) -> None:
+    """No gain is needed on old classes when classes were added; the current model's certain
+    miss on the added ones is neither its loss nor the candidate's gain."""
+    current = Scores(original=(0.80, 0.85, 0.90), new=0.0, n_original=1000, n_new=0, n_new_classes=n_added)
+    grown = Scores(
+        original, 0.0, 1000, 0, n_new_classes=n_added, new_classes=added, cascade_new_classes=added
+    )
+    decision = decide(current, grown, RULE)
+    assert decision.promote is promote and words in decision.reason, decision.reason
+    numbers = decision.to_json()
+    assert numbers["gain_points"] == 0.0  # the added classes are not in the compared slice
+    assert numbers["candidate"]["new_classes"] == added and numbers["current"]["new_classes"] is None
+    worst = max(100 * (c - n) for c, n in zip(current.original, original, strict=True))
+    assert numbers["old_classes_change_points"] == pytest.approx(-worst, abs=1e-3)

@@ -25,6 +25,7 @@ def _example(
     raw_shape: tuple[int, ...] | None = None,
     reasons: tuple[str, ...] = ("reached_cloud",),
     readable: bool = True,
+    human: bool = True,
 ) -> StoredExample:
     features = np.full(SHAPES[cut], 0.5, np.float32)
     raw = None if raw_shape is None else wire.encode_tensor(np.full(raw_shape, 7, np.uint8))
@@ -37,6 +38,7 @@ def _example(
         label=label,
         reasons=reasons,
         features_readable=readable,
+        human=human,
     )
 
 
@@ -55,12 +57,23 @@ def test_the_id_decides_the_slice_and_only_audited_raw_inputs_calibrate() -> Non
     ]
     assert all(split.add(e) for e in examples)
     sets = split.sets()
-    assert sets.counts() == {"train": 3, "holdout": 1, "calibration": 1, "skipped": 0}
+    assert sets.counts() == {"train": 3, "holdout": 1, "calibration": 1, "skipped": 0, "unnamed": 0}
     assert sets.holdout.cut1_y.tolist() == [1]
     assert sets.calibration.raw_y.tolist() == [2] and sets.calibration.raw.dtype == np.uint8
     assert sets.train.cut1_y.tolist() == [3] and sets.train.raw_y.tolist() == [4]
     assert sets.train.cut2_y.tolist() == [5] and sets.train.cut2.shape == (1, 4, 4, 8)
     np.testing.assert_allclose(sets.train.cut1, 0.5)
+
+
+def test_an_unknown_input_is_used_only_once_a_person_labelled_it() -> None:
+    split = _split()
+    assert not split.add(_example(0.9, tag=1, reasons=("unknown",), human=False))  # the teacher's guess
+    assert not split.add(_example(0.1, tag=2, reasons=("low_margin", "unknown"), human=False))
+    assert split.add(_example(0.9, tag=3, reasons=("unknown",), human=True, label=8))  # its group was named
+    assert split.add(_example(0.9, tag=4, reasons=("reached_cloud",), human=False))  # teacher labels train
+    sets = split.sets()
+    assert sets.counts() == {"train": 2, "holdout": 0, "calibration": 0, "skipped": 0, "unnamed": 2}
+    assert sorted(sets.train.cut1_y.tolist()) == [3, 8]
 
 
 def test_a_raw_input_counts_only_in_the_served_input_shape() -> None:
@@ -83,7 +96,7 @@ def test_unreadable_examples_are_skipped_and_counted() -> None:
     assert not split.add(wrong_encoding)
     split.skip(_id_at(0.9, 4), FileNotFoundError("blob gone"))
     sets = split.sets()
-    assert sets.counts() == {"train": 0, "holdout": 0, "calibration": 0, "skipped": 4}
+    assert sets.counts() == {"train": 0, "holdout": 0, "calibration": 0, "skipped": 4, "unnamed": 0}
     assert sets.train.raw.shape == (0, 28, 28, 1) and sets.train.cut2.shape == (0, 4, 4, 8)
 
 
