@@ -18,8 +18,19 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from edgecascade.cloud_service import auth, dashboard, enroll, learning, models_api, openapi, validation
+from edgecascade.cloud_service import (
+    auth,
+    dashboard,
+    drift_events,
+    enroll,
+    learning,
+    models_api,
+    openapi,
+    unknown_api,
+    validation,
+)
 from edgecascade.cloud_service import metrics as cloud_metrics
+from edgecascade.cloud_service import sites as site_overlays
 from edgecascade.cloud_service.announce import Announcer, MqttAnnouncer
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.config import CloudConfig
@@ -68,6 +79,8 @@ def create_app(
     auth.init_app(app, tokens or TokenStore(config.cloud.token_store))
     enroll.init_app(app, config.cloud)
     learning_loop = learning.init_app(app, config, inference, launcher)
+    site_overlays.init_app(app, config, learning_loop)  # per-site exit thresholds, fitted and signed
+    drift_events.init_app(app, lambda: learning_loop.store.engine)  # the devices' drift alarms
     dashboard.init_app(app, learning_loop, inference)  # the operator's page and the fleet API
     if registry is not None:
         if announcer is None and config.registry.announce:
@@ -87,6 +100,7 @@ def create_app(
             learning_loop.on_job_succeeded = promote
     app.register_blueprint(api)
     cloud_metrics.init_app(app, config)  # GET /metrics: Prometheus text, admin token
+    unknown_api.init_app(app)  # groups of unknown uploads, named as new classes (and their gauges)
     app.extensions[_LOG_LIMITER] = LogLimiter(logger)  # refusals a flood could repeat at will
     openapi.init_app(app)  # GET /openapi.json, open like /healthz
     app.register_error_handler(AuthError, _auth_error)

@@ -4,7 +4,7 @@ Routes and scopes::
 
     POST /v1/hard-examples             device or gateway   {"examples": [record, ...]}
     GET  /v1/hard-examples             admin   ?device_id=&model_version=&labelled=&since=&limit=&cursor=
-    PUT  /v1/hard-examples/<id>/label  admin   {"label": <class index>}
+    PUT  /v1/hard-examples/<id>/label  admin   {"label": <class index>} (a served or a named class)
     POST /v1/retrain                   admin   start a job now (202; 409 while one is active)
     GET  /v1/jobs                      admin   newest jobs first
     GET  /v1/jobs/<id>                 admin   state, progress, stage, numbers, last log lines
@@ -29,7 +29,7 @@ from typing import Any, cast
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Conflict, NotFound, RequestEntityTooLarge
 
-from edgecascade.cloud_service import validation
+from edgecascade.cloud_service import drift_events, validation
 from edgecascade.cloud_service.auth import current_token, require_scope
 from edgecascade.cloud_service.config import CloudConfig
 from edgecascade.cloud_service.intake import VersionSpec, check_batch, claimed_ids
@@ -37,6 +37,7 @@ from edgecascade.cloud_service.jobs import JobRow, JobStore, read_log_tail
 from edgecascade.cloud_service.scheduler import JobHook, Launcher, RetrainScheduler, spawn_job_process
 from edgecascade.cloud_service.store import ExampleFilter, ExampleStore, decode_cursor, open_example_store
 from edgecascade.cloud_service.teacher import Teacher
+from edgecascade.cloud_service.unknown_groups import extended_classes
 from edgecascade.device_sdk.learning.records import MAX_BATCH
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.wire import ROUTE_HARD_EXAMPLES
@@ -169,7 +170,8 @@ def upload_examples() -> Any:
         store.existing_ids(claimed_ids(records)),
     )
     labels = learning.teacher().labels(verdict.valid, versions) if verdict.valid else []
-    accepted, raced = store.add(verdict.valid, labels)
+    accepted, raced = store.add(verdict.valid, labels, site=token.name)  # a gateway speaks for its site
+    drift_events.record(store.engine, token.name, verdict.valid, accepted)
     duplicates = verdict.duplicates + raced
     _count("hard_examples_accepted", len(accepted))
     _count("hard_examples_duplicate", len(duplicates))
@@ -208,9 +210,11 @@ def label_example(example_id: str) -> Any:
     if row is None:
         raise NotFound(f"no hard example {example_id}")
     spec = learning.versions().get(row.model_version)
-    if spec is not None and label >= spec.num_classes:
+    known = len(extended_classes(learning.store.engine, learning.inference.bundle.manifest.classes))
+    if spec is not None and label >= max(spec.num_classes, known):
         raise BadRequest(
-            f"label {label} is not one of the {spec.num_classes} classes of version {spec.version}"
+            f"label {label} is not one of the {spec.num_classes} classes of version {spec.version} "
+            f"nor of the {known} classes known now (served and named)"
         )
     updated = learning.store.set_human_label(example_id, label)
     if updated is None:

@@ -2,9 +2,10 @@
 
 :class:`CloudCollector` turns the counters the API already keeps (those ``GET /v1/metrics``
 returns as JSON) into ``edgecascade_cloud_*`` families, adds the stage histograms of
-``POST /v1/infer``, the served model version and the retraining jobs by state (one
-``GROUP BY`` on the jobs table, only once the learning loop's database exists: a scrape
-never creates it). Each app has its own :class:`prometheus_client.CollectorRegistry`.
+``POST /v1/infer``, the served model version, the retraining jobs by state and the drift
+events by site (``edgecascade_drift_events_total{site}``; one ``GROUP BY`` on each table, only
+once the learning loop's database exists: a scrape never creates it). Each app has its own
+:class:`prometheus_client.CollectorRegistry`.
 
 The route takes the ``admin`` scope like every other operator route (a Prometheus server
 sends the token with ``authorization: {credentials_file: ...}``): the numbers name device
@@ -22,9 +23,10 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edgecascade.cloud_service import drift_events
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.config import CloudConfig
 from edgecascade.cloud_service.jobs import STATES, retrain_jobs
@@ -87,6 +89,25 @@ class CloudCollector(Collector):
             for state in STATES:
                 family.add_metric([state], jobs.get(state, 0))
             yield family
+        drifts = self._drift_events_by_site()
+        if drifts is not None:
+            events = CounterMetricFamily(
+                "edgecascade_drift_events", "Drift alarms reported by devices, by site", labels=["site"]
+            )
+            for site, n in sorted(drifts.items()):
+                events.add_metric([site], n)
+            yield events
+
+    def _drift_events_by_site(self) -> dict[str, int] | None:
+        """Drift events per site, or None while the learning loop's database does not exist."""
+        learning = self.app.extensions.get("edgecascade.learning")
+        if learning is None or not _database_exists(self.config.cloud.database_url):
+            return None
+        try:
+            return drift_events.counts_by_site(learning.store.engine)
+        except Exception as exc:  # a scrape reports what it can
+            logger.warning("cannot count drift events: %s", exc)
+            return None
 
     def _jobs_by_state(self) -> dict[str, int] | None:
         """Jobs per state, or None while the learning loop's database does not exist (or cannot be read)."""

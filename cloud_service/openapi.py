@@ -79,7 +79,9 @@ def build_spec() -> dict[str, Any]:
             "version": _version(),
             "description": 'Errors are JSON `{"error": <code>, "message": <text>}` with a 4xx/5xx status.',
         },
-        "tags": [{"name": t} for t in ("meta", "inference", "enrolment", "learning", "models", "fleet")],
+        "tags": [
+            {"name": t} for t in ("meta", "inference", "enrolment", "learning", "models", "fleet", "sites")
+        ],
         "paths": paths(),
         "components": {
             "schemas": components.schemas(),

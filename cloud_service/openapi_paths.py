@@ -12,8 +12,12 @@ from typing import Any
 from edgecascade.cloud_service.dashboard import PAGE as DASHBOARD
 from edgecascade.cloud_service.dashboard import ROUTE_FLEET
 from edgecascade.cloud_service.dashboard.fleet import HISTORY
+from edgecascade.cloud_service.drift_events import MAX_LIST as MAX_DRIFT_EVENTS
+from edgecascade.cloud_service.drift_events import ROUTE_DRIFT_EVENTS
 from edgecascade.cloud_service.learning import LOG_LINES, MAX_LIST, ROUTE_JOBS, ROUTE_RETRAIN
 from edgecascade.cloud_service.openapi_schemas import JSON, MAX_ID, MAX_VERSION, int_range, ref
+from edgecascade.cloud_service.sites import ROUTE_SITES
+from edgecascade.cloud_service.unknown_api import GRID_IMAGES, ROUTE_UNKNOWN_GROUPS
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.wire.envelope import ROUTE_HEARTBEAT
 
@@ -130,6 +134,9 @@ def paths() -> dict[str, Any]:
         **_learning_paths(),
         **_model_paths(),
         **_fleet_paths(),
+        **_site_paths(),
+        **_unknown_paths(),
+        **_drift_paths(),
     }
 
 
@@ -233,6 +240,138 @@ def _learning_paths() -> dict[str, Any]:
                 parameters=(
                     _param("job_id", "path", int_range(1, MAX_ID), "job id"),
                     _optional("log_lines", int_range(0, 1000), f"log lines to show (default {LOG_LINES})"),
+                ),
+            )
+        },
+    }
+
+
+def _drift_paths() -> dict[str, Any]:
+    return {
+        ROUTE_DRIFT_EVENTS: {
+            "get": _op(
+                "the devices' drift alarms, newest first",
+                ("admin",),
+                {"200": _answer("the events", "DriftEvents"), "400": _common("BadRequest")},
+                tag="learning",
+                parameters=(
+                    _optional(
+                        "site",
+                        {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"},
+                        "only this site's (the name of the token that uploaded them)",
+                    ),
+                    _optional("since", {"type": "number"}, "received at or after this unix time"),
+                    _optional("limit", int_range(1, MAX_DRIFT_EVENTS), "most events (default 100)"),
+                ),
+            )
+        }
+    }
+
+
+def _unknown_paths() -> dict[str, Any]:
+    group = _param("group_id", "path", int_range(1, MAX_ID), "group id")
+    return {
+        ROUTE_UNKNOWN_GROUPS: {
+            "get": _op(
+                "groups of unknown uploads, and how many unknown examples are in none",
+                ("admin",),
+                {"200": _answer("the groups, oldest first", "UnknownGroupList")},
+                tag="learning",
+            )
+        },
+        f"{ROUTE_UNKNOWN_GROUPS}/refresh": {
+            "post": _op(
+                "group the unknown examples in no group yet: join the nearest group or form new ones",
+                ("admin",),
+                {
+                    "200": _answer("what the run did, cut by cut", "UnknownRefresh"),
+                    "409": _common("Conflict"),
+                },
+                tag="learning",
+            )
+        },
+        f"{ROUTE_UNKNOWN_GROUPS}/{{group_id}}": {
+            "get": _op(
+                "a group and one page of its members, oldest first",
+                ("admin",),
+                {
+                    "200": _answer("the group and the page", "UnknownGroupPage"),
+                    "400": _common("BadRequest"),
+                    "404": _common("NotFound"),
+                },
+                tag="learning",
+                parameters=(
+                    group,
+                    _optional("limit", int_range(1, MAX_LIST), "page size (default 100)"),
+                    _optional("cursor", CURSOR, "`next_cursor` of the page before (no other value is read)"),
+                ),
+            ),
+            "put": _op(
+                "name the group as a class: its members get the class's index as their human label",
+                ("admin",),
+                {
+                    "200": _answer("the named group (the same answer when named so before)", "UnknownGroup"),
+                    "404": _common("NotFound"),
+                    "409": _refused("the group already has another name"),
+                    **_body_errors(),
+                },
+                tag="learning",
+                parameters=(group,),
+                body="UnknownGroupName",
+            ),
+        },
+        f"{ROUTE_UNKNOWN_GROUPS}/{{group_id}}/examples.png": {
+            "get": _op(
+                f"up to {GRID_IMAGES} members' raw inputs as one PNG grid",
+                ("admin",),
+                {
+                    "200": _content("the grid", "image/png", {"type": "string", "format": "binary"}),
+                    "404": _refused("no such group, or no member was uploaded with its raw input"),
+                    "422": _refused("the kept raw inputs are not images"),
+                },
+                tag="learning",
+                parameters=(group,),
+            )
+        },
+    }
+
+
+def _site_paths() -> dict[str, Any]:
+    site = _param(
+        "site",
+        "path",
+        {"type": "string", "maxLength": 64, "pattern": "^[^/]+$"},
+        "the site: the name of the token its examples were uploaded with ([A-Za-z0-9_.-], else 400)",
+    )
+    fit = _op(
+        "fit the site's exit thresholds on its labelled audited examples; sign and keep the overlay",
+        ("admin",),
+        {
+            "200": _answer("the signed overlay for the served model version", "FittedSiteOverlay"),
+            **_body_errors(),
+            "400": _refused("a bad site name or body, or too few examples (the message says how many)"),
+            "404": _common("NotFound"),  # a site name longer than 64 characters matches no route
+            "409": _common("Conflict"),
+        },
+        tag="sites",
+        parameters=(site,),
+    )
+    fit["requestBody"] = {"required": False, "content": {JSON: {"schema": ref("SiteThresholdsRequest")}}}
+    return {
+        f"{ROUTE_SITES}/{{site}}/thresholds": {"post": fit},
+        f"{ROUTE_SITES}/{{site}}/overlay": {
+            "get": _op(
+                "the site's signed overlay of exit thresholds",
+                MODEL_READERS,
+                {
+                    "200": _answer("the overlay, its file and its signature", "SiteOverlay"),
+                    "400": _common("BadRequest"),
+                    "404": _common("NotFound"),
+                },
+                tag="sites",
+                parameters=(
+                    site,
+                    _optional("version", int_range(1, MAX_VERSION), "model version (default: the served)"),
                 ),
             )
         },

@@ -15,6 +15,8 @@ from typing import Any
 from edgecascade.cloud_service.enroll import ENROLL_SCHEMA
 from edgecascade.cloud_service.jobs import STATES, TRIGGERS
 from edgecascade.cloud_service.learning import LABEL_SCHEMA
+from edgecascade.cloud_service.sites import THRESHOLDS_SCHEMA
+from edgecascade.cloud_service.unknown_api import NAME_SCHEMA
 from edgecascade.device_sdk.learning.records import CUTS, MAX_BATCH, MAX_TENSOR_BYTES, REASONS
 from edgecascade.device_sdk.wire.codec import Encoding
 from edgecascade.device_sdk.wire.heartbeat import HEARTBEAT_SCHEMA, MAX_ANSWER_KINDS, MAX_DEVICES
@@ -176,6 +178,7 @@ def schemas() -> dict[str, Any]:
                 "human_label": nullable_int,
                 "labelled_at": nullable_time,
                 "has_raw": {"type": "boolean"},
+                "site": nullable(text),
                 "label": nullable_int,
                 "label_source": {"enum": ["human", "teacher", None]},
             }
@@ -217,6 +220,9 @@ def schemas() -> dict[str, Any]:
             }
         ),
         **_fleet_schemas(),
+        **_site_schemas(),
+        **_unknown_schemas(),
+        **_drift_schemas(),
         "Released": closed(
             {
                 "current": ref("Release"),
@@ -224,6 +230,88 @@ def schemas() -> dict[str, Any]:
                 "announced": {"type": "boolean"},
                 "error": nullable(text),
             }
+        ),
+    }
+
+
+def _drift_schemas() -> dict[str, Any]:
+    """The devices' drift alarms as the cloud recorded them."""
+    number, text, integer = {"type": "number"}, {"type": "string"}, {"type": "integer"}
+    event = closed(
+        {
+            "id": integer,
+            "site": text,
+            "device_id": text,
+            "model_version": integer,
+            "detected_at": number,
+            "received_at": number,
+            "example_id": text,
+        }
+    )
+    return {"DriftEvents": closed({"events": {"type": "array", "items": event}})}
+
+
+def _unknown_schemas() -> dict[str, Any]:
+    """Groups of unknown uploads, a refresh's report and the body that names a group."""
+    number, text, integer = {"type": "number"}, {"type": "string"}, {"type": "integer"}
+    group = closed(
+        {
+            "id": integer,
+            "cut": {"enum": list(CUTS)},
+            "created_at": number,
+            "size": integer,
+            "class_name": nullable(text),
+            "class_index": nullable(integer),
+            "named_at": nullable(number),
+            "examples": {"type": "array", "items": text, "description": "the first few member ids"},
+            "has_images": {"type": "boolean", "description": "some member came with its raw input"},
+        }
+    )
+    counts = ("considered", "unreadable", "joined", "grouped", "new_groups", "ungrouped")
+    cut = closed({"cut": {"enum": list(CUTS)}} | dict.fromkeys(counts, integer) | {"skipped": nullable(text)})
+    return {
+        "UnknownGroup": group,
+        "UnknownGroupList": closed(
+            {"groups": {"type": "array", "items": ref("UnknownGroup")}, "ungrouped": integer}
+        ),
+        "UnknownGroupPage": closed(
+            {
+                "group": ref("UnknownGroup"),
+                "examples": {"type": "array", "items": ref("HardExample")},
+                "next_cursor": nullable(text),
+            }
+        ),
+        "UnknownRefresh": closed({"cuts": {"type": "array", "items": cut}, "seconds": number}),
+        "UnknownGroupName": copy.deepcopy(NAME_SCHEMA),
+    }
+
+
+def _site_schemas() -> dict[str, Any]:
+    """A site's overlay of exit thresholds, the request that fits it and the answers that carry it."""
+    number, text, integer = {"type": "number"}, {"type": "string"}, {"type": "integer"}
+    exit_spec = closed({"threshold": number, "temperature": number, "score": text})
+    overlay = closed(
+        {
+            "format": {"const": 1},
+            "model": text,
+            "version": integer,
+            "site": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+            "exits": {"type": "object", "additionalProperties": exit_spec},
+            "examples": integer,
+            "fitted_at": number,
+            "metrics": {"type": "object", "additionalProperties": number},
+        }
+    )
+    signed = {
+        "overlay": overlay,
+        "file": {"type": "string", "description": "the overlay file's exact bytes (what is signed)"},
+        "signature": {"type": "string", "description": "the signature file's exact bytes (<file>.sig)"},
+    }
+    return {
+        "SiteThresholdsRequest": copy.deepcopy(THRESHOLDS_SCHEMA),
+        "SiteOverlay": closed(signed),
+        "FittedSiteOverlay": closed(
+            signed | {"skipped": {"type": "integer", "description": "audited examples left out"}}
         ),
     }
 

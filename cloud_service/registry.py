@@ -18,6 +18,12 @@ refuse an older version unless its signed manifest says it may replace theirs
 (:func:`~edgecascade.device_sdk.model.signing.load_verified_update`), and a node that missed an earlier
 rollback still runs something up to that highest version.
 
+A version's classes must be the current release's followed by zero or more new ones
+(:func:`~edgecascade.device_sdk.model.bundle.check_classes_grow`), checked when it is registered and
+again when it is released; a rollback may only go back to a version whose classes the
+current release's extend. Labels are indices into the class list: a shrunk or reordered
+list would change what every stored label and cached answer means.
+
 ``current`` is written to a temporary file, fsynced and renamed over the old one (then
 the directory is fsynced), so a reader in any process sees the old or the new release,
 never a mixture, and a crash leaves one of them. Every bundle is verified with the
@@ -46,10 +52,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgecascade.device_sdk.errors import BundleError, RegistryError
+from edgecascade.device_sdk.errors import BundleError, ClassListError, RegistryError
 from edgecascade.device_sdk.files import atomic_write
 from edgecascade.device_sdk.model.announcement import release_name
-from edgecascade.device_sdk.model.bundle import MANIFEST, Bundle, load_bundle, sign_bundle, write_manifest
+from edgecascade.device_sdk.model.bundle import (
+    MANIFEST,
+    Bundle,
+    Manifest,
+    check_classes_grow,
+    load_bundle,
+    sign_bundle,
+    write_manifest,
+)
 from edgecascade.device_sdk.model.signing import SIGNATURE, PrivateKeySource, PublicKeySource, load_public_key
 
 logger = logging.getLogger(__name__)
@@ -199,6 +213,7 @@ class ModelRegistry:
         with self._locked():
             if (self.root / f"v{version}").exists():
                 raise RegistryError(f"version {version} is already registered")
+            self._check_classes(bundle.manifest, rollback=False)
             self._copy_in(source, bundle, metrics)
         logger.info("registered %s v%d from %s", bundle.manifest.name, version, source)
         return version
@@ -276,6 +291,7 @@ class ModelRegistry:
     def _release(self, version: int, highest: int, history: tuple[int, ...], undo: bool = False) -> Release:
         """Make ``version`` current; ``undo``: the current one is being rolled back."""
         source = self._verified(self.bundle_dir(version))
+        self._check_classes(source.manifest, rollback=version < highest)
         path, rollback_of = source.path, None
         if version < highest:
             path, rollback_of = self._rollback_release(source, highest), highest
@@ -311,6 +327,26 @@ class ModelRegistry:
             return
         except (OSError, ValueError) as exc:  # the pointer is what counts; this is bookkeeping
             logger.warning("cannot record status %s in %s: %s", status, path, exc)
+
+    def _check_classes(self, manifest: Manifest, *, rollback: bool) -> None:
+        """Refuse a version whose classes are not the current release's followed by new ones.
+
+        A rollback goes back the other way: the current release's classes must extend its.
+        """
+        current = self.current()
+        if current is None:
+            return
+        running = load_bundle(self.release_dir(current.version, current.rollback_of), tiers=()).manifest
+        try:
+            if rollback:
+                check_classes_grow(manifest.classes, running.classes)
+            else:
+                check_classes_grow(running.classes, manifest.classes)
+        except ClassListError as exc:
+            logger.warning("refusing %s v%d: %s", manifest.name, manifest.version, exc)
+            raise RegistryError(
+                f"version {manifest.version} cannot follow version {current.version}: {exc}"
+            ) from None
 
     def _verified(self, path: Path) -> Bundle:
         try:

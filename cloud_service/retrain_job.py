@@ -19,6 +19,12 @@ library function of :mod:`edgecascade.training.retrain`:
    it is a registered candidate (:func:`~edgecascade.cloud_service.candidates.publish_candidate`);
    promoting it is the registry's business (``retrain.auto_promote`` or an operator).
 
+When operators named new classes (:func:`class_list`), the candidate is widened to them
+before fine-tuning and its manifest lists them after the served ones; the job's metrics
+say which were added (``new_classes``), how often the candidate gets their held-out
+examples right (``new_classes_accuracy``) and how its accuracy on the original test data
+moved (``old_classes_change``, points).
+
 Everything is built in the job's own directory; the served bundle and its checkpoint are
 only read. TensorFlow is imported once the job has reported itself running, so this module
 imports without it. Any exception ends the job ``failed`` with the error, SIGTERM included;
@@ -47,6 +53,7 @@ from edgecascade.cloud_service.config import DEFAULT_MODELS_DIR
 from edgecascade.cloud_service.intake import VersionSpec
 from edgecascade.cloud_service.jobs import JobSpec, JobStore
 from edgecascade.cloud_service.store import ExampleStore, open_engine
+from edgecascade.cloud_service.unknown_groups import extended_classes
 from edgecascade.device_sdk.model.bundle import Manifest, load_bundle
 from edgecascade.training.gate import GateRule
 from edgecascade.training.hard_examples import HardExampleSets, HardExampleSplit, StoredExample
@@ -166,12 +173,20 @@ class _Retrain:
         bundle = load_bundle(self.spec.bundle, public_key=self.spec.verify_key)
         manifest = bundle.manifest
         checkpoint = checkpoint_for(self.models_dir, manifest.version, settings.checkpoint)
-        logger.info("served %s v%d; fine-tuning from %s", manifest.name, manifest.version, checkpoint)
-        current, candidate = retrain.load_for_finetuning(checkpoint, manifest)
+        classes = class_list(self.examples, manifest)
+        added = list(classes[len(manifest.classes) :])
+        logger.info(
+            "served %s v%d; fine-tuning from %s%s",
+            manifest.name,
+            manifest.version,
+            checkpoint,
+            f"; adding classes {added}" if added else "",
+        )
+        current, candidate = retrain.load_for_finetuning(checkpoint, manifest, classes)
 
         self.report(0.06, "loading hard examples")
-        hard = self._hard_examples(manifest)
-        metrics: dict[str, Any] = {"examples": hard.counts()}
+        hard = self._hard_examples(manifest, len(classes))
+        metrics: dict[str, Any] = {"examples": hard.counts(), "new_classes": added}
         outcome = Outcome("rejected", metrics, base_version=manifest.version)
         if not len(hard.train):
             metrics["gate"] = {"promote": False, "reason": "no labelled hard examples to train on"}
@@ -186,6 +201,7 @@ class _Retrain:
             val_size=settings.val_size,
             test_size=settings.test_size,
             seed=settings.seed,
+            known=len(manifest.classes),
         )
 
         self.report(0.15, "fine-tuning")
@@ -196,6 +212,7 @@ class _Retrain:
             hard_weight=settings.hard_weight,
             train_device=settings.train_device,
             seed=settings.seed,
+            known_classes=len(manifest.classes) if added else None,
         )
 
         def on_epoch(epoch: int, epochs: int, loss: float) -> None:
@@ -212,6 +229,8 @@ class _Retrain:
         rule = GateRule(settings.min_gain, settings.tolerance, settings.min_holdout)
         decision = retrain.gate_candidate(current, candidate, original.test, hard.holdout, rule)
         metrics["gate"] = decision.to_json()
+        metrics["new_classes_accuracy"] = decision.candidate.new_classes
+        metrics["old_classes_change"] = round(decision.old_classes_change, 4)
         if not decision.promote:
             return self._done(outcome, start)
 
@@ -227,6 +246,7 @@ class _Retrain:
             replay=original.replay,
             validation=original.validation,
             device_frozen=not trains_device(candidate, hard.train, config),
+            examples=(hard.train.raw, hard.train.raw_y),
             signing_key=settings.signing_key,
         )
         candidate.save(self.workdir / "checkpoint")
@@ -250,11 +270,12 @@ class _Retrain:
         outcome.metrics["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
         return outcome
 
-    def _hard_examples(self, manifest: Manifest) -> HardExampleSets:
+    def _hard_examples(self, manifest: Manifest, num_classes: int) -> HardExampleSets:
         """The stored examples the job may use, read into the served model's training sets.
 
         Features are readable when the version that made them has the served cut's shape
-        and encoding (every version the cloud served is in the example store).
+        and encoding (every version the cloud served is in the example store); labels must
+        be below ``num_classes`` (the served classes and any added).
         """
         served = VersionSpec.from_manifest(manifest)
         versions = self.examples.versions()
@@ -263,6 +284,7 @@ class _Retrain:
             shapes,
             holdout_fraction=self.settings.holdout_fraction,
             calibration_fraction=self.settings.calibration_fraction,
+            num_classes=num_classes,
         )
         for row in self.examples.for_training(self.spec.examples_until, self.settings.max_examples):
             try:
@@ -281,11 +303,19 @@ class _Retrain:
                 label=row.label,
                 reasons=row.reasons,
                 features_readable=made_by is not None and made_by.cuts[row.cut] == served.cuts[row.cut],
+                human=row.human_label is not None,
             )
             split.add(stored)
         hard = split.sets()
         logger.info("hard examples: %s", hard.counts())
         return hard
+
+
+def class_list(examples: ExampleStore, manifest: Manifest) -> tuple[str, ...]:
+    """The classes the job trains for: the served ones followed by those operators named
+    (:func:`edgecascade.cloud_service.unknown_groups.extended_classes`), in the order they
+    were named."""
+    return tuple(extended_classes(examples.engine, manifest.classes))
 
 
 def main(argv: list[str] | None = None) -> int:

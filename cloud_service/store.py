@@ -57,6 +57,7 @@ hard_examples = sa.Table(
     sa.Column("labelled_at", sa.Double, nullable=True),
     sa.Column("features_path", sa.String(100), nullable=False),  # relative to the blob directory
     sa.Column("raw_path", sa.String(100), nullable=True),
+    sa.Column("site", sa.String(64), nullable=True, index=True),  # the uploading token's name
     sa.Index("ix_hard_examples_received", "received_at", "id"),
 )
 
@@ -157,6 +158,7 @@ class ExampleRow:
     labelled_at: float | None
     features_path: str
     raw_path: str | None
+    site: str | None = None  # the name of the token that uploaded it: its gateway's, or the device's own
 
     @property
     def label(self) -> int | None:
@@ -256,8 +258,10 @@ class ExampleStore:
             rows = db.execute(sa.select(hard_examples.c.id).where(hard_examples.c.id.in_(set(ids))))
             return {r.id for r in rows}
 
-    def add(self, items: list[Checked], teacher_labels: list[int | None]) -> tuple[list[str], list[str]]:
-        """Store new examples; returns ``(accepted ids, duplicate ids)``.
+    def add(
+        self, items: list[Checked], teacher_labels: list[int | None], site: str | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Store new examples uploaded for ``site``; returns ``(accepted ids, duplicate ids)``.
 
         Tensors are written first (content-addressed, so a retry rewrites the same bytes),
         then all rows in one transaction. If another worker stored one of them meanwhile,
@@ -286,6 +290,7 @@ class ExampleStore:
                     "labelled_at": None,
                     "features_path": self.blobs.put(example_id, "features", example.features),
                     "raw_path": self.blobs.put(example_id, "raw", example.raw) if example.raw else None,
+                    "site": site,
                 }
             )
         if not rows:

@@ -1,6 +1,7 @@
 """Alembic's environment: migrate the connection :func:`~edgecascade.cloud_service.schema.upgrade` hands over.
 
-The target metadata is every table of the cloud database (the store's, the jobs' and the fleet's),
+The target metadata is every table of the cloud database (the store's, the jobs', the fleet's
+and the unknown groups'),
 which autogenerate compares with a migrated database. Logging is left as the process
 configured it.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 from alembic import context
 
-from edgecascade.cloud_service import jobs, store
+from edgecascade.cloud_service import jobs, store, unknown_groups
 from edgecascade.cloud_service.dashboard import fleet
 
 # one metadata holds every table
 assert jobs.retrain_jobs.metadata is fleet.gateway_heartbeats.metadata is store.metadata
+assert unknown_groups.unknown_groups.metadata is store.metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

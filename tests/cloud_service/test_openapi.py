@@ -36,6 +36,8 @@ PATH_VALUES = {
     "file": "manifest.json",
     "example_id": "0" * 64,
     "filename": "dashboard.css",
+    "group_id": "1",
+    "site": "site-a",
 }
 
 

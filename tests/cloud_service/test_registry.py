@@ -143,6 +143,30 @@ def test_metrics_json_says_whether_a_version_is_a_candidate_promoted_or_rolled_b
     assert "status" not in registry.metrics(1)  # a version without metrics.json gets none
 
 
+def test_a_version_whose_classes_do_not_extend_the_current_ones_is_refused(
+    registry: ModelRegistry, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    from tests.device_sdk.model.test_updater import TEN, with_classes
+
+    registry.promote(3)
+    for version, classes in ((4, TEN[:9]), (5, (TEN[1], TEN[0], *TEN[2:]))):  # shrunk, reordered
+        bundle = with_classes(make_bundle(tmp_path / f"src-{version}", version=version), classes)
+        with pytest.raises(RegistryError, match="does not begin with the running classes") as info:
+            registry.register(bundle)
+        assert info.value.status == 409 and version not in registry.versions()
+    grown = with_classes(make_bundle(tmp_path / "src-6", version=6), (*TEN, "new"))
+    assert registry.register(grown) == 6 and registry.promote(6).version == 6
+    assert registry.rollback().version == 3  # back to the classes v6 grew from: allowed
+    registry.promote(6)
+    shrunk = with_classes(make_bundle(tmp_path / "src-7", version=7), TEN)
+    sign_bundle(shrunk, keys[0])
+    shutil.copytree(shrunk, registry.root / "v7")  # written straight into the directory, as a job does
+    with pytest.raises(RegistryError, match="does not begin with the running classes"):
+        registry.promote(7)  # checked again when released
+    current = registry.current()
+    assert current is not None and current.version == 6
+
+
 def test_a_candidate_that_does_not_verify_is_never_promoted(registry: ModelRegistry) -> None:
     registry.promote(1)
     tflite = registry.bundle_dir(2) / "gateway.tflite"

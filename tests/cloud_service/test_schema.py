@@ -15,7 +15,7 @@ from edgecascade.cloud_service import schema
 from edgecascade.cloud_service.dashboard import fleet
 from edgecascade.cloud_service.jobs import JobStore, retrain_jobs
 from edgecascade.cloud_service.migrations.__main__ import main as migrations_main
-from edgecascade.cloud_service.store import connect, hard_examples, metadata, model_versions, open_engine
+from edgecascade.cloud_service.store import connect, metadata, model_versions, open_engine
 from edgecascade.device_sdk.errors import ConfigError
 
 assert fleet.fleet_devices.metadata is metadata  # every table is in the metadata compared
@@ -27,22 +27,28 @@ def tables(engine: sa.Engine) -> set[str]:
 
 def test_a_new_database_is_migrated_to_head_and_matches_the_code(database_url: str) -> None:
     engine = open_engine(database_url)
-    assert schema.current_revision(engine) == schema.head_revision() == "0002"
+    assert schema.current_revision(engine) == schema.head_revision() == "0004"
     assert tables(engine) == {"alembic_version", "hard_examples", "model_versions", "retrain_jobs"} | {
         "gateway_heartbeats",
         "fleet_devices",
+        "unknown_groups",
+        "unknown_group_members",
+        "drift_events",
     }
     assert schema.differences(engine, metadata) == []  # `alembic check`: the code needs no new revision
     with engine.begin() as db:  # the downgrade undoes the baseline, and it applies again
         command.downgrade(schema.alembic_config(db), "base")
     assert tables(engine) == {"alembic_version"} and schema.current_revision(engine) is None
-    assert schema.upgrade(engine) == "0002" and schema.differences(engine, metadata) == []
+    assert schema.upgrade(engine) == "0004" and schema.differences(engine, metadata) == []
     engine.dispose()
 
 
 def test_a_database_made_before_migrations_is_adopted_with_its_rows(database_url: str) -> None:
     before = connect(database_url)  # what open_engine did then: create_all, no revision
-    metadata.create_all(before, tables=[hard_examples, model_versions])  # jobs came later
+    with before.begin() as db:  # the tables as they were then: the baseline's, without its record
+        command.upgrade(schema.alembic_config(db), "0001")
+        db.execute(sa.text("DROP TABLE alembic_version"))
+        db.execute(sa.text("DROP TABLE retrain_jobs"))  # jobs came later
     with before.begin() as db:
         db.execute(
             model_versions.insert().values(
@@ -99,7 +105,7 @@ def test_the_migrations_command_checks_a_database_against_the_code(
     assert migrations_main(["--database-url", database_url, "check"]) == 1  # empty: not at head
     assert migrations_main(["--database-url", database_url, "upgrade"]) == 0
     assert migrations_main(["--database-url", database_url, "current"]) == 0
-    assert "database at 0002; newest known 0002" in capsys.readouterr().out
+    assert "database at 0004; newest known 0004" in capsys.readouterr().out
     assert migrations_main(["--database-url", database_url, "check"]) == 0
     engine = connect(database_url)
     with engine.begin() as db:  # a change made by hand, not by a migration
