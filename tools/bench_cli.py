@@ -102,6 +102,7 @@ def _bench_novelty(args: argparse.Namespace) -> int:
     import tempfile
 
     from edgecascade.tools.bench_novelty import NoveltyOptions, bench_novelty, format_novelty_report
+    from edgecascade.tools.bench_novelty_classes import JobOptions
     from edgecascade.tools.report import print_report
     from edgecascade.training.data import load_fashion_mnist
 
@@ -111,6 +112,10 @@ def _bench_novelty(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         train_subset=args.subset,
+        learn=not args.no_retrain,
+        job=JobOptions(
+            epochs=args.retrain_epochs, replay_size=args.replay_size, hard_weight=args.hard_weight
+        ),
     )
     with tempfile.TemporaryDirectory(prefix="bench-novelty-") as tmp:
         workdir = Path(args.workdir or tmp)
@@ -166,6 +171,16 @@ def register(
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the trained model here (default: a temporary directory)")
+    p.add_argument(
+        "--no-retrain", action="store_true", help="stop after scoring: no grouping, naming or retraining"
+    )
+    p.add_argument("--retrain-epochs", type=int, default=5, help="the retraining job's epochs (%(default)s)")
+    p.add_argument(
+        "--replay-size", type=int, default=12000, help="original images the job replays (%(default)s)"
+    )
+    p.add_argument(
+        "--hard-weight", type=float, default=10.0, help="loss weight of a labelled example (%(default)s)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_bench_novelty)
     p = bench.add_parser(

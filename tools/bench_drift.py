@@ -26,7 +26,13 @@ thresholds on.
 3. one retraining job (``POST /v1/retrain``); its candidate passes the gate or not;
 4. auto-promotion and rollout: ``rollout_seconds`` runs from the trigger until the cloud,
    the gateway and the device all serve the new version;
-5. **after**: a fresh part B of the shifted stream.
+5. **after**: a fresh part B of the shifted stream;
+6. **after, site thresholds**: the cloud fits the site's own exit thresholds on its labelled
+   audited examples (``POST /v1/sites/<site>/thresholds``; the site is the gateway, whose
+   token uploaded them), the device loads the signed overlay and part B runs again. The
+   gateway keeps its manifest's threshold live (it reads an overlay at start and on a swap);
+   the offline numbers apply both of the overlay's exits. Sites that do not use the overlay
+   keep the global manifest, so the original test set's accuracy is the global manifest's.
 
 Accuracy and the device share on the shifted stream are measured live; on the original
 test set the cascade of the old and new bundles is run offline
@@ -52,20 +58,24 @@ import numpy as np
 
 from edgecascade.device_sdk.client import DeviceClient, Prediction
 from edgecascade.device_sdk.core.policy import NeverExit
+from edgecascade.device_sdk.errors import EdgeCascadeError
 from edgecascade.device_sdk.learning.links import RelayUploadLink
 from edgecascade.device_sdk.learning.outbox import Outbox
 from edgecascade.device_sdk.learning.selection import AuditSample, HardExampleSelector
 from edgecascade.device_sdk.learning.uploader import Uploader
 from edgecascade.device_sdk.model.bundle import load_bundle, sign_bundle
+from edgecascade.device_sdk.model.overlay import SiteOverlay, load_overlay
 from edgecascade.device_sdk.model.updater import UpdateSettings
 from edgecascade.device_sdk.transport import MqttTransport
 from edgecascade.tools.bench_drift_cloud import DriftAdmin
 from edgecascade.tools.bench_drift_report import format_drift_report, offline_cascade, phase_summary
+from edgecascade.tools.site_cli import save_overlay_answer
 from edgecascade.tools.stack import LocalStack
 
 __all__ = ["DriftOptions", "bench_drift", "format_drift_report", "shift"]
 
 DEVICE_ID = "drift-site-device-01"
+SITE = "gateway"  # the name of the stack gateway's token, which uploads the site's hard examples
 CONTRAST, OFFSET = 0.5, 60.0
 
 
@@ -91,6 +101,7 @@ class DriftOptions:
     hard_weight: float = 2.0
     audit_rate: float = 0.1  # share of all inputs the device keeps at random (the audit sample)
     batch: int = 16  # images per predict_batch call
+    site_min_examples: int = 100  # labelled audited examples the site's threshold fit needs
     timeout: float = 1200.0  # for the job; uploads and rollout wait at most 120 s
     progress: bool = True
 
@@ -220,6 +231,12 @@ def bench_drift(
         report["after"]["original"] = offline_cascade(new, x_orig, y_orig)
         report["before"]["shifted"]["offline"] = offline_cascade(old, shifted[a], y_test[a])
         report["after"]["shifted"]["offline"] = offline_cascade(new, shifted[b], y_test[b])
+        site = report.get("after_site_thresholds")
+        if site is not None:
+            overlay = SiteOverlay.from_dict(site["overlay"])
+            site["shifted"]["offline"] = offline_cascade(new, shifted[b], y_test[b], overlay)
+            site["original"] = report["after"]["original"]  # other sites keep the global manifest
+            site["original_if_applied"] = offline_cascade(new, x_orig, y_orig, overlay)
         report["exit_codes"] = exit_codes
     return report
 
@@ -325,6 +342,7 @@ def _run(
 
         log(f"phase after: {options.after} fresh shifted images on v{client.manifest.version}")
         after = _stream(client, shifted[b], options.batch, "after", options.progress)
+        site, site_error = _site_thresholds(client, admin, stack, work, shifted[b], y[b], options)
     finally:
         if uploader is not None:
             uploader.stop()
@@ -348,6 +366,34 @@ def _run(
             "gate": gate,
         },
         "rollout_seconds": rollout_seconds,
+        **({"after_site_thresholds": site} if site is not None else {"site_thresholds_error": site_error}),
         "promotion_seconds": None if rollout_seconds is None else rollout_seconds - job_seconds,
         "options": {k: v for k, v in vars(options).items() if k != "progress"},
     }
+
+
+def _site_thresholds(
+    client: DeviceClient,
+    admin: DriftAdmin,
+    stack: LocalStack,
+    work: Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    options: DriftOptions,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Fit the site's overlay in the cloud, load it on the device, stream part B again with it."""
+    log(f"fitting site {SITE!r}'s exit thresholds on its audited examples")
+    started = time.monotonic()
+    try:
+        answer = admin.site_thresholds(SITE, options.site_min_examples)
+        path = save_overlay_answer(answer, work / "site-overlay")
+        client.use_overlay(load_overlay(path, stack.pki.cloud_signing_pub, client.manifest))
+    except EdgeCascadeError as exc:
+        log(f"no site thresholds: {exc}")
+        return None, str(exc)
+    fit_seconds = time.monotonic() - started
+    overlay = answer["overlay"]
+    log(f"site overlay for v{overlay['version']}: {overlay['exits']} ({overlay['examples']} examples)")
+    log(f"phase after, site thresholds: the same {len(x)} shifted images again")
+    again = _stream(client, x, options.batch, "site", options.progress)
+    return {"shifted": phase_summary(again, y), "overlay": overlay, "fit_seconds": fit_seconds}, None

@@ -1,4 +1,5 @@
-"""The drift benchmark's calls to the cloud: the hard examples that arrived, labels, the retraining job.
+"""The drift benchmark's calls to the cloud: the hard examples that arrived, labels, the retraining
+job, the site's exit thresholds.
 
 :class:`DriftAdmin` speaks the cloud's admin routes with an ``admin`` token through the
 project's one HTTP client (:class:`~edgecascade.device_sdk.transport.http.CloudHttp`), trusting
@@ -52,6 +53,13 @@ class DriftAdmin:
         """A job's state (without its log)."""
         job: dict[str, Any] = self.call("GET", f"/v1/jobs/{job_id}?log_lines=0")
         return job
+
+    def site_thresholds(self, site: str, min_examples: int) -> dict[str, Any]:
+        """Fit ``site``'s exit thresholds on its audited examples; the signed overlay (file, signature)."""
+        answer: dict[str, Any] = self.call(
+            "POST", f"/v1/sites/{site}/thresholds", {"min_examples": min_examples}
+        )
+        return answer
 
     def served_version(self) -> int:
         """The model version the cloud serves now (``/healthz``)."""

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 
 from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError, exit_code
 from edgecascade.device_sdk.model.bundle import Manifest
-from edgecascade.tools import bench_cli, broker_cli, cache_cli, certs_cli, retrain_cli, security_cli, site_cli
+from edgecascade.tools import (
+    bench_cli,
+    broker_cli,
+    cache_cli,
+    certs_cli,
+    retrain_cli,
+    security_cli,
+    site_cli,
+    unknown_cli,
+)
 
 if TYPE_CHECKING:
     from edgecascade.training.data import Dataset
@@ -258,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain_cli.register(sub)
     broker_cli.register(sub)
     site_cli.register(sub)
+    unknown_cli.register(sub)
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (edgecascade gateway --help for its options)"),
         ("cloud", _cloud, "run the cloud service (edgecascade cloud --help for its options)"),

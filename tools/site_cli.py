@@ -1,4 +1,11 @@
-"""``edgecascade site config``: the cloud's, the gateway's and every device's settings for one site.
+"""``edgecascade site config`` and ``site thresholds``: one site's settings files and exit thresholds.
+
+``site thresholds`` asks the cloud to fit the site's exit thresholds on its audited examples
+(``POST /v1/sites/<site>/thresholds``, an admin token) and writes the signed overlay it
+answers into ``--out`` as ``overlay.json`` and ``overlay.json.sig``, byte for byte: point the
+nodes' ``[model] overlay`` at that file.
+
+``site config``: the cloud's, the gateway's and every device's settings for one site.
 
 From a site's key directory (``edgecascade certs init``) and a model bundle it writes
 ``cloud.toml`` and ``gateway.toml`` in ``--out``, and a ``device.toml`` in each device's
@@ -18,10 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.errors import ConfigError, EdgeCascadeError
+from edgecascade.device_sdk.model.overlay import SITE_NAME, signature_path
 from edgecascade.tools.certs import Pki
 
 HEADER = "# written by 'edgecascade site config'; relative paths are relative to this file's directory"
+OVERLAY_FILE = "overlay.json"  # what ``site thresholds`` writes in --out (its signature: overlay.json.sig)
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,59 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_overlay_answer(answer: dict[str, Any], out: Path) -> Path:
+    """Write the overlay file and signature of a cloud's answer into ``out``, exactly as signed."""
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / OVERLAY_FILE
+    signature_path(target).write_text(answer["signature"], encoding="ascii")
+    target.write_text(answer["file"], encoding="ascii")
+    return target
+
+
+def _thresholds(args: argparse.Namespace) -> int:
+    from edgecascade.device_sdk.transport.http import CloudHttp
+
+    if not SITE_NAME.fullmatch(args.site):
+        raise ConfigError(f"SITE must be 1-64 of [A-Za-z0-9_.-], got {args.site!r}")
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from None
+    body: dict[str, Any] = {}
+    if args.min_examples is not None:
+        body["min_examples"] = args.min_examples
+    if args.max_loss is not None:
+        body["max_loss"] = args.max_loss
+    http = CloudHttp(
+        args.cloud, token, timeout=args.timeout, ca_file=args.ca_file, user_agent="edgecascade-cli"
+    )
+    try:
+        answer = http.call_json("POST", f"/v1/sites/{args.site}/thresholds", body)
+    except EdgeCascadeError as exc:
+        print(f"edgecascade: the cloud did not fit thresholds for site {args.site}: {exc}")
+        return 1
+    finally:
+        http.close()
+    target = save_overlay_answer(answer, Path(args.out))
+    overlay = answer["overlay"]
+    exits = ", ".join(f"{tier} {spec['threshold']:g}" for tier, spec in sorted(overlay["exits"].items()))
+    print(
+        f"site {overlay['site']}: model {overlay['model']} v{overlay['version']}, exits {exits} "
+        f"(fitted on {overlay['examples']} audited examples)"
+    )
+    metrics = overlay.get("metrics", {})
+    if "site_device_share" in metrics:
+        print(
+            f"  on those examples: device share {metrics['manifest_device_share']:.1%} -> "
+            f"{metrics['site_device_share']:.1%}, accuracy {metrics['manifest_accuracy']:.1%} -> "
+            f"{metrics['site_accuracy']:.1%}"
+        )
+    print(
+        f'wrote {target} and {signature_path(target)}; set [model] overlay = "{target}" on the site\'s nodes'
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``site`` to the top-level subcommands."""
     p = sub.add_parser("site", help="write the settings files of a site's cloud, gateway and devices")
@@ -189,3 +251,22 @@ def register(sub: Any) -> None:
     p.add_argument("--gateway", metavar="NAME", help="the gateway certificate to use (default: the first)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=_config)
+    p = site_sub.add_parser(
+        "thresholds",
+        help="fit the site's exit thresholds in the cloud; download the signed overlay",
+        description="Ask the cloud to fit SITE's exit thresholds on its labelled audited examples "
+        f"(admin token) and write the signed overlay into --out ({OVERLAY_FILE} and its .sig).",
+    )
+    p.add_argument("site", metavar="SITE", help="the site: the name of the token its examples came with")
+    p.add_argument("--cloud", required=True, metavar="URL", help="the cloud's URL")
+    p.add_argument("--token-file", required=True, metavar="F", help="a file holding an admin token")
+    p.add_argument("--out", required=True, metavar="DIR", help=f"directory for {OVERLAY_FILE} and its .sig")
+    p.add_argument("--ca-file", metavar="PEM", help="the CA of the cloud's HTTPS certificate")
+    p.add_argument(
+        "--min-examples", type=int, metavar="N", help="examples the fit needs (cloud default: 100)"
+    )
+    p.add_argument(
+        "--max-loss", type=float, metavar="X", help="accuracy an exit may lose, a fraction (default 0)"
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default %(default)s)")
+    p.set_defaults(func=_thresholds)

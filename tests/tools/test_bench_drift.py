@@ -30,6 +30,7 @@ SMALL = DriftOptions(
     min_holdout=1,
     min_gain=0.0,
     tolerance=30.0,
+    site_min_examples=10,  # about 30 audited examples of 300 images
     progress=False,
 )
 
@@ -77,6 +78,15 @@ def test_the_drift_bench_runs_the_loop_live_and_its_report_adds_up(
     assert (registered / "manifest.sig").is_file() and (registered / "checkpoint").is_dir()
     assert json.loads((registered / "metrics.json").read_text())["status"] == "promoted"  # auto-promoted
     assert "cascade" in report["job"]["gate"]["reason"]
+    site = report["after_site_thresholds"]  # the site's own thresholds, on part B again
+    assert site["overlay"]["version"] == after["version"] and site["overlay"]["site"] == "gateway"
+    assert site["overlay"]["examples"] >= 10 and set(site["overlay"]["exits"]) == {"device", "gateway"}
+    assert site["shifted"]["n"] == 300 and site["shifted"]["model_versions"] == [after["version"]]
+    # the live device exits as the overlay's device threshold says (the offline cascade applies it too)
+    live, offline = site["shifted"], site["shifted"]["offline"]
+    assert live["device_share"] == pytest.approx(offline["device_share"], abs=0.02)
+    assert site["original"] == after["original"]  # other sites keep the global manifest
+    assert "shifted device share, site" in format_drift_report(report)
 
 
 def test_the_cli_refuses_more_images_than_the_test_set_has(capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,8 +28,11 @@ def test_the_held_out_classes_leave_training_and_come_back_at_their_share(fmnist
     assert known.classes == tuple(c for c in fmnist.classes if c not in ("Bag", "Ankle boot"))
     assert set(np.unique(known.y_train)) == set(range(8)) and set(np.unique(unknown_y)) == {8, 9}
     assert len(known.x_test) + len(unknown_x) == len(fmnist.x_test)
-    x, is_new = stream(known.x_test, unknown_x, 0.1, seed=0)
+    streamed = stream(known, unknown_x, unknown_y, fmnist.classes, 0.1, seed=0)
+    x, is_new = streamed.x, streamed.is_new
     assert len(x) == len(known.x_test) + is_new.sum() and is_new.mean() == pytest.approx(0.1, abs=0.001)
+    assert set(streamed.names[is_new]) == {"Bag", "Ankle boot"}
+    assert set(streamed.names[~is_new]) == set(known.classes)
     with pytest.raises(ValueError, match="no class"):
         split_known(fmnist, ("Hat",))
 
@@ -45,6 +48,10 @@ def test_a_quick_run_reports_every_exit_and_score_and_the_shipped_rule(
         "1",
         "--subset",
         "3000",
+        "--retrain-epochs",
+        "1",
+        "--replay-size",
+        "2000",
         "--no-progress",
         "--report",
         str(report_path),
@@ -53,9 +60,28 @@ def test_a_quick_run_reports_every_exit_and_score_and_the_shipped_rule(
     report = json.loads(report_path.read_text())
     unknown = report["unknown"]
     assert set(unknown["scores"]) == {"device", "gateway", "cloud"}
-    assert set(unknown["scores"]["device"]) == {"energy", "max_logit", "max_prob"}
+    # the device's cache keys are calibrated, so it ships the key-space rule
+    assert set(unknown["scores"]["device"]) == {"energy", "max_logit", "max_prob", "mahalanobis"}
+    assert unknown["rule"]["score"] == "mahalanobis" and "mahalanobis" not in unknown["scores"]["cloud"]
     assert 0.0 <= unknown["auroc"] <= 1.0 and 0.0 <= unknown["upload_precision"] <= 1.0
     assert unknown["known_flagged_share"] == pytest.approx(0.05, abs=0.03)  # calibrated on known inputs
+    drift = report["drift"]
+    assert drift["undrifted_inputs"] == 100_000 and drift["false_alarms_per_100k"] >= 0
+    assert set(drift["shifts"]) == {"camera", "unknown_classes"}
+    assert all(s["missed"] + (s["max_delay_inputs"] is not None) >= 1 for s in drift["shifts"].values())
+    new = report["new_classes"]  # uploads reached the cloud, were grouped, and one job ran to its end
+    by_class = new["uploads"]["by_class"]
+    assert new["uploads"]["total"] == sum(by_class.values()) > 0
+    assert by_class.get("Bag", 0) <= 50 and by_class.get("Ankle boot", 0) <= 50  # the labelling budget
+    assert new["labelled"] == sum(g["size"] for g in new["groups"] if g["named"])
+    assert new["job"]["state"] in ("succeeded", "rejected"), new["job"]
+    if new["job"]["candidate_version"] is not None:
+        known = report["classes"]["known"]
+        assert new["classes"][: len(known)] == known and set(new["classes"][len(known) :]) <= {
+            "Bag",
+            "Ankle boot",
+        }
+        assert 0.0 <= new["new_classes_accuracy"] <= 1.0
     assert report["stream"]["unknown"] == pytest.approx(0.1 * report["stream"]["n"], abs=2)
     assert "AUROC" in capsys.readouterr().out
     assert main(["bench", "novelty", "--unknown-classes", "Hat", "--epochs", "1"]) == 2
