@@ -139,23 +139,11 @@ def _site(text: str) -> str:
 def list_events() -> Any:
     args = request.args
     problems: list[str] = []
-    site = _arg(args, "site", _site, problems)
-    since = _arg(args, "since", validation.finite_float, problems)
-    limit = _arg(args, "limit", validation.bounded_int(1, MAX_LIST), problems)
+    site = validation.query_arg(args, "site", _site, problems)
+    since = validation.query_arg(args, "since", validation.finite_float, problems)
+    limit = validation.query_arg(args, "limit", validation.bounded_int(1, MAX_LIST), problems)
     if problems:
         raise BadRequest("invalid query: " + "; ".join(problems))
     engine = cast(Engine, current_app.extensions[_EXTENSION]())
     found = events(engine, site, since, limit or DEFAULT_LIMIT)
     return jsonify(events=[e.to_json() for e in found])
-
-
-def _arg(args: Any, name: str, parse: Any, problems: list[str]) -> Any:
-    """Query value ``name`` read by ``parse``, None when absent; a value it refuses adds a problem."""
-    value = args.get(name)
-    if value is None:
-        return None
-    try:
-        return parse(value)
-    except ValueError as exc:
-        problems.append(f"{name}: cannot read {value[:40]!r} ({exc})")
-        return None

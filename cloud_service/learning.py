@@ -188,13 +188,15 @@ def list_examples() -> Any:
     args = request.args
     problems: list[str] = []
     where = ExampleFilter(
-        device_id=_arg(args, "device_id", _DEVICE_ID, problems),
-        model_version=_arg(args, "model_version", validation.bounded_int(0, 2**32 - 1), problems),
-        labelled=_arg(args, "labelled", _boolean, problems),
-        since=_arg(args, "since", validation.finite_float, problems),
+        device_id=validation.query_arg(args, "device_id", _DEVICE_ID, problems),
+        model_version=validation.query_arg(
+            args, "model_version", validation.bounded_int(0, 2**32 - 1), problems
+        ),
+        labelled=validation.query_arg(args, "labelled", _boolean, problems),
+        since=validation.query_arg(args, "since", validation.finite_float, problems),
     )
-    limit = _arg(args, "limit", validation.bounded_int(1, MAX_LIST), problems)
-    after = _arg(args, "cursor", _cursor, problems)
+    limit = validation.query_arg(args, "limit", validation.bounded_int(1, MAX_LIST), problems)
+    after = validation.query_arg(args, "cursor", page_cursor, problems)
     if problems:
         raise BadRequest("invalid query: " + "; ".join(problems))
     rows, cursor = _learning().store.page(where, limit or 100, after)
@@ -245,7 +247,7 @@ def list_jobs() -> Any:
 @require_scope("admin")
 def job_status(job_id: int) -> Any:
     problems: list[str] = []
-    lines = _arg(request.args, "log_lines", validation.bounded_int(0, 1000), problems)
+    lines = validation.query_arg(request.args, "log_lines", validation.bounded_int(0, 1000), problems)
     if problems:
         raise BadRequest("invalid query: " + "; ".join(problems))
     job = _learning().scheduler.jobs.get(job_id)
@@ -265,7 +267,7 @@ def _boolean(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _cursor(value: str) -> tuple[float, str]:
+def page_cursor(value: str) -> tuple[float, str]:
     """A paging cursor this API returned: bounded, its time finite (ValueError otherwise)."""
     refused = ValueError("cursor is not one this API returned")
     if len(value) > 512:
@@ -280,15 +282,3 @@ def _cursor(value: str) -> tuple[float, str]:
 
 
 _DEVICE_ID = validation.bounded_text(64, r"[A-Za-z0-9_.-]+")
-
-
-def _arg(args: Any, name: str, parse: Any, problems: list[str]) -> Any:
-    """Query value ``name`` read by ``parse``, None when absent; a value it refuses adds a problem."""
-    value = args.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return parse(value)
-    except ValueError as exc:
-        problems.append(f"{name}: cannot read {value[:40]!r} ({exc})")
-        return None

@@ -32,8 +32,7 @@ from werkzeug.exceptions import BadRequest, Conflict, HTTPException, NotFound, U
 from edgecascade.cloud_service import unknown_groups, validation
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.dashboard.png import png_bytes
-from edgecascade.cloud_service.learning import MAX_LIST, Learning
-from edgecascade.cloud_service.store import decode_cursor
+from edgecascade.cloud_service.learning import MAX_LIST, Learning, page_cursor
 from edgecascade.cloud_service.unknown_groups import MAX_CLASS_NAME, UnknownGroupError
 from edgecascade.cloud_service.unknown_refresh import refresh
 from edgecascade.device_sdk import wire
@@ -124,8 +123,8 @@ def group(group_id: int) -> Any:
 
 def show_group(group_id: int) -> Any:
     problems: list[str] = []
-    limit = _query(request.args, "limit", validation.bounded_int(1, MAX_LIST), problems)
-    after = _query(request.args, "cursor", _cursor, problems)
+    limit = validation.query_arg(request.args, "limit", validation.bounded_int(1, MAX_LIST), problems)
+    after = validation.query_arg(request.args, "cursor", page_cursor, problems)
     if problems:
         raise BadRequest("invalid query: " + "; ".join(problems))
     engine = _learning().store.engine
@@ -198,31 +197,6 @@ def grid(images: list[np.ndarray]) -> np.ndarray:
 
 def _http(exc: UnknownGroupError) -> HTTPException:
     return NotFound(str(exc)) if exc.status == 404 else Conflict(str(exc))
-
-
-def _cursor(value: str) -> tuple[float, str]:
-    """A paging cursor this API returned (ValueError otherwise)."""
-    refused = ValueError("cursor is not one this API returned")
-    if len(value) > 512:
-        raise refused
-    try:
-        received_at, example_id = decode_cursor(value)
-    except (ValueError, OverflowError):
-        raise refused from None
-    if not math.isfinite(received_at) or not 0 < len(example_id) <= 64:
-        raise refused
-    return received_at, example_id
-
-
-def _query(args: Any, name: str, parse: Any, problems: list[str]) -> Any:
-    value = args.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return parse(value)
-    except ValueError as exc:
-        problems.append(f"{name}: cannot read {value[:40]!r} ({exc})")
-        return None
 
 
 class UnknownCollector(Collector):

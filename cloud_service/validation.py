@@ -158,6 +158,19 @@ def bound_url_parameters(app: Flask) -> None:
     app.url_map.converters.update(int=_BoundedInt, string=_BoundedText, default=_BoundedText)
 
 
+def query_arg(args: Any, name: str, parse: Callable[[str], Any], problems: list[str]) -> Any:
+    """Query value ``name`` read by ``parse`` (None when absent or empty); a value it refuses
+    adds a problem, so one 400 can name every bad parameter."""
+    value = args.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        problems.append(f"{name}: cannot read {value[:40]!r} ({exc})")
+        return None
+
+
 def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
     """A query value parser: a decimal integer in ``lo..hi`` (at most :data:`MAX_INT`)."""
     hi = min(hi, MAX_INT)
