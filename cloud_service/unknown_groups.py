@@ -9,7 +9,10 @@ Tables (migration 0003), in the cloud database's one metadata:
 * ``unknown_groups``: one row per group, of one cut (keys of different cuts are not
   comparable), its size and, once named, its class name and class index;
 * ``unknown_group_members``: which example is in which group; an example is in at most
-  one group and never moves (:mod:`edgecascade.cloud_service.unknown_refresh` only adds).
+  one group and never moves (:mod:`edgecascade.cloud_service.unknown_refresh` only adds);
+* ``named_classes``: each class operators added, its index and name both unique, so two
+  server processes naming new classes at the same moment cannot hand out one index twice
+  (the later insert fails, and its naming is tried again).
 
 Naming a group (:func:`name_group`) gives its class the name's index in the served
 classes, else the index of a new class after every class already known
@@ -19,7 +22,6 @@ final: the same name again changes nothing, another one is refused.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -53,7 +55,15 @@ unknown_group_members = sa.Table(
     sa.Column("example_id", sa.String(64), sa.ForeignKey("hard_examples.id"), primary_key=True),
 )
 
-_NAMING = threading.Lock()  # one naming at a time in this process: new class indices are handed out in order
+named_classes = sa.Table(
+    "named_classes",
+    metadata,
+    sa.Column("class_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("class_name", sa.String(MAX_CLASS_NAME), nullable=False, unique=True),
+    sa.Column("named_at", sa.Double, nullable=False),
+)
+
+NAMING_ATTEMPTS = 5  # tries of a naming whose new class index another process took first
 
 
 class UnknownGroupError(EdgeCascadeError):
@@ -105,16 +115,8 @@ def extended_classes(engine: Engine, served: tuple[str, ...]) -> tuple[str, ...]
 
 
 def _extended(db: Connection, served: tuple[str, ...]) -> tuple[str, ...]:
-    query = (
-        sa.select(unknown_groups.c.class_name)
-        .where(unknown_groups.c.class_name.is_not(None))
-        .order_by(unknown_groups.c.named_at, unknown_groups.c.id)
-    )
-    classes = list(served)
-    for name in db.execute(query).scalars():
-        if name not in classes:
-            classes.append(name)
-    return tuple(classes)
+    query = sa.select(named_classes.c.class_name).order_by(named_classes.c.class_index)
+    return (*served, *(name for name in db.execute(query).scalars() if name not in served))
 
 
 def list_groups(engine: Engine) -> list[GroupRow]:
@@ -203,34 +205,52 @@ def name_group(engine: Engine, group_id: int, class_name: str, served: tuple[str
 
     Raises :class:`UnknownGroupError`: 404 for no such group, 409 for a group named otherwise.
     """
-    with _NAMING, engine.begin() as db:
-        row = db.execute(sa.select(unknown_groups).where(unknown_groups.c.id == group_id)).first()
-        if row is None:
-            raise UnknownGroupError(f"no unknown group {group_id}", 404)
-        if row.class_name is not None:
-            if row.class_name != class_name:
+    for attempt in range(NAMING_ATTEMPTS):
+        try:
+            with engine.begin() as db:
+                _name(db, group_id, class_name, served)
+            break
+        except (sa.exc.IntegrityError, sa.exc.OperationalError):
+            # another process took the new index or name first (PostgreSQL: a unique violation;
+            # SQLite: this transaction's snapshot went stale): read again and retry
+            if attempt == NAMING_ATTEMPTS - 1:
                 raise UnknownGroupError(
-                    f"group {group_id} is already named {row.class_name!r} (class {row.class_index}); "
-                    "a name is final"
-                )
-        else:
-            index = class_index(db, class_name, served)
-            now = time.time()
-            db.execute(
-                unknown_groups.update()
-                .where(unknown_groups.c.id == group_id)
-                .values(class_name=class_name, class_index=index, named_at=now)
-            )
-            label_members(db, group_id, index, now)
+                    f"naming group {group_id} kept colliding with other namings"
+                ) from None
     group = get_group(engine, group_id)
     assert group is not None  # groups are never deleted
     return group
 
 
-def class_index(db: Connection, class_name: str, served: tuple[str, ...]) -> int:
-    """The index of ``class_name``: in the served classes, else among the named ones, else the next."""
+def _name(db: Connection, group_id: int, class_name: str, served: tuple[str, ...]) -> None:
+    row = db.execute(sa.select(unknown_groups).where(unknown_groups.c.id == group_id)).first()
+    if row is None:
+        raise UnknownGroupError(f"no unknown group {group_id}", 404)
+    if row.class_name is not None:
+        if row.class_name != class_name:
+            raise UnknownGroupError(
+                f"group {group_id} is already named {row.class_name!r} (class {row.class_index}); "
+                "a name is final"
+            )
+        return
+    now = time.time()
+    index = class_index(db, class_name, served, now)
+    db.execute(
+        unknown_groups.update()
+        .where(unknown_groups.c.id == group_id)
+        .values(class_name=class_name, class_index=index, named_at=now)
+    )
+    label_members(db, group_id, index, now)
+
+
+def class_index(db: Connection, class_name: str, served: tuple[str, ...], now: float) -> int:
+    """The index of ``class_name``: in the served classes, else among the named ones, else the next
+    (recorded in ``named_classes``; an IntegrityError if another process recorded it first)."""
     known = _extended(db, served)
-    return known.index(class_name) if class_name in known else len(known)
+    if class_name in known:
+        return known.index(class_name)
+    db.execute(named_classes.insert().values(class_index=len(known), class_name=class_name, named_at=now))
+    return len(known)
 
 
 def label_members(

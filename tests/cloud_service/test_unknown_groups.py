@@ -319,14 +319,38 @@ def test_the_migration_upgrades_a_database_at_0002_keeping_its_examples(tmp_path
     engine.dispose()
 
 
-def test_extended_classes_follow_the_served_ones_in_naming_order(tmp_path: Path) -> None:
+def test_named_classes_follow_the_served_ones_and_a_concurrent_naming_takes_the_next_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = open_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
-    g = unknown_groups.unknown_groups
     with engine.begin() as db:
-        for name, named_at in (("Hat", 3.0), (None, None), ("Bag", 1.0), ("Hat", 4.0), ("a", 2.0)):
-            db.execute(
-                g.insert().values(cut="cut1", created_at=0.0, size=1, class_name=name, named_at=named_at)
-            )
-    assert unknown_groups.extended_classes(engine, ("a", "b")) == ("a", "b", "Bag", "Hat")
-    assert unknown_groups.extended_classes(engine, ()) == ("Bag", "a", "Hat")
+        insert = unknown_groups.unknown_groups.insert().values(cut="cut1", created_at=0.0, size=0)
+        ids = [db.execute(insert).inserted_primary_key[0] for _ in range(4)]
+    served = ("a", "b")
+    assert unknown_groups.name_group(engine, ids[0], "Hat", served).class_index == 2
+    assert unknown_groups.name_group(engine, ids[1], "a", served).class_index == 0  # a served class
+    assert unknown_groups.name_group(engine, ids[2], "Bag", served).class_index == 3
+    assert unknown_groups.extended_classes(engine, served) == ("a", "b", "Hat", "Bag")
+    assert unknown_groups.extended_classes(engine, ("a", "b", "Hat")) == ("a", "b", "Hat", "Bag")  # retrained
+
+    # another server process names "Cap" between this naming's read of the classes and its write
+    read = unknown_groups._extended
+    raced: list[str] = []
+
+    def read_then_race(db: Any, served: tuple[str, ...]) -> tuple[str, ...]:
+        known = read(db, served)
+        if not raced:
+            raced.append("Cap")
+            with engine.begin() as other:
+                other.execute(
+                    unknown_groups.named_classes.insert().values(
+                        class_index=len(known), class_name="Cap", named_at=5.0
+                    )
+                )
+        return known
+
+    monkeypatch.setattr(unknown_groups, "_extended", read_then_race)
+    assert unknown_groups.name_group(engine, ids[3], "Boot", served).class_index == 5  # not Cap's 4
+    monkeypatch.undo()
+    assert unknown_groups.extended_classes(engine, served) == ("a", "b", "Hat", "Bag", "Cap", "Boot")
     engine.dispose()

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-12-20
+Create Date: 2026-12-07
 """
 
 from __future__ import annotations
@@ -37,9 +37,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("example_id"),
     )
     op.create_index("ix_unknown_group_members_group_id", "unknown_group_members", ["group_id"], unique=False)
+    op.create_table(
+        "named_classes",
+        sa.Column("class_index", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("class_name", sa.String(length=64), nullable=False),
+        sa.Column("named_at", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("class_index"),
+        sa.UniqueConstraint("class_name"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("named_classes")
     op.drop_index("ix_unknown_group_members_group_id", table_name="unknown_group_members")
     op.drop_table("unknown_group_members")
     op.drop_table("unknown_groups")
