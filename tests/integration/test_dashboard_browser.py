@@ -4,10 +4,13 @@ The module's stack is real: its own TLS Mosquitto, the Flask cloud over HTTPS wi
 registry holding two signed versions (announcing promotions over MQTT as the ``cloud``
 identity), the learning loop on SQLite (jobs recorded, not run), a gateway daemon sending
 heartbeats every half second, and a device whose requests the gateway answers or forwards.
-Hard examples with raw inputs are uploaded with a device token. The browser enters the
-admin token, finds the gateway in the fleet table, checks that both charts drew data (SVG
-geometry, and the pixels of a screenshot), labels a hard example, sees a job's progress,
-promotes version 2 and rolls back, and each change is checked against the API as well.
+Hard examples with raw inputs are uploaded with a device token, then, through the gateway's
+token, unknown inputs of two kinds (one with raw inputs) and a drift alarm. The browser
+enters the admin token, finds the gateway in the fleet table, checks that both charts drew
+data (SVG geometry, and the pixels of a screenshot), labels a hard example, sees a job's
+progress, promotes version 2 and rolls back; then it groups the unknown inputs, sees a
+group's picture, names groups (a conflicting name shows the API's message in the card) and
+finds the drift event. Each change is checked against the API as well.
 
 Chromium is Debian's (``/usr/bin/chromium``, installed by ``tools/system-deps.sh``);
 nothing is downloaded.
@@ -44,6 +47,7 @@ from edgecascade.tools.broker import Mosquitto
 from edgecascade.tools.certs import Pki
 from edgecascade.training.data import Dataset
 from tests.learning_kit import RecordingLauncher, device_examples, with_raw
+from tests.unknown_kit import synthetic
 
 from .conftest import device_crypto, gateway_config
 
@@ -60,6 +64,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 GATEWAY = "gw-dash"
+SITE = "site-a"  # the gateway token's name: the site its uploads speak for
 DEVICE = "cam-dash"
 TIER_COLOURS = {"gateway": (0x2B, 0x8A, 0x3E), "cloud": (0x1C, 0x7E, 0xD6)}  # as dashboard.js draws them
 PANEL = (0xF8, 0xF9, 0xFA)  # the charts' background
@@ -74,6 +79,9 @@ class Site:
     learning: Learning
     example_ids: list[str]
     job_id: int
+    unknown_pictured: set[str]  # unknown uploads with their raw inputs
+    unknown_plain: set[str]  # unknown uploads with features only
+    drift_id: str  # the example a device's drift alarm kept
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,7 @@ def site(
         app = create_app(config, launcher=RecordingLauncher())  # registers and promotes v1
         app.extensions["edgecascade.rollout"].registry.register(v2)
         tokens = app.extensions["edgecascade.tokens"]
+        gateway_token = tokens.create("gateway", SITE)[0]
         server = make_server(
             "127.0.0.1", 0, app, threaded=True, ssl_context=tls_context(pki.broker_cert, pki.broker_key)
         )
@@ -117,7 +126,7 @@ def site(
                 broker,
                 url,
                 gateway_id=GATEWAY,
-                cloud_token=tokens.create("gateway", "site-a")[0],
+                cloud_token=gateway_token,
                 heartbeat_interval=0.5,
             )
         )
@@ -145,12 +154,31 @@ def site(
                 "POST", wire.ROUTE_HARD_EXAMPLES, {"examples": [e.to_json() for e in examples]}
             )
             assert len(receipt["accepted"]) == len(examples)
+            pictured = synthetic(v1, "cut1", 2, 12, images=True)
+            plain = synthetic(v1, "cut1", 1, 12)
+            (drift,) = device_examples(v1, fmnist.x_test[104:105], DEVICE)
+            drift = replace(drift, reasons=("drift",), created_at=time.time() - 60)
+            relay = [*pictured, *plain, drift]
+            relayed = CloudHttp(url, gateway_token, ca_file=pki.ca_cert).call_json(
+                "POST", wire.ROUTE_HARD_EXAMPLES, {"examples": [e.to_json() for e in relay]}
+            )
+            assert len(relayed["accepted"]) == len(relay)
             job = api.call_json("POST", "/v1/retrain")
             learning: Learning = app.extensions["edgecascade.learning"]
             jobs = learning.scheduler.jobs
             assert jobs.start(job["id"], pid=1)
             jobs.report(job["id"], 0.4, "fine-tuning")
-            yield Site(url, admin, api, learning, receipt["accepted"], job["id"])
+            yield Site(
+                url,
+                admin,
+                api,
+                learning,
+                receipt["accepted"],
+                job["id"],
+                {e.example_id for e in pictured},
+                {e.example_id for e in plain},
+                drift.example_id,
+            )
         finally:
             client.close()
             gateway.stop()
@@ -315,3 +343,83 @@ def test_an_operator_watches_the_fleet_labels_and_rolls_out_in_a_browser(
     assert errors == []
     context.close()
     assert time.monotonic() - started < 40
+
+
+def members(site: Site, group_id: int) -> list[dict[str, Any]]:
+    """A group's members as the API lists them (the fixture's groups fit in one page)."""
+    page = site.api.call_json("GET", f"/v1/unknown-groups/{group_id}?limit=100")
+    assert page["next_cursor"] is None
+    examples: list[dict[str, Any]] = page["examples"]
+    return examples
+
+
+def test_an_operator_groups_and_names_unknown_inputs_and_sees_drift_in_a_browser(
+    site: Site, browser: Any, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(WAIT_MS)
+    page.goto(site.url + "/dashboard/")
+    page.fill("#token", site.admin)
+    page.click("#login-form button")
+    page.wait_for_selector("#app:not([hidden])")
+    unknown = len(site.unknown_pictured) + len(site.unknown_plain)
+
+    # nothing grouped yet; the button groups them, and the cards are the API's groups
+    page.wait_for_selector(f"#ungrouped[data-count='{unknown}']")
+    assert page.query_selector("#group-list .card") is None
+    page.click("#group-unknown")
+    page.wait_for_selector("#unknown-message:has-text('new groups')")
+    page.wait_for_selector("#group-list .card[data-group]")
+    listing = site.api.call_json("GET", "/v1/unknown-groups")
+    groups = {g["id"]: g for g in listing["groups"]}
+    shown = page.eval_on_selector_all("#group-list .card", "cards => cards.map(c => Number(c.dataset.group))")
+    assert sorted(shown) == sorted(groups) and len(groups) >= 2
+    assert page.get_attribute("#ungrouped", "data-count") == str(listing["ungrouped"])
+    kinds = {g: {m["id"] for m in members(site, g)} for g in groups}
+    pictured = next(g for g, ids in kinds.items() if ids <= site.unknown_pictured)
+    plain = next(g for g, ids in kinds.items() if ids <= site.unknown_plain)
+    assert groups[pictured]["has_images"] and not groups[plain]["has_images"]
+
+    # a group with raw inputs shows their grid; one without says so
+    page.wait_for_function(
+        "id => { const i = document.querySelector(`.card[data-group='${id}'] img`); "
+        "return i && i.complete && i.naturalWidth > 0; }",
+        arg=pictured,
+    )
+    assert "features only" in page.inner_text(f".card[data-group='{plain}'] .picture")
+    card = f".card[data-group='{pictured}']"
+    facts = page.eval_on_selector_all(f"{card} dd", "dds => dds.map(d => d.textContent)")
+    assert facts[1:3] == ["cut1", str(groups[pictured]["size"])] and facts[-1] == "unnamed"
+    page.locator(card).screenshot(path=str(tmp_path / "group.png"))
+
+    # naming through the form labels every member with the new class
+    classes = len(site.api.call_json("GET", "/v1/fleet")["cloud"]["classes"])
+    page.fill(f"{card} input", "Umbrella")
+    page.click(f"{card} button")
+    page.wait_for_selector(f"{card}.labelled dd.class:has-text('{classes} Umbrella')")
+    assert page.query_selector(f"{card} form") is None
+    named = members(site, pictured)
+    assert {m["human_label"] for m in named} == {classes} and len(named) == groups[pictured]["size"]
+
+    # a group named meanwhile by someone else: the API's refusal is shown in its card
+    site.api.call_json("PUT", f"/v1/unknown-groups/{plain}", {"class_name": "Handbag"})
+    card = f".card[data-group='{plain}']"
+    page.fill(f"{card} input", "Scarf")
+    page.click(f"{card} button")
+    page.wait_for_selector(f"{card} p.error:has-text(\"already named 'Handbag'\")")
+    assert {m["human_label"] for m in members(site, plain)} == {classes + 1}
+
+    # the drift alarm, with the site that relayed it
+    drift_row = page.wait_for_selector(f"#drift-table tr[data-example='{site.drift_id}']")
+    cells = drift_row.eval_on_selector_all("td", "tds => tds.map(td => td.textContent)")
+    assert cells[:3] == [SITE, DEVICE, "1"] and "–" not in cells[3:]
+    events = site.api.call_json("GET", f"/v1/drift-events?site={SITE}")["events"]
+    assert [e["example_id"] for e in events] == [site.drift_id]
+
+    assert errors == []
+    context.close()
+    assert time.monotonic() - started < 20

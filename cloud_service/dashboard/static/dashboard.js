@@ -20,7 +20,8 @@ const TIER_COLOURS = {
 };
 const LATENCY_COLOURS = { p50: "#1c7ed6", p90: "#f08c00", p99: "#e03131" };
 
-const state = { classes: [], cursor: null, timers: [], objectUrls: [] };
+const MAX_CLASS_NAME = 64; // as the API bounds a group's class name
+const state = { classes: [], cursor: null, timers: [], objectUrls: [], groupUrls: [] };
 
 // ------------------------------------------------------------------------------ helpers
 function $(id) {
@@ -162,7 +163,9 @@ function start() {
   every(safely(refreshTraffic), POLL_MS);
   every(safely(refreshJobs), SLOW_POLL_MS);
   every(safely(refreshModels), SLOW_POLL_MS);
+  every(safely(refreshDrift), SLOW_POLL_MS);
   safely(() => loadExamples(true))();
+  safely(loadGroups)();
 }
 
 function safely(fn) {
@@ -396,6 +399,122 @@ function labelText(example) {
   return example.label_source ? `${className(example.label)} (${example.label_source})` : "none";
 }
 
+// ----------------------------------------------------------------------- unknown inputs
+// Groups are loaded on sign-in and after each action, not polled: a poll would wipe a name
+// being typed into a card's form.
+async function loadGroups() {
+  const listing = await call("GET", "v1/unknown-groups");
+  for (const url of state.groupUrls) URL.revokeObjectURL(url);
+  state.groupUrls = [];
+  const cards = listing.groups.map(groupCard);
+  if (!cards.length) cards.push(el("p", "No group yet.", { class: "empty" }));
+  $("group-list").replaceChildren(...cards);
+  $("ungrouped").textContent = `${listing.ungrouped} unknown examples in no group.`;
+  $("ungrouped").dataset.count = String(listing.ungrouped);
+}
+
+async function groupNow() {
+  const button = $("group-unknown");
+  const message = $("unknown-message");
+  button.disabled = true;
+  try {
+    const report = await call("POST", "v1/unknown-groups/refresh");
+    const total = (key) => report.cuts.reduce((sum, cut) => sum + cut[key], 0);
+    message.textContent =
+      `${total("new_groups")} new groups, ${total("joined")} joined existing ones, ` +
+      `${total("ungrouped")} left for later`;
+  } catch (e) {
+    message.textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+  await safely(loadGroups)();
+}
+
+function groupCard(group) {
+  const card = el("article", null, { class: "card group", "data-group": String(group.id) });
+  if (group.class_name !== null) card.classList.add("labelled");
+  card.appendChild(groupPicture(group));
+  const facts = el("dl");
+  const fact = (name, value, cls) => {
+    facts.appendChild(el("dt", name));
+    facts.appendChild(el("dd", value, cls ? { class: cls } : {}));
+  };
+  fact("group", group.id);
+  fact("cut", group.cut);
+  fact("size", group.size);
+  fact("created", when(group.created_at));
+  fact("class", group.class_name === null ? "unnamed" : `${group.class_index} ${group.class_name}`, "class");
+  card.appendChild(facts);
+  if (group.class_name === null) card.appendChild(namingForm(card, group));
+  return card;
+}
+
+function groupPicture(group) {
+  const picture = el("div", null, { class: "picture" });
+  if (!group.has_images) {
+    picture.appendChild(el("span", "features only", { class: "no-raw" }));
+    return picture;
+  }
+  const img = el("img", null, { alt: `raw inputs of group ${group.id}` });
+  picture.appendChild(img);
+  call("GET", `v1/unknown-groups/${group.id}/examples.png`)
+    .then((blob) => {
+      const url = URL.createObjectURL(blob);
+      state.groupUrls.push(url);
+      img.src = url;
+    })
+    .catch((e) => picture.replaceChildren(el("span", e.message, { class: "error" })));
+  return picture;
+}
+
+function namingForm(card, group) {
+  const form = el("form", null, { class: "labelling" });
+  const name = el("input", null, {
+    type: "text",
+    required: "",
+    maxlength: String(MAX_CLASS_NAME),
+    placeholder: "class name",
+    "aria-label": "class name",
+  });
+  const save = el("button", "Name", { type: "submit" });
+  const error = el("p", null, { class: "error" });
+  form.append(name, save);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    save.disabled = true;
+    error.textContent = "";
+    try {
+      const named = await call("PUT", `v1/unknown-groups/${group.id}`, { class_name: name.value.trim() });
+      card.replaceWith(groupCard(named));
+    } catch (e) {
+      error.textContent = e.message;
+    } finally {
+      save.disabled = false;
+    }
+  });
+  const box = el("div");
+  box.append(form, error);
+  return box;
+}
+
+async function refreshDrift() {
+  const listing = await call("GET", "v1/drift-events?limit=50");
+  const rows = listing.events.map((event) => {
+    const tr = row([
+      event.site,
+      event.device_id,
+      event.model_version,
+      when(event.detected_at),
+      when(event.received_at),
+    ]);
+    tr.dataset.example = event.example_id;
+    tr.title = `hard example ${event.example_id}`;
+    return tr;
+  });
+  fill($("drift-table").tBodies[0], rows, "No drift reported.", 5);
+}
+
 // ------------------------------------------------------------------------- retraining
 async function refreshJobs() {
   const { jobs } = await call("GET", "v1/jobs");
@@ -496,6 +615,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("unlabelled").addEventListener("change", safely(() => loadExamples(true)));
   $("reload-examples").addEventListener("click", safely(() => loadExamples(true)));
   $("more-examples").addEventListener("click", safely(() => loadExamples(false)));
+  $("group-unknown").addEventListener("click", groupNow);
   $("retrain").addEventListener("click", startRetraining);
   $("rollback").addEventListener("click", () => release("v1/models/rollback", "roll back to the previous version"));
   if (sessionStorage.getItem(TOKEN_KEY)) start();
