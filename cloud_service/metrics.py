@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +29,7 @@ from edgecascade.cloud_service import drift_events
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.config import CloudConfig
 from edgecascade.cloud_service.jobs import STATES, retrain_jobs
+from edgecascade.cloud_service.store import database_exists
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.metrics import CounterRule, counter_families, histogram_family
 
@@ -101,7 +101,7 @@ class CloudCollector(Collector):
     def _drift_events_by_site(self) -> dict[str, int] | None:
         """Drift events per site, or None while the learning loop's database does not exist."""
         learning = self.app.extensions.get("edgecascade.learning")
-        if learning is None or not _database_exists(self.config.cloud.database_url):
+        if learning is None or not database_exists(self.config.cloud.database_url):
             return None
         try:
             return drift_events.counts_by_site(learning.store.engine)
@@ -112,7 +112,7 @@ class CloudCollector(Collector):
     def _jobs_by_state(self) -> dict[str, int] | None:
         """Jobs per state, or None while the learning loop's database does not exist (or cannot be read)."""
         learning = self.app.extensions.get("edgecascade.learning")
-        if learning is None or not _database_exists(self.config.cloud.database_url):
+        if learning is None or not database_exists(self.config.cloud.database_url):
             return None
         query = sa.select(retrain_jobs.c.state, sa.func.count()).group_by(retrain_jobs.c.state)
         try:
@@ -121,14 +121,6 @@ class CloudCollector(Collector):
         except Exception as exc:  # a scrape reports what it can; the database's trouble shows elsewhere
             logger.warning("cannot count retraining jobs: %s", exc)
             return None
-
-
-def _database_exists(url: str) -> bool:
-    """False only for an SQLite file not created yet (a server database always exists)."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return True
-    return Path(str(parsed.database)).exists()
 
 
 metrics_api = Blueprint("metrics", __name__)

@@ -72,6 +72,15 @@ model_versions = sa.Table(
 )
 
 
+def database_exists(url: str) -> bool:
+    """False only for an SQLite file not created yet (a server database always exists): what a
+    metrics scrape checks so that it never creates the database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(str(parsed.database)).exists()
+
+
 def open_engine(url: str) -> Engine:
     """An engine for ``url`` with its schema migrated to the newest revision (see :func:`connect`)."""
     engine = connect(url)

@@ -19,11 +19,9 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -33,6 +31,7 @@ from edgecascade.cloud_service import unknown_groups, validation
 from edgecascade.cloud_service.auth import require_scope
 from edgecascade.cloud_service.dashboard.png import png_bytes
 from edgecascade.cloud_service.learning import MAX_LIST, Learning, page_cursor
+from edgecascade.cloud_service.store import database_exists
 from edgecascade.cloud_service.unknown_groups import MAX_CLASS_NAME, UnknownGroupError
 from edgecascade.cloud_service.unknown_refresh import refresh
 from edgecascade.device_sdk import wire
@@ -207,7 +206,7 @@ class UnknownCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         learning = self.app.extensions.get(_LEARNING)
-        if learning is None or not _database_exists(learning.config.cloud.database_url):
+        if learning is None or not database_exists(learning.config.cloud.database_url):
             return
         try:
             numbers = unknown_groups.counts(learning.store.engine)
@@ -228,11 +227,3 @@ class UnknownCollector(Collector):
         examples.add_metric(["grouped"], numbers["examples_grouped"])
         examples.add_metric(["ungrouped"], numbers["examples_ungrouped"])
         yield examples
-
-
-def _database_exists(url: str) -> bool:
-    """False only for an SQLite file not created yet: a scrape never creates the database."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return True
-    return Path(str(parsed.database)).exists()

@@ -36,13 +36,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgecascade.device_sdk import wire
-from edgecascade.device_sdk.core.novelty import UnknownRule
+from edgecascade.device_sdk.core.policy import softmax
 from edgecascade.device_sdk.learning.records import MAX_BATCH, HardExample
 from edgecascade.device_sdk.model.bundle import load_bundle, sign_bundle
-from edgecascade.device_sdk.model.runtime import PartitionRunner
 from edgecascade.device_sdk.model.signing import generate_signing_key
 from edgecascade.device_sdk.wire import codec
 from edgecascade.tools.bench_drift_report import offline_cascade
+from edgecascade.tools.bench_novelty_drift import device_pass
 from edgecascade.training.data import Dataset
 
 LABELS_PER_CLASS = 50
@@ -152,17 +152,13 @@ def flagged_uploads(bundle_dir: Path, stream: Stream, per_class: int) -> tuple[l
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest
     spec = manifest.partition("device")
-    rule = UnknownRule.from_bundle(bundle, "device")
-    if rule is None:
+    done = device_pass(bundle, stream.x)
+    if done.unknown is None:
         raise ValueError(f"{bundle_dir}: the device exit has no unknown-input rule")
-    out = PartitionRunner.from_bundle(bundle, "device").run(manifest.input.prepare(stream.x))
-    sent = manifest.input.prepare(stream.x) if manifest.forwards_input else out.features
-    assert sent is not None
-    flags = rule.flags(out.logits, sent)
     counts: Counter[str] = Counter()
     new_names = set(stream.names[stream.is_new].tolist())
     examples, names = [], []
-    for i in np.flatnonzero(flags):
+    for i in np.flatnonzero(done.unknown):
         if all(counts[c] >= per_class for c in new_names):
             break
         name = str(stream.names[i])
@@ -174,10 +170,10 @@ def flagged_uploads(bundle_dir: Path, stream: Stream, per_class: int) -> tuple[l
                 device_id=DEVICE,
                 model_version=manifest.version,
                 encoding=spec.encoding,
-                features=codec.encode_features(sent[i], spec.encoding),
+                features=codec.encode_features(done.sent[i], spec.encoding),
                 reasons=("unknown",),
-                label=int(out.logits[i].argmax()),
-                probabilities=np.exp(out.logits[i] - out.logits[i].max()),
+                label=int(done.logits[i].argmax()),
+                probabilities=softmax(done.logits[i], spec.exit.temperature),
                 tier="device",
                 created_at=time.time(),
                 raw=wire.encode_tensor(np.asarray(stream.x[i], dtype=np.uint8)),

@@ -17,6 +17,7 @@ the image), resampled into long streams:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from edgecascade.device_sdk.core.drift import (
     replay,
 )
 from edgecascade.device_sdk.core.novelty import UnknownRule
-from edgecascade.device_sdk.model.bundle import load_bundle
+from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
 from edgecascade.device_sdk.model.runtime import PartitionRunner
 from edgecascade.tools.bench_drift import shift as washed_out
 
@@ -43,17 +44,31 @@ Values = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Per image: the device exit's top probability, whether it answers, whether it is flagged unknown."""
 
 
+@dataclass(frozen=True)
+class DevicePass:
+    """What the device partition of a bundle does with a batch of images."""
+
+    logits: np.ndarray
+    sent: np.ndarray  # what goes up: cut-1 features, or in the models mode the input
+    unknown: np.ndarray | None  # the unknown-input rule's flags; None: the bundle has no rule
+
+
+def device_pass(bundle: Bundle, images: np.ndarray, batch: int = 512) -> DevicePass:
+    """Run ``bundle``'s device partition and its unknown-input rule on raw ``images``, in batches."""
+    runner = PartitionRunner.from_bundle(bundle, "device")
+    x = bundle.manifest.input.prepare(images)
+    outs = [runner.run(x[i : i + batch]) for i in range(0, len(x), batch)]
+    logits = np.concatenate([o.logits for o in outs])
+    sent = x if bundle.manifest.forwards_input else np.concatenate([o.features for o in outs])
+    rule = UnknownRule.from_bundle(bundle, "device")
+    return DevicePass(logits, sent, rule.flags(logits, sent) if rule is not None else None)
+
+
 def device_values(bundle_dir: Path, images: np.ndarray) -> Values:
     """What the device detector takes for each image, from the bundle's device partition."""
     bundle = load_bundle(bundle_dir)
-    runner = PartitionRunner.from_bundle(bundle, "device")
-    x = bundle.manifest.input.prepare(images)
-    outs = [runner.run(x[i : i + 512]) for i in range(0, len(x), 512)]
-    logits = np.concatenate([o.logits for o in outs])
-    features = np.concatenate([o.features for o in outs]) if outs[0].features is not None else x
-    rule = UnknownRule.from_bundle(bundle, "device")
-    flags = rule.flags(logits, features) if rule is not None else None
-    return observations(logits, bundle.manifest.partition("device").exit, flags)
+    done = device_pass(bundle, images)
+    return observations(done.logits, bundle.manifest.partition("device").exit, done.unknown)
 
 
 def _draw(values: Values, index: np.ndarray) -> Values:
