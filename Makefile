@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecascade-installed
 ARTIFACTS := artifacts
 
-PACKAGES := device_sdk edge_gateway cloud_service training tools
+PACKAGES := device_sdk edge_gateway cloud_service training federation tools
 
 .PHONY: demo test setup system-deps lint clean
 

@@ -23,6 +23,7 @@ from edgecascade.cloud_service import (
     dashboard,
     drift_events,
     enroll,
+    federation_api,
     learning,
     models_api,
     openapi,
@@ -101,6 +102,7 @@ def create_app(
     app.register_blueprint(api)
     cloud_metrics.init_app(app, config)  # GET /metrics: Prometheus text, admin token
     unknown_api.init_app(app)  # groups of unknown uploads, named as new classes (and their gauges)
+    federation_api.init_app(app)  # collaborative training's runs and rounds (and their metrics)
     app.extensions[_LOG_LIMITER] = LogLimiter(logger)  # refusals a flood could repeat at will
     openapi.init_app(app)  # GET /openapi.json, open like /healthz
     app.register_error_handler(AuthError, _auth_error)

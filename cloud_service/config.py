@@ -7,6 +7,8 @@ the cloud's own broker identity, used only to publish model announcements.
 
 The ``[retrain]`` section configures the learning loop: when retraining jobs start, what
 they train on, and the evaluation gate a candidate must pass (see :mod:`edgecascade.cloud_service.jobs`).
+``[federated]`` configures collaborative training rounds across sites, whose aggregate
+passes the same gate.
 """
 
 from __future__ import annotations
@@ -166,12 +168,77 @@ class RegistrySettings:
             raise ConfigError(problems)
 
 
+STRATEGIES = ("fedavg", "fedprox", "trimmed_mean", "median")
+COMPRESSIONS = ("none", "float16", "int8")
+
+
+@dataclass(frozen=True)
+class FederatedSettings:
+    """Collaborative training rounds, run by the ServerApp beside the SuperLink (``edgecascade.federation``).
+
+    Each round asks every connected site to fine-tune the current weights for
+    ``local_epochs`` on its own data and waits at most ``round_timeout`` seconds; a round
+    counts when at least max(``min_sites``, ceil(``min_fraction`` x connected sites)) signed
+    updates were accepted, else the model stays as it was and the next round starts. The
+    aggregate of the last round goes through the ``[retrain]`` gate and is exported, signed
+    and published like a retrained candidate. ``strategy``: ``fedavg`` (weighted by
+    examples), ``fedprox`` (``proximal_mu``), ``trimmed_mean`` (``trim_fraction`` cut at each
+    end) or ``median``. Updates travel as deltas in ``compression``. ``site_keys`` holds one
+    ``<site>.pub`` (EC P-256, OpenSSH) per site: the keys registered with the SuperLink and
+    the ones every update's signature must verify with.
+    """
+
+    strategy: str = "fedavg"
+    rounds: int = 5
+    round_timeout: float = 600.0
+    min_sites: int = 2
+    min_fraction: float = 0.5
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    proximal_mu: float = 0.01
+    trim_fraction: float = 0.2
+    compression: str = "int8"
+    site_keys: Path = Path("state/federation/sites")
+    link_address: str = "127.0.0.1:9093"  # the SuperLink, as `edgecascade federated start` reaches it
+    workdir: Path = Path("state/federation/runs")  # one directory per run: exported candidates
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(
+                f"federated.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if self.compression not in COMPRESSIONS:
+            problems.append(
+                f"federated.compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
+        for name in ("rounds", "min_sites", "local_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"federated.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.round_timeout > 0:
+            problems.append(f"federated.round_timeout must be > 0, got {self.round_timeout}")
+        if not 0 < self.min_fraction <= 1:
+            problems.append(f"federated.min_fraction must be in (0, 1], got {self.min_fraction}")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"federated.learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.proximal_mu < 0:
+            problems.append(f"federated.proximal_mu must be >= 0, got {self.proximal_mu}")
+        if not 0 <= self.trim_fraction < 0.5:
+            problems.append(f"federated.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if ":" not in self.link_address:
+            problems.append(f"federated.link_address must be host:port, got {self.link_address!r}")
+        if problems:
+            raise ConfigError(problems)
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    federated: FederatedSettings = field(default_factory=FederatedSettings)
 
     def __post_init__(self) -> None:
         problems = []

@@ -32,6 +32,7 @@ from werkzeug.exceptions import InternalServerError
 
 from edgecascade.cloud_service.announce import Announcer
 from edgecascade.cloud_service.auth import current_token, require_scope
+from edgecascade.cloud_service.config import CloudConfig
 from edgecascade.cloud_service.inference import CloudInference
 from edgecascade.cloud_service.registry import ModelRegistry, Release
 from edgecascade.device_sdk import wire
@@ -156,6 +157,16 @@ class Rollout:
         result = self.release(self.registry.promote(version), base_url)
         logger.info("auto-promoted v%d (announced: %s)", version, result["announced"])
         return result
+
+
+def standalone_rollout(config: CloudConfig, registry: ModelRegistry) -> Rollout:
+    """A rollout for a process that serves no model (a retraining command, a federated run):
+    it promotes and announces, and the server processes' followers pick the promotion up."""
+    from edgecascade.cloud_service.announce import MqttAnnouncer
+
+    settings = config.registry
+    announcer = MqttAnnouncer(config.mqtt, settings.announce_timeout) if settings.announce else None
+    return Rollout(registry, None, announcer, settings.signing_key, settings.public_url)
 
 
 def init_app(app: Flask, rollout: Rollout) -> None:

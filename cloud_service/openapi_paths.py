@@ -14,6 +14,7 @@ from edgecascade.cloud_service.dashboard import ROUTE_FLEET
 from edgecascade.cloud_service.dashboard.fleet import HISTORY
 from edgecascade.cloud_service.drift_events import MAX_LIST as MAX_DRIFT_EVENTS
 from edgecascade.cloud_service.drift_events import ROUTE_DRIFT_EVENTS
+from edgecascade.cloud_service.federation_api import MAX_RUNS, ROUTE_FEDERATED_RUNS
 from edgecascade.cloud_service.learning import LOG_LINES, MAX_LIST, ROUTE_JOBS, ROUTE_RETRAIN
 from edgecascade.cloud_service.openapi_schemas import JSON, MAX_ID, MAX_VERSION, int_range, ref
 from edgecascade.cloud_service.sites import ROUTE_SITES
@@ -137,6 +138,7 @@ def paths() -> dict[str, Any]:
         **_site_paths(),
         **_unknown_paths(),
         **_drift_paths(),
+        **_federated_paths(),
     }
 
 
@@ -265,6 +267,29 @@ def _drift_paths() -> dict[str, Any]:
                 ),
             )
         }
+    }
+
+
+def _federated_paths() -> dict[str, Any]:
+    return {
+        ROUTE_FEDERATED_RUNS: {
+            "get": _op(
+                "collaborative training runs, newest first",
+                ("admin",),
+                {"200": _answer("the runs", "FederatedRuns"), "400": _common("BadRequest")},
+                tag="learning",
+                parameters=(_optional("limit", int_range(1, MAX_RUNS), "most runs (default 20)"),),
+            )
+        },
+        f"{ROUTE_FEDERATED_RUNS}/{{run_id}}": {
+            "get": _op(
+                "a collaborative training run and its rounds, each with its whole tally",
+                ("admin",),
+                {"200": _answer("the run", "FederatedRunDetail"), "404": _common("NotFound")},
+                tag="learning",
+                parameters=(_param("run_id", "path", int_range(1, MAX_ID), "run id"),),
+            )
+        },
     }
 
 

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from edgecascade.cloud_service.enroll import ENROLL_SCHEMA
+from edgecascade.cloud_service.federation_store import ROUND_STATES, RUN_STATES
 from edgecascade.cloud_service.jobs import STATES, TRIGGERS
 from edgecascade.cloud_service.learning import LABEL_SCHEMA
 from edgecascade.cloud_service.sites import THRESHOLDS_SCHEMA
@@ -223,6 +224,7 @@ def schemas() -> dict[str, Any]:
         **_site_schemas(),
         **_unknown_schemas(),
         **_drift_schemas(),
+        **_federated_schemas(),
         "Released": closed(
             {
                 "current": ref("Release"),
@@ -249,6 +251,56 @@ def _drift_schemas() -> dict[str, Any]:
         }
     )
     return {"DriftEvents": closed({"events": {"type": "array", "items": event}})}
+
+
+def _federated_schemas() -> dict[str, Any]:
+    """Collaborative training's runs and rounds, as the server side recorded them."""
+    number, text, integer = {"type": "number"}, {"type": "string"}, {"type": "integer"}
+    sites = {"type": "array", "items": text}
+    by_site = {"type": "object", "additionalProperties": integer}
+    why = {"type": "object", "additionalProperties": text}
+    tally = extensible(  # the server's RoundTally as it wrote it: it may hold more
+        {
+            "server_round": integer,
+            "state": {"enum": list(ROUND_STATES)},
+            "sampled": sites | {"description": "the sites asked to train"},
+            "accepted": by_site | {"description": "site: local examples of its accepted update"},
+            "refused": why | {"description": "site: why its update was refused"},
+            "failed": why | {"description": "site: the error it answered with"},
+            "late": sites | {"description": "sites with no answer by the round's end (dropped)"},
+            "bytes_in": by_site | {"description": "site: bytes of its accepted update"},
+            "bytes_out": {"type": "integer", "description": "bytes sent to each sampled site"},
+            "started": number,
+            "seconds": number,
+        },
+        optional=("started",),
+    )
+    run = {
+        "id": integer,
+        "flower_run": nullable(text),
+        "state": {"enum": list(RUN_STATES)},
+        "stage": text,
+        "strategy": text,
+        "rounds_planned": integer,
+        "rounds_done": integer,
+        "base_version": nullable(integer),
+        "candidate_version": nullable(integer),
+        "gate": nullable({"type": "object", "description": "the evaluation gate's numbers"}),
+        "error": nullable(text),
+        "started": number,
+        "finished": nullable(number),
+    }
+    counts = dict.fromkeys(("sampled", "accepted", "late", "refused", "failed"), integer)
+    one_round = closed(
+        {"server_round": integer, "state": {"enum": list(ROUND_STATES)}}
+        | counts
+        | {"tally": tally, "seconds": number, "finished": number}
+    )
+    return {
+        "FederatedRun": closed(run),
+        "FederatedRuns": closed({"runs": {"type": "array", "items": ref("FederatedRun")}}),
+        "FederatedRunDetail": closed(run | {"rounds": {"type": "array", "items": one_round}}),
+    }
 
 
 def _unknown_schemas() -> dict[str, Any]:

@@ -13,6 +13,7 @@ are translated at the boundary where they occur.
     │   ├── TensorSpecError    tensor of the wrong shape, dtype or with non-finite values
     │   ├── HardExampleError   a hard-example record that cannot be accepted (learning.records)
     │   ├── BatchError         an upload batch refused as a whole (not JSON, not a batch, too many)
+    │   ├── UpdateError        a federated model update that cannot be accepted (``reason``: its counter)
     │   ├── RateLimitedError   a sender over its per-device rate
     │   └── CryptoError        a body that cannot be verified (its ``reason`` names the counter)
     │       ├── NotEncryptedError   plaintext where encryption is required
@@ -124,6 +125,18 @@ class RateLimitedError(WireError):
 
 class BatchError(WireError):
     """An upload batch of hard examples that is refused as a whole; ``reason`` names the counter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class UpdateError(WireError):
+    """A federated model update that cannot be accepted; ``reason`` names the counter.
+
+    The server counts ``refused_<reason>`` and leaves the update out of the round's aggregate
+    (``federation.updates`` lists the reasons).
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason

@@ -18,6 +18,10 @@ site made before it existed. The layout of ``DIR``::
       devices/<id>/x25519-k<n>.key  .pub    the device's payload key pair, generation n
       devices/<id>/ca.pem  gateway-x25519.pub   copies, so the directory is all a device needs
       device-keys/<id>.k<n>.pub    the device public keys the gateways load (their keyring)
+      federation/link.pem  link.key         the SuperLink's server certificate (collaborative
+                                            training), SAN = the --host values
+      federation/sites/<site>.key  .pub     a site's EC P-256 identity (OpenSSH): its SuperNode
+                                            authenticates with it and signs its updates
 
 The broker maps a client certificate's CN to its MQTT username, so a device's id *is* its
 identity on the broker, and the ACL confines it to its own topics (:mod:`edgecascade.tools.broker`).
@@ -99,6 +103,19 @@ class Pki:
     def device_keys(self) -> Path:
         """The directory of device public keys a gateway loads."""
         return self.root / "device-keys"
+
+    @property
+    def link_cert(self) -> Path:
+        return self.root / "federation" / "link.pem"
+
+    @property
+    def link_key(self) -> Path:
+        return self.root / "federation" / "link.key"
+
+    @property
+    def site_keys(self) -> Path:
+        """The sites' identity keys: ``<site>.key`` and ``<site>.pub``."""
+        return self.root / "federation" / "sites"
 
     def gateway_dir(self, name: str = DEFAULT_GATEWAY) -> Path:
         return self.root / "gateways" / name
@@ -183,6 +200,32 @@ def issue_announcer(root: str | Path, name: str = DEFAULT_ANNOUNCER, *, force: b
     _refuse_overwrite([directory / "cert.pem", directory / "key.pem"], force)
     _issue_client(pki, directory, name)
     return directory
+
+
+def issue_link(root: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS, *, force: bool = False) -> Path:
+    """The SuperLink's server certificate (SAN = ``hosts``), signed by the site CA; returns it."""
+    pki = _existing(root)
+    if not hosts:
+        raise ConfigError("the SuperLink certificate needs at least one --host")
+    _refuse_overwrite([pki.link_cert, pki.link_key], force)
+    _make_dir(pki.link_cert.parent)
+    ca_cert, ca_key = _load_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_key(pki.link_key, key)
+    _write_cert(
+        pki.link_cert, _leaf(ca_cert, ca_key, "superlink", key, ExtendedKeyUsageOID.SERVER_AUTH, _san(hosts))
+    )
+    return pki.link_cert
+
+
+def issue_site(root: str | Path, site: str) -> tuple[Path, Path]:
+    """A site's identity key pair for collaborative training: ``(<site>.key, <site>.pub)``."""
+    from edgecascade.federation.site_keys import new_site_key
+
+    pki = _existing(root)
+    _make_dir(pki.site_keys.parent)
+    _make_dir(pki.site_keys)
+    return new_site_key(pki.site_keys, site)
 
 
 def issue_gateway(root: str | Path, name: str = DEFAULT_GATEWAY, *, force: bool = False) -> Path:

@@ -44,6 +44,15 @@ def _announcer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation(args: argparse.Namespace) -> int:
+    cert = certs.issue_link(Path(args.dir), args.host or certs.DEFAULT_HOSTS, force=args.force)
+    print(f"SuperLink certificate {cert} (SAN {', '.join(args.host or certs.DEFAULT_HOSTS)})")
+    for site in args.site:
+        key, pub = certs.issue_site(Path(args.dir), site)
+        print(f"site {site}: {key} stays at the site; register {pub} with the SuperLink")
+    return 0
+
+
 def _bench_crypto(args: argparse.Namespace) -> int:
     from edgecascade.tools.bench_crypto import bench_crypto, format_crypto_report
     from edgecascade.tools.report import print_report
@@ -86,6 +95,13 @@ def register(sub: Any, bench: Any) -> None:
     p.add_argument("name", nargs="?", default=certs.DEFAULT_ANNOUNCER, help="its CN (%(default)s)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_announcer)
+
+    p = certs_sub.add_parser("federation", help="the SuperLink's certificate and sites' identity keys")
+    p.add_argument("dir")
+    p.add_argument("--host", action="append", help="a name or address of the SuperLink (repeat)")
+    p.add_argument("--site", action="append", default=[], help="make this site's key pair too (repeat)")
+    p.add_argument("--force", action="store_true", help="replace the SuperLink certificate")
+    p.set_defaults(func=_federation)
 
     p = bench.add_parser("crypto", help="bytes and µs end-to-end encryption adds per message")
     p.add_argument("--n", type=int, default=5000, help="messages per measurement (default %(default)s)")

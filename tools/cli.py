@@ -25,6 +25,7 @@ from edgecascade.tools import (
     broker_cli,
     cache_cli,
     certs_cli,
+    federated_cli,
     retrain_cli,
     security_cli,
     site_cli,
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker_cli.register(sub)
     site_cli.register(sub)
     unknown_cli.register(sub)
+    federated_cli.register(sub)
     for name, func, text in (
         ("gateway", _gateway, "run the gateway daemon (edgecascade gateway --help for its options)"),
         ("cloud", _cloud, "run the cloud service (edgecascade cloud --help for its options)"),

@@ -83,13 +83,10 @@ def retrain(args: argparse.Namespace) -> int:
 
 def _promote(config: CloudConfig, registry: ModelRegistry, version: int) -> int:
     """Promote and announce ``version`` as the cloud's ``auto_promote`` does; 1 if that failed."""
-    from edgecascade.cloud_service.announce import MqttAnnouncer
     from edgecascade.cloud_service.app import own_url
-    from edgecascade.cloud_service.models_api import Rollout
+    from edgecascade.cloud_service.models_api import standalone_rollout
 
-    settings = config.registry
-    announcer = MqttAnnouncer(config.mqtt, settings.announce_timeout) if settings.announce else None
-    rollout = Rollout(registry, None, announcer, settings.signing_key, settings.public_url)
+    rollout = standalone_rollout(config, registry)
     try:
         result = rollout.promote_candidate(version, own_url(config))
     except EdgeCascadeError as exc:

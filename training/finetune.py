@@ -87,7 +87,7 @@ def trains_device(trained: TrainedModel, hard: HardSet, config: FinetuneConfig) 
     return config.train_device and len(hard.raw_y) > 0 and len(hard.raw_y) == len(hard)
 
 
-def _freeze_batch_norm(models: list[keras.Model], frozen: bool) -> None:
+def freeze_batch_norm(models: list[keras.Model], frozen: bool) -> None:
     for model in models:
         for layer in model.layers:  # stage models are flat: no nested models
             if isinstance(layer, layers.BatchNormalization):
@@ -168,7 +168,7 @@ def finetune(
     device_learns = trains_device(trained, hard, config)
     loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained.device.trainable = device_learns  # before freezing BN: this sets every layer of the stage
-    _freeze_batch_norm(stages, True)
+    freeze_batch_norm(stages, True)
     try:
         if device_learns or trained.mode == MODELS:  # every example reaches every exit as an input
             x_hard, y_hard = _as_inputs(trained, hard)
@@ -197,7 +197,7 @@ def finetune(
         )
     finally:
         trained.device.trainable = True
-        _freeze_batch_norm(stages, False)
+        freeze_batch_norm(stages, False)
     trained._joint = None  # rebuilt on next use, over the updated stages
     return {
         "stages": "device+gateway+cloud" if device_learns else "gateway+cloud",

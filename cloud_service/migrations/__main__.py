@@ -19,14 +19,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from edgecascade.cloud_service import jobs, schema, store, unknown_groups
+from edgecascade.cloud_service import federation_store, jobs, schema, store, unknown_groups
 from edgecascade.cloud_service.config import load_cloud_config
 from edgecascade.cloud_service.dashboard import fleet
 from edgecascade.device_sdk.errors import EXIT_OK, ConfigError, exit_code
 
 # every table is in the metadata compared
 assert jobs.retrain_jobs.metadata is fleet.gateway_heartbeats.metadata is store.metadata
-assert unknown_groups.unknown_groups.metadata is store.metadata
+assert unknown_groups.unknown_groups.metadata is federation_store.federated_runs.metadata is store.metadata
 
 
 def main(argv: list[str] | None = None) -> int:

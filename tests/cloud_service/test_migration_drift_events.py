@@ -36,7 +36,7 @@ def test_a_database_at_0003_upgrades_keeping_its_examples_and_downgrades_back(da
     }
     with engine.begin() as db:
         db.execute(sa.table("hard_examples", *(sa.column(k) for k in row)).insert(), [row])
-    assert schema.upgrade(engine) == "0004"
+    assert schema.upgrade(engine) == schema.head_revision()  # through 0004 and any later revision
     assert schema.differences(engine, metadata) == []
     with engine.connect() as db:
         assert db.execute(sa.select(hard_examples.c.id, hard_examples.c.site)).all() == [("a" * 64, None)]

@@ -38,6 +38,7 @@ PATH_VALUES = {
     "filename": "dashboard.css",
     "group_id": "1",
     "site": "site-a",
+    "run_id": "1",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from edgecascade.cloud_service import schema
+from edgecascade.cloud_service import federation_store, schema
 from edgecascade.cloud_service.dashboard import fleet
 from edgecascade.cloud_service.jobs import JobStore, retrain_jobs
 from edgecascade.cloud_service.migrations.__main__ import main as migrations_main
@@ -19,6 +19,7 @@ from edgecascade.cloud_service.store import connect, metadata, model_versions, o
 from edgecascade.device_sdk.errors import ConfigError
 
 assert fleet.fleet_devices.metadata is metadata  # every table is in the metadata compared
+assert federation_store.federated_rounds.metadata is metadata
 
 
 def tables(engine: sa.Engine) -> set[str]:
@@ -27,7 +28,7 @@ def tables(engine: sa.Engine) -> set[str]:
 
 def test_a_new_database_is_migrated_to_head_and_matches_the_code(database_url: str) -> None:
     engine = open_engine(database_url)
-    assert schema.current_revision(engine) == schema.head_revision() == "0004"
+    assert schema.current_revision(engine) == schema.head_revision() == "0005"
     assert tables(engine) == {"alembic_version", "hard_examples", "model_versions", "retrain_jobs"} | {
         "gateway_heartbeats",
         "fleet_devices",
@@ -35,12 +36,14 @@ def test_a_new_database_is_migrated_to_head_and_matches_the_code(database_url: s
         "unknown_group_members",
         "named_classes",
         "drift_events",
+        "federated_runs",
+        "federated_rounds",
     }
     assert schema.differences(engine, metadata) == []  # `alembic check`: the code needs no new revision
     with engine.begin() as db:  # the downgrade undoes the baseline, and it applies again
         command.downgrade(schema.alembic_config(db), "base")
     assert tables(engine) == {"alembic_version"} and schema.current_revision(engine) is None
-    assert schema.upgrade(engine) == "0004" and schema.differences(engine, metadata) == []
+    assert schema.upgrade(engine) == "0005" and schema.differences(engine, metadata) == []
     engine.dispose()
 
 
@@ -106,7 +109,7 @@ def test_the_migrations_command_checks_a_database_against_the_code(
     assert migrations_main(["--database-url", database_url, "check"]) == 1  # empty: not at head
     assert migrations_main(["--database-url", database_url, "upgrade"]) == 0
     assert migrations_main(["--database-url", database_url, "current"]) == 0
-    assert "database at 0004; newest known 0004" in capsys.readouterr().out
+    assert "database at 0005; newest known 0005" in capsys.readouterr().out
     assert migrations_main(["--database-url", database_url, "check"]) == 0
     engine = connect(database_url)
     with engine.begin() as db:  # a change made by hand, not by a migration

@@ -41,6 +41,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.serving import make_server
 
+from edgecascade.cloud_service.federation_store import FederationStore
 from edgecascade.cloud_service.keyring import raw_base64
 from edgecascade.cloud_service.openapi import build_spec
 from edgecascade.device_sdk import wire
@@ -48,6 +49,7 @@ from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.wire import codec
 from edgecascade.device_sdk.wire.heartbeat import Heartbeat, Latency, SeenDevice
 from tests.cloud_service.full_cloud import DEVICE, FullCloud, make_full_cloud
+from tests.federation_kit import make_tally
 from tests.learning_kit import device_examples, with_raw
 
 MAX_EXAMPLES = 20
@@ -266,6 +268,20 @@ def test_the_fleet_and_the_operator_routes_answer_as_described(client: Client, f
     client("GET", "/dashboard/static/{filename}", path_parameters={"filename": "dashboard.js"})
     served = client("GET", "/openapi.json").json()
     assert json.dumps(served, sort_keys=True) == json.dumps(build_spec(), sort_keys=True)
+
+
+def test_the_federated_runs_answer_as_described(client: Client, full_cloud: FullCloud) -> None:
+    store = FederationStore(full_cloud.app.extensions["edgecascade.learning"].store.engine)
+    run_id = store.start_run(strategy="fedavg", rounds=2, base_version=1, flower_run=12345)
+    store.record_round(run_id, make_tally(1, refused={"site-c": "signature"}, late=["site-d"]), state="short")
+    store.finish_run(run_id, state="rejected", gate={"accuracy": 0.5, "passed": False})
+    store.start_run(strategy="median", rounds=3, base_version=1)
+    admin = full_cloud.token("admin")
+    runs = client("GET", "/v1/federated/runs", admin, query={"limit": 5}).json()["runs"]
+    assert [r["strategy"] for r in runs] == ["median", "fedavg"]
+    run = client("GET", "/v1/federated/runs/{run_id}", admin, path_parameters={"run_id": run_id}).json()
+    assert run["state"] == "rejected" and [r["server_round"] for r in run["rounds"]] == [1]
+    client("GET", "/v1/federated/runs/{run_id}", admin, path_parameters={"run_id": 10**6}, expect=404)
 
 
 @schema.parametrize()
