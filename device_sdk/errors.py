@@ -31,8 +31,9 @@ are translated at the boundary where they occur.
     │   └── RegistryError      a registry operation that cannot be done (see its ``status``)
     ├── TransportError         a link failed
     │   ├── TransportTimeout   no answer in time
-    │   └── RemoteError        the other side answered with an error message
-    │       └── OutOfWindowError  a sealed refusal of a sequence number: where to continue
+    │   ├── RemoteError        the other side answered with an error message
+    │   │   └── OutOfWindowError  a sealed refusal of a sequence number: where to continue
+    │   └── FlowerCommandError  a ``flwr`` command (register a site, submit a run) failed
     ├── StorageError           a durable store (outbox, replay windows) cannot be opened, read or written
     ├── AuthError              a credential is missing, wrong, expired or revoked (HTTP 401)
     │   └── ScopeError         a valid credential used outside its scope (HTTP 403)
@@ -194,6 +195,10 @@ class RemoteError(TransportError):
         self.code = code
         self.message = message
         super().__init__(f"remote error {code}: {message}")
+
+
+class FlowerCommandError(TransportError):
+    """A ``flwr`` command against the SuperLink failed; the message is Flower's."""
 
 
 class OutOfWindowError(RemoteError):

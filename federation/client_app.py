@@ -6,7 +6,8 @@ them on its held-out slice, fine-tunes them on the rest of its data
 (:mod:`edgecascade.federation.local_training`) and answers with the *delta* to the weights it
 was sent, compressed, and signed with the site's key (:mod:`edgecascade.federation.updates`).
 Only weights, example counts and accuracies leave the site. An ``evaluate`` message asks for
-the accuracies of the weights it carries on the held-out slice.
+the accuracies of the weights it carries, and of the baseline weights it carries too, on the
+held-out slice.
 
 The SuperNode's node config says who the site is and where its things are::
 
@@ -20,7 +21,6 @@ as failed for the round and goes on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,15 +71,6 @@ class SiteNode:
             holdout_fraction=float(str(config.get("holdout-fraction", 0.2))),
             seed=int(str(config.get("seed", 0))),
         )
-
-
-def weights_digest(arrays: Sequence[np.ndarray]) -> str:
-    """SHA-256 of the arrays' shapes and bytes: which model a site was sent."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(repr((array.dtype.str, array.shape)).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def _load(node: SiteNode, arrays: Sequence[np.ndarray]) -> tuple[TrainedModel, Split]:
@@ -149,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
         "model-version": version,
         "compression": compression,
         "signature": signature,
-        "received-digest": weights_digest(base),
+        "received-digest": updates.weights_digest(base),
     }
     return messages.reply(
         msg,
@@ -163,12 +154,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """The accuracies of the weights in ``msg`` on this site's held-out slice."""
-    from edgecascade.federation.local_training import exit_accuracies
+    """The accuracies of the weights in ``msg`` and of its baseline on this held-out slice."""
+    from edgecascade.federation.local_training import exit_accuracies, set_model_weights
 
     node = SiteNode.from_node_config(dict(context.node_config))
-    trained, (_, (x_hold, y_hold)) = _load(node, messages.arrays(msg.content))
+    trained, (_, (x_hold, y_hold)) = _load(node, messages.arrays(msg.content, messages.BASELINE))
     numbers: dict[str, int | float] = {"num-examples": len(y_hold)}
+    numbers |= messages.exit_metrics("baseline", exit_accuracies(trained, x_hold, y_hold))
+    set_model_weights(trained, messages.arrays(msg.content))
     numbers |= messages.exit_metrics("accuracy", exit_accuracies(trained, x_hold, y_hold))
     return messages.reply(
         msg,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -31,6 +32,8 @@ from edgecascade.federation.rounds import RoundRule, RoundTally, quorum
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+NO_ANSWER = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE)
+"""Flower's errors for a message nobody answered in time: late, not failed."""
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,19 @@ class Accepted:
     examples: int
     weights: list[np.ndarray]
     metrics: dict[str, float]
+    received: str  # digest of the weights the site says it trained from
+    before: float  # the round's incoming weights on the site's held-out data, pooled over exits
+    holdout: int  # how many held-out examples that was measured on
 
 
 @dataclass
 class Evaluation:
-    """The sites' accuracies of one model: pooled over exits, weighted by held-out examples."""
+    """Two models measured by the same sites on their held-out data."""
 
-    accuracy: float = 0.0
+    accuracy: float = 0.0  # the evaluated weights
+    baseline: float = 0.0  # the weights they are compared with (the served model)
     examples: int = 0
-    by_site: dict[str, float] = field(default_factory=dict)
+    by_site: dict[str, float] = field(default_factory=dict)  # the evaluated weights' last exit, per site
 
 
 def check_reply(
@@ -88,8 +95,12 @@ def check_reply(
     )
     updates.verify_update(keys, site, digest, signature)
     weights = updates.decode_update(base, encoded, compression)
+    holdout = messages.integer(numbers, "holdout-examples")
+    before = messages.pooled(numbers, "accuracy-before") if holdout else 0.0
+    if holdout < 0:
+        raise UpdateError("malformed", f"{holdout} held-out examples")
     kept = {k: float(v) for k, v in numbers.items() if isinstance(v, int | float)}
-    return Accepted(site, examples, weights, kept)
+    return Accepted(site, examples, weights, kept, messages.text(update, "received-digest"), before, holdout)
 
 
 class Coordinator:
@@ -123,12 +134,19 @@ class Coordinator:
 
     def _send(
         self, nodes: Iterable[int], content: Callable[[], RecordDict], kind: str, deadline: float
-    ) -> list[Message]:
+    ) -> list[tuple[int, Message]]:
+        """Send to ``nodes`` and wait until ``deadline``: ``(node, reply)`` for the replies in time.
+
+        A reply is matched to its node by the message it answers: an error reply the SuperLink
+        makes for a node that went away comes from the SuperLink, not from the node.
+        """
         ttl = max(deadline - self.clock(), 1.0)
         messages = [Message(content(), dst_node_id=n, message_type=kind, ttl=ttl) for n in nodes]
         if not messages:
             return []
-        return list(self.grid.send_and_receive(messages, timeout=max(deadline - self.clock(), 0.0)))
+        replies = list(self.grid.send_and_receive(messages, timeout=max(deadline - self.clock(), 0.0)))
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        return [(sent.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
 
     def _content(self, weights: Sequence[np.ndarray], config: Mapping[str, Any]) -> Callable[[], RecordDict]:
         return lambda: RecordDict(
@@ -153,8 +171,10 @@ class Coordinator:
         tally.bytes_out = updates.payload_bytes(weights)
         replies = self._send(nodes, self._content(weights, config), MessageType.TRAIN, deadline)
         accepted: list[Accepted] = []
-        for reply in replies:
-            node = reply.metadata.src_node_id
+        for node, reply in replies:
+            if reply.has_error() and reply.error.code in NO_ANSWER:
+                logger.warning("round %d: no result from %s in time (late)", server_round, self.name(node))
+                continue
             if reply.has_error():
                 error = reply.error.reason or f"error code {reply.error.code}"
                 tally.fail(self.name(node), error)
@@ -162,6 +182,8 @@ class Coordinator:
                 continue
             try:
                 update = check_reply(reply, weights, self.plan, server_round, self.keys)
+                if update.site != self.name(node) and update.site in tally.sampled:
+                    raise UpdateError("signature", f"another node answers as {update.site!r} this round")
             except UpdateError as exc:
                 tally.refuse(self.name(node), exc.reason)
                 logger.warning("round %d: refused the update of %s: %s", server_round, self.name(node), exc)
@@ -190,6 +212,7 @@ class Coordinator:
     def _rename(self, tally: RoundTally, node: int, site: str) -> None:
         """Learn a node's site name from its first signed reply; the sampled list shows names."""
         old = self.name(node)
+        self.sites = {n: s for n, s in self.sites.items() if s != site}  # a site answers from one node
         self.sites[node] = site
         tally.sampled = [site if s == old else s for s in tally.sampled]
 
@@ -212,26 +235,43 @@ class Coordinator:
             raise UpdateError("malformed", "the strategy aggregated nothing")
         return [np.asarray(a) for a in arrays.to_numpy_ndarrays()]
 
-    def evaluate(self, weights: list[np.ndarray]) -> Evaluation:
-        """The connected sites' accuracies of ``weights`` on their held-out data (until the round timeout)."""
+    def evaluate(self, weights: list[np.ndarray], baseline: list[np.ndarray]) -> Evaluation:
+        """Sites' accuracies of ``weights`` and ``baseline`` on their held-out data (until the round timeout).
+
+        Only sites whose updates were accepted in this run count: they proved who they are
+        (an evaluation reply carries no signature), and both models are measured by the
+        same sites on the same examples, so the difference is the models'.
+        """
         deadline = self.clock() + self.rule.timeout
-        replies = self._send(
-            self.connected(deadline), self._content(weights, {}), MessageType.EVALUATE, deadline
-        )
+        trusted = [n for n in self.connected(deadline) if n in self.sites]
+
+        def content() -> RecordDict:
+            return RecordDict(
+                {messages.ARRAYS: ArrayRecord(list(weights)), messages.BASELINE: ArrayRecord(list(baseline))}
+            )
+
         result = Evaluation()
-        correct = 0.0
-        for reply in replies:
-            site = self.name(reply.metadata.src_node_id)
+        correct = correct_baseline = 0.0
+        for node, reply in self._send(trusted, content, MessageType.EVALUATE, deadline):
+            site = self.name(node)
             try:
                 if reply.has_error():
                     raise UpdateError("malformed", reply.error.reason or f"error code {reply.error.code}")
                 numbers = messages.metrics(reply.content)
-                n, pooled = messages.integer(numbers, "num-examples"), messages.pooled(numbers, "accuracy")
+                n = messages.integer(numbers, "num-examples")
+                pooled, pooled_baseline = (
+                    messages.pooled(numbers, "accuracy"),
+                    messages.pooled(numbers, "baseline"),
+                )
+                if n < 0:
+                    raise UpdateError("malformed", f"{n} held-out examples")
                 result.by_site[site] = messages.number(numbers, "accuracy")
             except UpdateError as exc:
                 logger.warning("evaluation: no accuracies from %s: %s", site, exc)
                 continue
             correct += pooled * n
+            correct_baseline += pooled_baseline * n
             result.examples += n
-        result.accuracy = correct / result.examples if result.examples else 0.0
+        if result.examples:
+            result.accuracy, result.baseline = correct / result.examples, correct_baseline / result.examples
         return result

@@ -23,15 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecascade.device_sdk.errors import ConfigError, DependencyError, EdgeCascadeError
+from edgecascade.device_sdk.errors import ConfigError, DependencyError, FlowerCommandError
 
 CONNECTION = "edgecascade"
 APP_NAME = "edgecascade-federated"
 FLOWER_TIMEOUT = 120.0
-
-
-class FlowerCommandError(EdgeCascadeError):
-    """A ``flwr`` command failed (its message is Flower's)."""
 
 
 def flower_bin() -> Path:
@@ -136,6 +132,20 @@ def write_flower_home(home: Path, superlink: str, ca: Path) -> Path:
         f'address = "{superlink}"\nroot-certificates = "{Path(ca).resolve()}"\n'
     )
     return home
+
+
+def read_flower_home(home: Path) -> tuple[str, Path] | None:
+    """The SuperLink address and CA a Flower home written by :func:`write_flower_home` names; None if none."""
+    import tomllib
+
+    try:
+        with open(Path(home) / "config.toml", "rb") as f:
+            connection = tomllib.load(f)["superlink"][CONNECTION]
+        return str(connection["address"]), Path(connection["root-certificates"])
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{home}/config.toml is not a Flower home this tool wrote: {exc}") from None
 
 
 def write_app(directory: Path) -> Path:

@@ -117,7 +117,7 @@ def train_locally(
 
         data = (
             tf.data.Dataset.from_tensor_slices((trained.input_spec.normalise(x), y.astype(np.int64)))
-            .shuffle(len(y), seed=settings.seed, reshuffle_each_iteration=True)
+            .shuffle(max(len(y), 1), seed=settings.seed, reshuffle_each_iteration=True)  # no data: no steps
             .batch(settings.batch_size)
         )
         losses = []

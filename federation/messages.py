@@ -2,12 +2,14 @@
 
 A ``train`` message holds the round's weights (:data:`ARRAYS`) and settings (:data:`CONFIG`:
 ``server-round``, ``model-version``, ``compression``, ``local-epochs``, ``batch-size``,
-``learning-rate``, ``proximal-mu``); an ``evaluate`` message holds only weights. A site's
+``learning-rate``, ``proximal-mu``). A site's
 train reply holds its encoded update (:data:`ARRAYS`), its numbers (:data:`METRICS`:
 ``num-examples``, ``holdout-examples``, ``accuracy-before[-exitN]``, ``loss``,
 ``train-seconds``) and who signed what (:data:`UPDATE`: ``site``, ``model-version``,
-``compression``, ``signature``, ``received-digest``); an evaluate reply holds
-:data:`METRICS` (``num-examples``, ``accuracy[-exitN]``) and :data:`UPDATE` (``site``).
+``compression``, ``signature``, ``received-digest``). An ``evaluate`` message holds the
+weights to measure (:data:`ARRAYS`) and those to compare them with (:data:`BASELINE`); its
+reply holds :data:`METRICS` (``num-examples``, ``accuracy[-exitN]``,
+``baseline[-exitN]``) and :data:`UPDATE` (``site``).
 
 Every read below raises :class:`~edgecascade.device_sdk.errors.UpdateError` (reason
 ``malformed``) when the record or value is missing or of another type: a reply is data from
@@ -23,14 +25,14 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from edgecascade.device_sdk.errors import UpdateError
 
-ARRAYS, CONFIG, METRICS, UPDATE = "arrays", "config", "metrics", "update"
+ARRAYS, BASELINE, CONFIG, METRICS, UPDATE = "arrays", "baseline", "config", "metrics", "update"
 
 
-def arrays(content: RecordDict) -> list[np.ndarray]:
+def arrays(content: RecordDict, name: str = ARRAYS) -> list[np.ndarray]:
     try:
-        return [np.asarray(a) for a in content.array_records[ARRAYS].to_numpy_ndarrays()]
+        return [np.asarray(a) for a in content.array_records[name].to_numpy_ndarrays()]
     except (KeyError, TypeError, ValueError) as exc:
-        raise UpdateError("malformed", f"no readable {ARRAYS} record: {exc!r}") from None
+        raise UpdateError("malformed", f"no readable {name} record: {exc!r}") from None
 
 
 def config(content: RecordDict, name: str = CONFIG) -> ConfigRecord:
@@ -87,10 +89,15 @@ def exit_metrics(prefix: str, values: list[float]) -> dict[str, float]:
 
 
 def pooled(record: MetricRecord, prefix: str) -> float:
-    """The mean over exits of ``prefix-exitN``: every (example, exit) evaluation counted once."""
+    """The mean over exits of ``prefix-exitN``: every (example, exit) evaluation counted once.
+
+    Each value is an accuracy: one outside [0, 1] (or NaN) is ``malformed``, not averaged in.
+    """
     values = [
         float(v) for k, v in record.items() if k.startswith(f"{prefix}-exit") and isinstance(v, int | float)
     ]
     if not values:
         raise UpdateError("malformed", f"no {prefix}-exitN metrics")
+    if not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
+        raise UpdateError("malformed", f"{prefix}-exitN: {values!r:.60} are not all in [0, 1]")
     return sum(values) / len(values)

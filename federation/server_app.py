@@ -19,10 +19,12 @@ Any exception ends the run ``failed`` with the error in the database.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
@@ -32,12 +34,16 @@ from edgecascade.cloud_service.config import CloudConfig, FederatedSettings, loa
 from edgecascade.cloud_service.federation_store import FederationStore
 from edgecascade.cloud_service.registry import ModelRegistry
 from edgecascade.cloud_service.store import open_engine
+from edgecascade.device_sdk.files import atomic_write
 from edgecascade.device_sdk.model.bundle import Bundle, load_bundle
-from edgecascade.federation.coordinator import Coordinator, RoundPlan
+from edgecascade.federation import updates
+from edgecascade.federation.coordinator import Accepted, Coordinator, RoundPlan
 from edgecascade.federation.rounds import RoundRule, bytes_per_site
 from edgecascade.federation.site_keys import load_public_keys
 
 logger = logging.getLogger(__name__)
+
+AGGREGATE = "aggregate.npz"  # the last round's weights, in each run's directory
 
 app = ServerApp()
 
@@ -114,7 +120,8 @@ class FederatedRun:
         settings, manifest = self.settings, served.manifest
         self.store.set_stage(run_id, "loading the served model")
         checkpoint = checkpoint_for(self.config.models_dir, manifest.version, self.config.retrain.checkpoint)
-        weights = model_weights(load_trained(checkpoint))
+        served_weights = model_weights(load_trained(checkpoint))
+        weights = served_weights
         plan = RoundPlan(
             run=self.flower_run,
             model_version=manifest.version,
@@ -131,14 +138,18 @@ class FederatedRun:
         )
         keys = load_public_keys(settings.site_keys)
         coordinator = Coordinator(self.grid, make_strategy(settings), rule, plan, keys)
-        first: dict[str, Any] = {}
         for server_round in range(1, settings.rounds + 1):
             self.store.set_stage(run_id, f"round {server_round}/{settings.rounds}")
+            sent = updates.weights_digest(weights)
             weights, tally, accepted = coordinator.train_round(server_round, weights)
             before = _pooled_before(accepted)
-            first = first or before
             outcome = tally.state(rule, len(tally.sampled))
-            record = tally.to_json() | {"bytes_per_site": bytes_per_site(tally), "accuracy_before": before}
+            record = tally.to_json() | {
+                "bytes_per_site": bytes_per_site(tally),
+                "accuracy_before": before,
+                "model_sent": sent,  # what every site of the round was sent (a new site too)
+                "models_received": {a.site: a.received for a in accepted},
+            }
             self.store.record_round(run_id, record, state=outcome)
             logger.info(
                 "round %d %s: %d accepted of %d, %d late, %.1f s",
@@ -149,17 +160,18 @@ class FederatedRun:
                 len(tally.late),
                 tally.seconds,
             )
-        self.store.set_stage(run_id, "evaluating the aggregate at the sites")
-        final = coordinator.evaluate(weights)
+        self.store.set_stage(run_id, "evaluating the aggregate and the served model at the sites")
+        final = coordinator.evaluate(weights, served_weights)
         self.store.set_stage(run_id, "gating the aggregate")
         workdir = Path(settings.workdir) / f"run-{run_id}"
         workdir.mkdir(parents=True, exist_ok=True)
+        save_weights(workdir / AGGREGATE, weights)  # kept whatever the gate says
         shipped = ship(
             weights,
             config=self.config,
             served=served,
             checkpoint=checkpoint,
-            sites_current=SiteScore(first.get("accuracy", 0.0), int(first.get("examples", 0))),
+            sites_current=SiteScore(final.baseline, final.examples),
             sites_candidate=SiteScore(final.accuracy, final.examples),
             workdir=workdir,
             extra={"federated_run": run_id, "sites": final.by_site},
@@ -179,13 +191,26 @@ class FederatedRun:
         return "promoted"
 
 
-def _pooled_before(accepted: list[Any]) -> dict[str, float]:
+def save_weights(path: Path, weights: list[Any]) -> None:
+    """The aggregate's arrays in order, as ``.npz`` (``arr_0`` …); read back with :func:`load_weights`."""
+    atomic_write(path, _npz_bytes(weights))
+
+
+def _npz_bytes(weights: list[Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *weights)
+    return buffer.getvalue()
+
+
+def load_weights(path: Path) -> list[np.ndarray]:
+    """Arrays saved by :func:`save_weights` (no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def _pooled_before(accepted: list[Accepted]) -> dict[str, float]:
     """The round's incoming model as the sites measured it before training, pooled."""
-    examples = sum(int(a.metrics.get("holdout-examples", 0)) for a in accepted)
+    examples = sum(a.holdout for a in accepted)
     if not examples:
         return {}
-    total = 0.0
-    for a in accepted:
-        exits = [v for k, v in a.metrics.items() if k.startswith("accuracy-before-exit")]
-        total += float(sum(exits) / len(exits)) * a.metrics.get("holdout-examples", 0)
-    return {"accuracy": total / examples, "examples": float(examples)}
+    return {"accuracy": sum(a.before * a.holdout for a in accepted) / examples, "examples": float(examples)}

@@ -144,6 +144,16 @@ def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
     return sum(int(a.nbytes) for a in arrays)
 
 
+def weights_digest(arrays: Sequence[np.ndarray]) -> str:
+    """SHA-256 (hex) of whole weights, dtypes and shapes included: which model a site was sent."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.asarray(array)
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def update_digest(
     *,
     site: str,

@@ -98,6 +98,29 @@ def _bench_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_federated(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from edgecascade.tools.bench_federated import FederatedOptions, bench_federated, format_federated_report
+    from edgecascade.tools.report import print_report
+    from edgecascade.training.data import load_fashion_mnist
+
+    options = FederatedOptions(
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        strategy=args.strategy,
+        compression=args.compression,
+        round_timeout=args.round_timeout,
+        seed=args.seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-federated-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = bench_federated(load_fashion_mnist(), workdir, options, progress=not args.no_progress)
+    print_report(format_federated_report(report), report, args.report)
+    return 0
+
+
 def _bench_novelty(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -159,6 +182,31 @@ def register(
     p.add_argument("--plot", help="where to save the accuracy against offload share plot (PNG)")
     p.add_argument("--n", type=int, default=0, help="use the first N test images (default: all)")
     p.set_defaults(func=_bench_accuracy)
+    p = bench.add_parser(
+        "federated", help="collaborative training over 8 label-skewed sites, with sites killed and slow"
+    )
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default %(default)s)")
+    p.add_argument(
+        "--local-epochs", type=int, default=1, help="epochs per site per round (default %(default)s)"
+    )
+    p.add_argument(
+        "--strategy",
+        default="fedavg",
+        choices=("fedavg", "fedprox", "trimmed_mean", "median"),
+        help="aggregation",
+    )
+    p.add_argument(
+        "--compression", default="int8", choices=("none", "float16", "int8"), help="update encoding"
+    )
+    p.add_argument(
+        "--round-timeout", type=float, default=150.0, help="seconds a round waits (default %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="keep the run's files here (default: a temporary directory)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench_federated)
+
     p = bench.add_parser(
         "novelty", help="train without some classes, stream them in: how well unknown inputs are told"
     )

@@ -134,19 +134,32 @@ class LocalFederation:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
-    def running_clientapp(self, site: str) -> bool:
-        """Whether the site is running a ClientApp now (it received a round's message)."""
-        pgid = self.processes[site].pid
+    def clientapps(self, site: str) -> list[int]:
+        """The pids of the ClientApps the site runs now (it received a round's message)."""
+        pgid, pids = self.processes[site].pid, []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 if (
                     os.getpgid(int(proc.name)) == pgid
                     and b"flwr-clientapp" in (proc / "cmdline").read_bytes()
                 ):
-                    return True
+                    pids.append(int(proc.name))
             except (OSError, ProcessLookupError):
                 continue
-        return False
+        return pids
+
+    def running_clientapp(self, site: str) -> bool:
+        return bool(self.clientapps(site))
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the process group of ``name``: a site that stops answering mid-round (a slow
+        or hung machine) and may come back (:meth:`resume`). Stopping only its ClientApp would
+        not do: the SuperNode would start another one for the same message."""
+        os.killpg(self.processes[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.processes[name].pid, signal.SIGCONT)
 
     def submit(self, cloud_config: Path) -> str:
         """Submit a run of the federated app for the cloud configured by ``cloud_config``."""
