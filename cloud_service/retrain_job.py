@@ -49,7 +49,7 @@ from typing import Any
 
 from edgecascade.cloud_service.blobs import BlobStore
 from edgecascade.cloud_service.candidates import checkpoint_for, next_version, publish_candidate
-from edgecascade.cloud_service.config import DEFAULT_MODELS_DIR
+from edgecascade.cloud_service.config import DEFAULT_MODELS_DIR, RetrainSettings
 from edgecascade.cloud_service.intake import VersionSpec
 from edgecascade.cloud_service.jobs import JobSpec, JobStore
 from edgecascade.cloud_service.store import ExampleStore, open_engine
@@ -166,7 +166,6 @@ class _Retrain:
         settings = self.settings
         self.report(0.01, "importing TensorFlow")
         from edgecascade.training import retrain
-        from edgecascade.training.data import load_fashion_mnist, load_npz
         from edgecascade.training.finetune import FinetuneConfig, finetune, trains_device
 
         self.report(0.02, "loading the served model")
@@ -193,16 +192,7 @@ class _Retrain:
             return outcome
 
         self.report(0.1, "loading the original data")
-        data = load_npz(settings.data) if settings.data else load_fashion_mnist()
-        original = retrain.original_slices(
-            data,
-            current.config,
-            replay_size=settings.replay_size,
-            val_size=settings.val_size,
-            test_size=settings.test_size,
-            seed=settings.seed,
-            known=len(manifest.classes),
-        )
+        original = original_data(settings, current.config, known=len(manifest.classes))
 
         self.report(0.15, "fine-tuning")
         config = FinetuneConfig(
@@ -309,6 +299,24 @@ class _Retrain:
         hard = split.sets()
         logger.info("hard examples: %s", hard.counts())
         return hard
+
+
+def original_data(settings: RetrainSettings, train_config: Any, known: int) -> Any:
+    """The slices of the original data (``retrain.data``, else Fashion-MNIST) a candidate is
+    fine-tuned against, recalibrated and gated on (``training.retrain.OriginalSlices``)."""
+    from edgecascade.training import retrain
+    from edgecascade.training.data import load_fashion_mnist, load_npz
+
+    data = load_npz(settings.data) if settings.data else load_fashion_mnist()
+    return retrain.original_slices(
+        data,
+        train_config,
+        replay_size=settings.replay_size,
+        val_size=settings.val_size,
+        test_size=settings.test_size,
+        seed=settings.seed,
+        known=known,
+    )
 
 
 def class_list(examples: ExampleStore, manifest: Manifest) -> tuple[str, ...]:

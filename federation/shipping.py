@@ -25,6 +25,7 @@ import numpy as np
 
 from edgecascade.cloud_service.candidates import next_version, publish_candidate
 from edgecascade.cloud_service.config import CloudConfig
+from edgecascade.cloud_service.retrain_job import original_data
 from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.training.gate import GateRule, decide
 
@@ -62,7 +63,6 @@ def ship(
     """Gate the aggregate ``weights`` against the served model; export, sign and publish it when it passes."""
     from edgecascade.federation.local_training import set_model_weights
     from edgecascade.training import retrain
-    from edgecascade.training.data import load_fashion_mnist, load_npz
     from edgecascade.training.finetune import gate_scores
     from edgecascade.training.hard_examples import HardSet
 
@@ -70,16 +70,7 @@ def ship(
     manifest = served.manifest
     current, candidate = retrain.load_for_finetuning(checkpoint, manifest)
     set_model_weights(candidate, weights)
-    data = load_npz(settings.data) if settings.data else load_fashion_mnist()
-    original = retrain.original_slices(
-        data,
-        current.config,
-        replay_size=settings.replay_size,
-        val_size=settings.val_size,
-        test_size=settings.test_size,
-        seed=settings.seed,
-        known=len(manifest.classes),
-    )
+    original = original_data(settings, current.config, known=len(manifest.classes))
     shape = tuple(current.input_spec.shape)
     none = HardSet.build([], {"raw": shape, "cut1": (1,), "cut2": (1,)})
     retrain.recalibrate(candidate, original.validation, none)

@@ -29,6 +29,7 @@ import numpy as np
 
 from edgecascade.device_sdk.errors import DatasetError, DependencyError
 from edgecascade.device_sdk.files import atomic_write
+from edgecascade.training.data import int_labels, raw_images
 
 __all__ = ["check_input_shape", "class_folder", "load_site_data", "save_site_data", "split_holdout"]
 
@@ -43,39 +44,8 @@ def class_folder(name: str) -> str:
     return name.replace("/", "_").replace("\\", "_")
 
 
-def _images(x: np.ndarray, where: object) -> np.ndarray:
-    """``x`` as uint8 ``(N, H, W[, C])``: numeric, finite, raw 0-255 values (not normalised)."""
-    if x.ndim not in (3, 4) or min(x.shape[1:]) < 1:
-        raise DatasetError(f"{where}: images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
-    if x.dtype == np.uint8:
-        return x
-    if (
-        x.dtype == np.bool_
-        or not np.issubdtype(x.dtype, np.number)
-        or np.issubdtype(x.dtype, np.complexfloating)
-    ):
-        raise DatasetError(f"{where}: images must be numeric, got dtype {x.dtype}")
-    if x.size and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255):
-        raise DatasetError(f"{where}: images must hold raw values in [0, 255]")
-    if x.size and np.issubdtype(x.dtype, np.floating) and x.max() <= 1.0:
-        raise DatasetError(
-            f"{where}: images look normalised to [0, 1]; store raw 0-255 values "
-            "(the model's input spec applies the scaling)"
-        )
-    return np.rint(x).astype(np.uint8)
-
-
-def _labels(y: np.ndarray, where: object) -> np.ndarray:
-    """``y`` as int64 ``(N,)``; refuses floats, booleans, one-hot rows and negative labels."""
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"{where}: labels must be a 1-d array of integers, got {y.dtype} {y.shape}")
-    if y.size and int(y.min()) < 0:
-        raise DatasetError(f"{where}: labels must be >= 0, found {int(y.min())}")
-    return y.astype(np.int64)
-
-
 def _checked(x: np.ndarray, y: np.ndarray, where: object) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _images(x, where), _labels(y, where)
+    x, y = raw_images(x, where), int_labels(y, where)
     if len(x) != len(y):
         raise DatasetError(f"{where}: {len(x)} images but {len(y)} labels")
     if len(x) == 0:

@@ -124,31 +124,40 @@ def load_fashion_mnist(root: str | Path = FASHION_MNIST_ROOT) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test, FASHION_MNIST_CLASSES)
 
 
-def _images(x: np.ndarray, path: Path) -> np.ndarray:
-    if x.ndim == 3:
-        x = x[..., np.newaxis]
-    if x.ndim != 4 or min(x.shape[1:]) < 1:
-        raise DatasetError(f"{path}: images must be (N, H, W) or (N, H, W, C), got {x.shape}")
+def raw_images(x: np.ndarray, where: object) -> np.ndarray:
+    """``x`` as uint8 ``(N, H, W[, C])``: numeric, finite, raw 0-255 values (not normalised)."""
+    if x.ndim not in (3, 4) or min(x.shape[1:]) < 1:
+        raise DatasetError(f"{where}: images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
     if x.dtype == np.uint8:
         return x
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise DatasetError(f"{path}: images must be numeric, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255:
-        raise DatasetError(f"{path}: images must hold values in [0, 255]")
-    if x.size and x.max() <= 1.0:
+    if (
+        x.dtype == np.bool_
+        or not np.issubdtype(x.dtype, np.number)
+        or np.issubdtype(x.dtype, np.complexfloating)
+    ):
+        raise DatasetError(f"{where}: images must be numeric, got dtype {x.dtype}")
+    if x.size and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255):
+        raise DatasetError(f"{where}: images must hold raw values in [0, 255]")
+    if x.size and np.issubdtype(x.dtype, np.floating) and x.max() <= 1.0:
         raise DatasetError(
-            f"{path}: images look normalised to [0, 1]; store raw 0-255 values "
-            "(the bundle's input spec applies the scaling)"
+            f"{where}: images look normalised to [0, 1]; store raw 0-255 values "
+            "(the model's input spec applies the scaling)"
         )
     return np.rint(x).astype(np.uint8)
 
 
-def _labels(y: np.ndarray, path: Path) -> np.ndarray:
+def int_labels(y: np.ndarray, where: object) -> np.ndarray:
+    """``y`` as int64 ``(N,)``; refuses floats, booleans, one-hot rows and negative labels."""
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"{path}: labels must be a 1-d integer array, got {y.dtype} {y.shape}")
+        raise DatasetError(f"{where}: labels must be a 1-d integer array, got {y.dtype} {y.shape}")
     if y.size and int(y.min()) < 0:
-        raise DatasetError(f"{path}: labels must be >= 0")
+        raise DatasetError(f"{where}: labels must be >= 0, found {int(y.min())}")
     return y.astype(np.int64)
+
+
+def _images(x: np.ndarray, path: Path) -> np.ndarray:
+    x = raw_images(x, path)
+    return x[..., np.newaxis] if x.ndim == 3 else x
 
 
 def load_npz(
@@ -181,11 +190,11 @@ def load_npz(
     missing = {"x", "y"} - arrays.keys()
     if missing:
         raise DatasetError(f"{path}: missing arrays {sorted(missing)}; found {sorted(arrays)}")
-    x, y = _images(arrays["x"], path), _labels(arrays["y"], path)
+    x, y = _images(arrays["x"], path), int_labels(arrays["y"], path)
     if len(x) != len(y):
         raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels")
     if "x_test" in arrays and "y_test" in arrays:
-        x_test, y_test = _images(arrays["x_test"], path), _labels(arrays["y_test"], path)
+        x_test, y_test = _images(arrays["x_test"], path), int_labels(arrays["y_test"], path)
         if len(x_test) != len(y_test) or x_test.shape[1:] != x.shape[1:]:
             raise DatasetError(f"{path}: x_test {x_test.shape} / y_test {y_test.shape} do not match x")
         x_train, y_train = x, y
