@@ -97,7 +97,7 @@ def train_locally(
     try:
         variables = list(model.trainable_variables)
         anchor = [tf.constant(v.numpy()) for v in variables]
-        optimizer = keras.optimizers.Adam(settings.learning_rate)
+        optimizer = keras.optimizers.Adam(settings.learning_rate)  # fresh each round
         cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         mu = tf.constant(settings.proximal_mu, tf.float32)
 

@@ -185,7 +185,7 @@ def register(
     p = bench.add_parser(
         "federated", help="collaborative training over 8 label-skewed sites, with sites killed and slow"
     )
-    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=8, help="federated rounds (default %(default)s)")
     p.add_argument(
         "--local-epochs", type=int, default=1, help="epochs per site per round (default %(default)s)"
     )
@@ -199,7 +199,7 @@ def register(
         "--compression", default="int8", choices=("none", "float16", "int8"), help="update encoding"
     )
     p.add_argument(
-        "--round-timeout", type=float, default=150.0, help="seconds a round waits (default %(default)s)"
+        "--round-timeout", type=float, default=240.0, help="seconds a round waits (default %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the run's files here (default: a temporary directory)")

@@ -14,9 +14,9 @@ cloud-only start and with the same local training recipe and number of epochs:
 - **centralised** (reference only): the same fine-tuning on all the data pooled in one place.
 
 During the run two sites are killed with SIGKILL mid-round (their SuperNode and ClientApp),
-one site's ClientApp is stopped for longer than a round (a slow site: its late result is
-dropped, it joins the next round), and a new site joins before the last round: the model it
-is sent first must be the current aggregate. Accuracies are the whole model's (the last exit).
+one site is stopped (SIGSTOP) mid-round until that round is over (a hung site: the round
+goes on without it, and it joins a later one), and a new site joins before the last round:
+the model it is sent first must be the current aggregate. Accuracies are the whole model's (the last exit).
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ def log(message: str) -> None:
 class FederatedOptions:
     """The benchmark's knobs; the defaults are the documented run."""
 
-    rounds: int = 5
+    rounds: int = 8
     local_epochs: int = 1
     cloud_epochs: int = 8
     learning_rate: float = 1e-3
     batch_size: int = 64
     strategy: str = "fedavg"
     compression: str = "int8"
-    round_timeout: float = 150.0
+    round_timeout: float = 240.0
     alpha: float = 0.3
     seed: int = 0
     kill_round: int = 2
@@ -187,6 +187,7 @@ def bench_federated(
         **_run_numbers(run, options),
         "killed_sites": list(faults.killed),
         "slow_site": faults.slowed,
+        "slow_site_back_in_round": _back_in(run, options.slow, options.slow_round),
         "new_site_accuracy": accuracy(aggregated, new.x_test, new.y_test),
         "new_site_cloud_only": accuracy(cloud_only, new.x_test, new.y_test),
         "new_site_first_model_is_aggregate": _first_model_is_aggregate(run, new.name),
@@ -204,6 +205,7 @@ def _run_numbers(run: dict[str, Any], options: FederatedOptions) -> dict[str, An
     late = [r["tally"]["late"] for r in rounds]
     bytes_per_site = [r["tally"]["bytes_per_site"] for r in rounds if r["tally"]["bytes_per_site"]]
     stalled = sum(r["seconds"] > options.round_timeout + STALL_GRACE for r in rounds)
+    updates = [n for r in rounds for n in r["tally"]["bytes_in"].values()]
     return {
         "rounds_planned": run["rounds_planned"],
         "rounds_completed": sum(r["state"] == "completed" for r in rounds),
@@ -214,8 +216,15 @@ def _run_numbers(run: dict[str, Any], options: FederatedOptions) -> dict[str, An
         "late_per_round": [len(x) for x in late],
         "late_sites": sorted({s for x in late for s in x}),
         "bytes_per_site_round": round(float(np.mean(bytes_per_site)), 1) if bytes_per_site else 0.0,
+        "update_bytes_per_site_round": round(float(np.mean(updates)), 1) if updates else 0.0,
         "model_bytes_float32": rounds[0]["tally"]["bytes_out"] if rounds else 0,
     }
+
+
+def _back_in(run: dict[str, Any], site: str, after: int) -> int | None:
+    """The first round after ``after`` in which ``site`` had an update accepted again; None: never."""
+    rounds = [r for r in run["rounds"] if r["server_round"] > after and site in r["tally"]["accepted"]]
+    return rounds[0]["server_round"] if rounds else None
 
 
 def _first_model_is_aggregate(run: dict[str, Any], site: str) -> bool:
@@ -377,9 +386,10 @@ workdir = "{root / "runs"}"
             _wait(lambda: fed.running_clientapp(o.slow), done)
             fed.pause(o.slow)
             faults.slowed = o.slow
-            log(f"stopped {o.slow} (SIGSTOP) for {o.round_timeout + 10:.0f} s in round {o.slow_round}")
-            done.wait(o.round_timeout + 10)
+            log(f"stopped {o.slow} (SIGSTOP) mid-round {o.slow_round}")
+            self._wait_round(store, flower_run, o.slow_round + 1, done)
             fed.resume(o.slow)
+            log(f"{o.slow} resumed (SIGCONT) after round {o.slow_round}")
             self._wait_round(store, flower_run, o.rounds - 1, done)
             new = self.workload.new_site.name
             fed.start_site(new, data_files[new], self.checkpoint, holdout_fraction=HOLDOUT_FRACTION)
@@ -388,9 +398,11 @@ workdir = "{root / "runs"}"
             return
 
     def _wait_round(self, store: Any, flower_run: str, server_round: int, done: threading.Event) -> None:
+        """Until round ``server_round`` has begun (the rounds before it are recorded)."""
+
         def started() -> bool:
             runs = [r for r in store.runs() if r["flower_run"] == flower_run]
-            return bool(runs) and (runs[0]["rounds_done"] >= server_round - 1 and "round" in runs[0]["stage"])
+            return bool(runs) and runs[0]["rounds_done"] >= server_round - 1 and "round" in runs[0]["stage"]
 
         _wait(started, done)
 
@@ -408,21 +420,19 @@ def _wait(condition: Callable[[], bool], done: threading.Event, poll: float = 0.
 def _follow(
     store: Any, flower_run: str, say: Callable[[str], None], timeout: float = 3600.0
 ) -> dict[str, Any]:
-    """Wait for the run to end, saying each stage; the run with its rounds."""
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        runs = [r for r in store.runs() if r["flower_run"] == flower_run]
-        if runs:
-            line = f"{runs[0]['stage']} ({runs[0]['rounds_done']}/{runs[0]['rounds_planned']} rounds)"
-            if line != last:
-                say(line)
-                last = line
-            if runs[0]["state"] != "running":
-                run = store.run(runs[0]["id"])
-                assert run is not None
-                return dict(run)
-        time.sleep(2)
-    raise TimeoutError(f"the federated run did not end in {timeout:.0f} s")
+    """Wait for the run to end, saying each change (``federated start --wait``'s follower); the run."""
+    from edgecascade.tools.federated_runs import DatabaseRuns, Follower
+
+    deadline = time.monotonic() + timeout
+
+    def wait(seconds: float) -> bool:
+        time.sleep(seconds)
+        return time.monotonic() > deadline
+
+    outcome = Follower(DatabaseRuns(store), wait=wait).follow(flower_run, say)
+    if outcome is None or outcome.run is None:
+        raise TimeoutError(f"the federated run did not end in {timeout:.0f} s")
+    return outcome.run
 
 
 def format_federated_report(report: dict[str, Any]) -> str:
@@ -449,9 +459,11 @@ def format_federated_report(report: dict[str, Any]) -> str:
         f"late {report['late_per_round']}"
     )
     lines.append(
-        f"bytes per site per round {report['bytes_per_site_round']:.0f} "
-        f"(the float32 model is {report['model_bytes_float32']} each way); killed {report['killed_sites']}, "
-        f"slow {report['slow_site']}"
+        f"bytes per site per round {report['bytes_per_site_round']:.0f}: the update "
+        f"{report['update_bytes_per_site_round']:.0f} up, "
+        f"the float32 model {report['model_bytes_float32']} down; "
+        f"killed {report['killed_sites']}, "
+        f"hung {report['slow_site']} (back in round {report['slow_site_back_in_round']})"
     )
     lines.append(
         f"new site: first model is the aggregate: {report['new_site_first_model_is_aggregate']}; "

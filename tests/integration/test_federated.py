@@ -26,6 +26,7 @@ from edgecascade.device_sdk.model.signing import generate_signing_key
 from edgecascade.federation.site_data import save_site_data
 from edgecascade.federation.site_keys import new_site_key
 from edgecascade.tools.certs import Pki, init_pki, issue_link, issue_site
+from edgecascade.tools.federated_runs import DatabaseRuns, Follower
 from edgecascade.tools.federation_stack import LocalFederation
 
 pytestmark = pytest.mark.integration
@@ -83,14 +84,14 @@ workdir = "{self.root / "runs"}"
 
     def wait_run(self, flower_run: str, timeout: float = 400.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            runs = [r for r in self.store.runs() if r["flower_run"] == flower_run]
-            if runs and runs[0]["state"] != "running":
-                run = self.store.run(runs[0]["id"])
-                assert run is not None
-                return run
-            time.sleep(2)
-        raise AssertionError(f"run {flower_run} did not end in {timeout:.0f} s: {self.store.runs()}")
+        follower = Follower(
+            DatabaseRuns(self.store), wait=lambda s: time.sleep(s) or time.monotonic() > deadline
+        )
+        outcome = follower.follow(flower_run, lambda line: None)
+        assert outcome is not None and outcome.run is not None, (
+            f"run {flower_run} did not end in {timeout:.0f} s"
+        )
+        return outcome.run
 
 
 @pytest.fixture(scope="module")
