@@ -17,7 +17,8 @@ from edgecascade.cloud_service.drift_events import ROUTE_DRIFT_EVENTS
 from edgecascade.cloud_service.federation_api import MAX_RUNS, ROUTE_FEDERATED_RUNS
 from edgecascade.cloud_service.learning import LOG_LINES, MAX_LIST, ROUTE_JOBS, ROUTE_RETRAIN
 from edgecascade.cloud_service.openapi_schemas import JSON, MAX_ID, MAX_VERSION, int_range, ref
-from edgecascade.cloud_service.sites import ROUTE_SITES
+from edgecascade.cloud_service.site_examples import MAX_EXAMPLES
+from edgecascade.cloud_service.sites import DEFAULT_EXAMPLES, ROUTE_SITES
 from edgecascade.cloud_service.unknown_api import GRID_IMAGES, ROUTE_UNKNOWN_GROUPS
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.wire.envelope import ROUTE_HEARTBEAT
@@ -397,6 +398,29 @@ def _site_paths() -> dict[str, Any]:
                 parameters=(
                     site,
                     _optional("version", int_range(1, MAX_VERSION), "model version (default: the served)"),
+                ),
+            )
+        },
+        f"{ROUTE_SITES}/{{site}}/examples.npz": {
+            "get": _op(
+                "the examples a person labelled for the site, newest first, with their raw inputs",
+                MODEL_READERS,
+                {
+                    "200": _content(
+                        "an .npz: x (uint8 images), y (labels), ids, classes; no pickled arrays",
+                        "application/octet-stream",
+                        {"type": "string", "format": "binary"},
+                    ),
+                    "400": _common("BadRequest"),
+                    "403": _refused("a device or gateway token named after another site"),
+                    "404": _common("NotFound"),  # a site name longer than 64 characters matches no route
+                },
+                tag="sites",
+                parameters=(
+                    site,
+                    _optional(
+                        "limit", int_range(1, MAX_EXAMPLES), f"at most this many (default {DEFAULT_EXAMPLES})"
+                    ),
                 ),
             )
         },

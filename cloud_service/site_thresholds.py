@@ -22,21 +22,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
+from edgecascade.cloud_service.site_examples import SiteExamples, read_examples
 from edgecascade.cloud_service.store import ExampleStore, hard_examples
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.core.thresholds import cascade_predictions, choose_thresholds
-from edgecascade.device_sdk.errors import WireError
 from edgecascade.device_sdk.model.bundle import Bundle
 from edgecascade.device_sdk.model.overlay import SITE_NAME, SiteOverlay, signature_path, write_overlay
 from edgecascade.device_sdk.model.signing import PrivateKeySource
-from edgecascade.device_sdk.wire import decode_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +43,6 @@ SITES_DIR = "sites"
 MIN_EXAMPLES = 100
 """Labelled audited examples a fit needs by default: fewer leave each threshold to chance."""
 FITTED_TIERS = ("device", "gateway")  # the early exits; the last tier answers everything
-
-
-@dataclass(frozen=True)
-class SiteExamples:
-    """A site's labelled audited raw inputs (uint8, the model's input shape) and their labels."""
-
-    x: np.ndarray
-    y: np.ndarray
-    skipped: int = 0  # audited rows that could not be used: raw tensor unreadable, shape or label off
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 def _audited(site: str) -> list[Any]:
@@ -82,34 +68,7 @@ def audited_examples(
     store: ExampleStore, site: str, input_shape: tuple[int, ...], num_classes: int
 ) -> SiteExamples:
     """Every audited example of ``site`` with a label and a raw input that fits the model."""
-    c = hard_examples.c
-    query = (
-        sa.select(c.id, c.raw_path, c.human_label, c.teacher_label)
-        .where(*_audited(site))
-        .order_by(c.received_at, c.id)
-    )
-    with store.engine.connect() as db:
-        rows = db.execute(query).all()
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    skipped = 0
-    for row in rows:
-        label = row.human_label if row.human_label is not None else row.teacher_label
-        try:
-            x = decode_tensor(store.blobs.get(row.raw_path))
-        except (WireError, OSError, ValueError) as exc:
-            logger.warning("audited example %s: unreadable raw input (%s); left out", row.id, exc)
-            skipped += 1
-            continue
-        if x.shape != input_shape and (*x.shape, 1) == input_shape:
-            x = x[..., None]
-        if x.shape != input_shape or not 0 <= label < num_classes or not np.isfinite(x).all():
-            skipped += 1
-            continue
-        xs.append(x)
-        ys.append(int(label))
-    x_all = np.stack(xs) if xs else np.zeros((0, *input_shape), np.float32)
-    return SiteExamples(x_all, np.asarray(ys, dtype=np.int64), skipped)
+    return read_examples(store, _audited(site), input_shape, num_classes)
 
 
 def fit_overlay(

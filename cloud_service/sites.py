@@ -4,6 +4,7 @@ Routes and scopes::
 
     POST /v1/sites/<site>/thresholds   admin                   fit, sign and store the overlay
     GET  /v1/sites/<site>/overlay      device, gateway, admin  ?version= (default: the served one)
+    GET  /v1/sites/<site>/examples.npz the site's own token, admin  ?limit= (default 20000)
 
 A site is the name of the token its hard examples were uploaded with (a gateway's, or a
 device's own). The fit (:mod:`edgecascade.cloud_service.site_thresholds`) runs the served
@@ -12,6 +13,11 @@ them (400 with how many there are and how many are needed); it needs a model reg
 a signing key (409 otherwise), where the overlay is kept. Both answers carry the overlay
 as an object and the exact bytes of its file and signature, which a node stores as they
 are (``edgecascade site thresholds`` does) and verifies with the cloud's public key.
+
+``examples.npz`` hands a site back the examples a person labelled for it, newest first,
+with their raw inputs (:mod:`edgecascade.cloud_service.site_examples`): the labels its
+collaborative training adds to its own data (``edgecascade site examples`` fetches them).
+Only an admin or a token named after the site may read them: they are the site's inputs.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import json
 import logging
 from typing import Any, cast
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Conflict, NotFound
 
 from edgecascade.cloud_service import validation
-from edgecascade.cloud_service.auth import require_scope
+from edgecascade.cloud_service.auth import current_token, require_scope
 from edgecascade.cloud_service.config import CloudConfig
 from edgecascade.cloud_service.learning import Learning
+from edgecascade.cloud_service.site_examples import MAX_EXAMPLES, human_labelled, npz_bytes
 from edgecascade.cloud_service.site_thresholds import (
     MIN_EXAMPLES,
     audited_examples,
@@ -35,7 +42,8 @@ from edgecascade.cloud_service.site_thresholds import (
     save_overlay,
     saved_overlay,
 )
-from edgecascade.device_sdk.errors import BundleError
+from edgecascade.cloud_service.unknown_groups import extended_classes
+from edgecascade.device_sdk.errors import BundleError, ScopeError
 from edgecascade.device_sdk.model.bundle import TIERS, load_bundle
 from edgecascade.device_sdk.model.overlay import SITE_NAME
 
@@ -43,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 ROUTE_SITES = "/v1/sites"
 MAX_MIN_EXAMPLES = 100_000
+DEFAULT_EXAMPLES = 20_000
 MAX_LOSS = 0.2  # largest accuracy an early exit may give up on what it answers, as a fraction
 THRESHOLDS_SCHEMA = {
     "type": "object",
@@ -159,3 +168,35 @@ def get_overlay(site: str) -> Any:
     if stored is None:
         raise NotFound(f"no overlay for site {site!r} and model v{version}")
     return jsonify(_answer(*stored))
+
+
+@sites_api.get(f"{ROUTE_SITES}/<string(maxlength=64):site>/examples.npz")
+@require_scope("device", "gateway", "admin")
+def get_examples(site: str) -> Any:
+    site = _site(site)
+    token = current_token()
+    if token.scope != "admin" and token.name != site:
+        raise ScopeError(f"the token of {token.name!r} cannot read the examples of site {site!r}")
+    problems: list[str] = []
+    limit = validation.query_arg(request.args, "limit", validation.bounded_int(1, MAX_EXAMPLES), problems)
+    if problems:
+        raise BadRequest("invalid query: " + "; ".join(problems))
+    learning = _sites().learning
+    manifest = learning.inference.bundle.manifest
+    classes = extended_classes(learning.store.engine, manifest.classes)
+    examples = human_labelled(
+        learning.store, site, manifest.input.shape, len(classes), limit or DEFAULT_EXAMPLES
+    )
+    logger.info(
+        "site %s: handed out %d labelled examples (%d unusable) to %s %s",
+        site,
+        len(examples),
+        examples.skipped,
+        token.scope,
+        token.name,
+    )
+    return Response(
+        npz_bytes(examples, classes),
+        mimetype="application/octet-stream",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -5,6 +5,9 @@ site loads them into its copy of the served model's Keras stages (``checkpoint``
 them on its held-out slice, fine-tunes them on the rest of its data
 (:mod:`edgecascade.federation.local_training`) and answers with the *delta* to the weights it
 was sent, compressed, and signed with the site's key (:mod:`edgecascade.federation.updates`).
+When the node config names ``labelled-examples`` (the examples the cloud's people labelled
+for this site, fetched with ``edgecascade site examples``), they join the training part,
+never the held-out slice, which stays a sample of the site's own data.
 Only weights, example counts and accuracies leave the site. An ``evaluate`` message asks for
 the accuracies of the weights it carries, and of the baseline weights it carries too, on the
 held-out slice.
@@ -12,7 +15,7 @@ held-out slice.
 The SuperNode's node config says who the site is and where its things are::
 
     site="clinic-a" data="site.npz" checkpoint="model/checkpoint" key="clinic-a.key"
-    holdout-fraction=0.2 seed=0
+    holdout-fraction=0.2 seed=0 labelled-examples="labelled.npz"
 
 Anything wrong (weights of another shape, a missing file, unreadable data) raises a typed
 error, which Flower returns to the server as the reply's error: the server counts the site
@@ -31,9 +34,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from edgecascade.device_sdk.errors import ConfigError
+from edgecascade.device_sdk.errors import ConfigError, DatasetError
 from edgecascade.federation import messages, updates
-from edgecascade.federation.site_data import check_input_shape, load_site_data, split_holdout
+from edgecascade.federation.site_data import (
+    check_input_shape,
+    load_labelled_examples,
+    load_site_data,
+    split_holdout,
+)
 from edgecascade.federation.site_keys import load_private_key
 
 if TYPE_CHECKING:
@@ -57,6 +65,7 @@ class SiteNode:
     key: Path
     holdout_fraction: float = 0.2
     seed: int = 0
+    labelled_examples: Path | None = None
 
     @classmethod
     def from_node_config(cls, config: dict[str, object]) -> SiteNode:
@@ -70,6 +79,9 @@ class SiteNode:
             key=Path(str(config["key"])),
             holdout_fraction=float(str(config.get("holdout-fraction", 0.2))),
             seed=int(str(config.get("seed", 0))),
+            labelled_examples=Path(str(config["labelled-examples"]))
+            if config.get("labelled-examples")
+            else None,
         )
 
 
@@ -83,6 +95,20 @@ def _load(node: SiteNode, arrays: Sequence[np.ndarray]) -> tuple[TrainedModel, S
     x, y = load_site_data(node.data, trained.classes)
     x = check_input_shape(x, trained.input_spec.shape)
     return trained, split_holdout(x, y, node.holdout_fraction, node.seed)
+
+
+def _labelled(node: SiteNode, trained: TrainedModel) -> Labelled | None:
+    """The cloud's labels for this site that fit the model, or None (none fetched, or unusable)."""
+    if node.labelled_examples is None:
+        return None
+    found = load_labelled_examples(node.labelled_examples, trained.classes)
+    if found is None:
+        return None
+    try:
+        return check_input_shape(found[0], trained.input_spec.shape), found[1]
+    except DatasetError as exc:
+        logger.warning("labelled examples %s left out: %s", node.labelled_examples, exc)
+        return None
 
 
 @app.train()
@@ -103,6 +129,9 @@ def train(msg: Message, context: Context) -> Message:
     compression = messages.text(config, "compression")
     trained, ((x_train, y_train), (x_hold, y_hold)) = _load(node, base)
     before = exit_accuracies(trained, x_hold, y_hold)
+    labelled = _labelled(node, trained)
+    if labelled is not None:
+        x_train, y_train = np.concatenate([x_train, labelled[0]]), np.concatenate([y_train, labelled[1]])
     settings = LocalTraining(
         epochs=messages.integer(config, "local-epochs"),
         batch_size=messages.integer(config, "batch-size"),
@@ -123,14 +152,16 @@ def train(msg: Message, context: Context) -> Message:
     )
     signature = updates.sign_update(load_private_key(node.key), digest)
     logger.info(
-        "%s: round %d trained on %d examples, loss %.4f",
+        "%s: round %d trained on %d examples (%d labelled in the cloud), loss %.4f",
         node.site,
         server_round,
         len(y_train),
+        0 if labelled is None else len(labelled[1]),
         summary["loss"],
     )
     numbers: dict[str, int | float] = {
         "num-examples": len(y_train),
+        "labelled-examples": 0 if labelled is None else len(labelled[1]),
         "holdout-examples": len(y_hold),
         **summary,
     }

@@ -98,6 +98,7 @@ class NodeSettings:
     port: int  # the SuperNode's own local API (its ClientApp processes talk to it)
     holdout_fraction: float = 0.2
     seed: int = 0
+    labelled_examples: Path | None = None  # need not exist yet: ``edgecascade site examples`` writes it
 
 
 def node_command(node: NodeSettings) -> list[str]:
@@ -114,6 +115,11 @@ def node_command(node: NodeSettings) -> list[str]:
             f"holdout-fraction={node.holdout_fraction}",
             f"seed={node.seed}",
         ]
+        + (
+            [f'labelled-examples="{Path(node.labelled_examples).resolve()}"']
+            if node.labelled_examples
+            else []
+        )
     )
     return [
         str(flower_bin() / "flower-supernode"),

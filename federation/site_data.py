@@ -31,7 +31,14 @@ from edgecascade.device_sdk.errors import DatasetError, DependencyError
 from edgecascade.device_sdk.files import atomic_write
 from edgecascade.training.data import int_labels, raw_images
 
-__all__ = ["check_input_shape", "class_folder", "load_site_data", "save_site_data", "split_holdout"]
+__all__ = [
+    "check_input_shape",
+    "class_folder",
+    "load_labelled_examples",
+    "load_site_data",
+    "save_site_data",
+    "split_holdout",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +175,37 @@ def load_site_data(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.n
         len(classes),
     )
     return x, y
+
+
+def load_labelled_examples(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The examples the cloud's people labelled for this site (``edgecascade site examples``), or None.
+
+    They only add to the site's own data, so nothing here stops a round: a missing file is
+    None (the site has not fetched any), an unreadable one is a warning and None, and
+    examples labelled with a class the site's model does not have yet (one named after it
+    was made) are left out with a warning. An empty file is ``None`` too.
+    """
+    path = Path(path)
+    if not path.exists():
+        logger.info("no labelled examples at %s; training on the site's own data only", path)
+        return None
+    try:
+        x, y = _read_npz(path)
+        x, y = raw_images(x, path), int_labels(y, path)
+        if len(x) != len(y):
+            raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels")
+    except DatasetError as exc:
+        logger.warning("labelled examples left out: %s", exc)
+        return None
+    known = y < len(classes)
+    if not known.all():
+        logger.warning(
+            "%s: %d examples labelled with classes the model does not have yet are left out",
+            path,
+            int(np.count_nonzero(~known)),
+        )
+        x, y = x[known], y[known]
+    return (x, y) if len(y) else None
 
 
 def check_input_shape(x: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:

@@ -159,6 +159,13 @@ def add_node(sub: Any) -> None:
         help="share of the data kept out of training, to measure the model on (default %(default)s)",
     )
     p.add_argument(
+        "--labelled-examples",
+        type=Path,
+        metavar="NPZ",
+        help="the examples the cloud's people labelled for the site ('edgecascade site examples' "
+        "writes it; read again each round, so refresh it any time): added to the training part",
+    )
+    p.add_argument(
         "--port", type=port_number, default=NODE_PORT, help="its local API on 127.0.0.1 (default %(default)s)"
     )
     p.set_defaults(func=_node)
@@ -177,6 +184,7 @@ def _node(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         port=args.port,
         holdout_fraction=args.holdout_fraction,
+        labelled_examples=args.labelled_examples,
     )
     command = deploy.node_command(node)
     print(f"site {args.site}: SuperNode connecting to {args.superlink}", flush=True)

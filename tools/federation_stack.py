@@ -110,6 +110,7 @@ class LocalFederation:
         *,
         key: Path | None = None,
         holdout_fraction: float = 0.2,
+        labelled_examples: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start the site's SuperNode (authenticating with ``key``, default the site's own)."""
         port = free_port()
@@ -122,6 +123,7 @@ class LocalFederation:
             checkpoint=checkpoint,
             port=port,
             holdout_fraction=holdout_fraction,
+            labelled_examples=labelled_examples,
         )
         process = self._start(site, deploy.node_command(node))
         wait_for_port(port, process, self.log(site))

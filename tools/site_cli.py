@@ -1,9 +1,15 @@
-"""``edgecascade site config`` and ``site thresholds``: one site's settings files and exit thresholds.
+"""``edgecascade site config``, ``site thresholds`` and ``site examples``: one site's settings files,
+exit thresholds and labelled examples.
 
 ``site thresholds`` asks the cloud to fit the site's exit thresholds on its audited examples
 (``POST /v1/sites/<site>/thresholds``, an admin token) and writes the signed overlay it
 answers into ``--out`` as ``overlay.json`` and ``overlay.json.sig``, byte for byte: point the
 nodes' ``[model] overlay`` at that file.
+
+``site examples`` downloads the examples the cloud's people labelled for the site
+(``GET /v1/sites/<site>/examples.npz``, an admin token or the site's own) into one ``.npz``
+(replaced atomically, readable by its owner only): point the site's SuperNode at it
+(``edgecascade federated node --labelled-examples``) and its local training adds them.
 
 ``site config``: the cloud's, the gateway's and every device's settings for one site.
 
@@ -19,6 +25,7 @@ the device as it is. Nothing is overwritten without ``--force``.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,7 @@ from edgecascade.tools.certs import Pki
 
 HEADER = "# written by 'edgecascade site config'; relative paths are relative to this file's directory"
 OVERLAY_FILE = "overlay.json"  # what ``site thresholds`` writes in --out (its signature: overlay.json.sig)
+MAX_EXAMPLES_BYTES = 512 * 1024 * 1024  # the largest answer ``site examples`` reads (100,000 images fit)
 
 
 @dataclass(frozen=True)
@@ -183,22 +191,12 @@ def save_overlay_answer(answer: dict[str, Any], out: Path) -> Path:
 
 
 def _thresholds(args: argparse.Namespace) -> int:
-    from edgecascade.device_sdk.transport.http import CloudHttp
-
-    if not SITE_NAME.fullmatch(args.site):
-        raise ConfigError(f"SITE must be 1-64 of [A-Za-z0-9_.-], got {args.site!r}")
-    try:
-        token = Path(args.token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from None
     body: dict[str, Any] = {}
     if args.min_examples is not None:
         body["min_examples"] = args.min_examples
     if args.max_loss is not None:
         body["max_loss"] = args.max_loss
-    http = CloudHttp(
-        args.cloud, token, timeout=args.timeout, ca_file=args.ca_file, user_agent="edgecascade-cli"
-    )
+    http = _client(args)
     try:
         answer = http.call_json("POST", f"/v1/sites/{args.site}/thresholds", body)
     except EdgeCascadeError as exc:
@@ -224,6 +222,54 @@ def _thresholds(args: argparse.Namespace) -> int:
         f'wrote {target} and {signature_path(target)}; set [model] overlay = "{target}" on the site\'s nodes'
     )
     return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgecascade.device_sdk.files import atomic_write
+
+    http = _client(args)
+    query = f"?limit={args.limit}" if args.limit else ""
+    try:
+        content = http.get(f"/v1/sites/{args.site}/examples.npz{query}", max_bytes=MAX_EXAMPLES_BYTES)
+    except EdgeCascadeError as exc:
+        print(f"edgecascade: the cloud did not hand out the examples of site {args.site}: {exc}")
+        return 1
+    finally:
+        http.close()
+    try:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+            y, classes = npz["y"], [str(c) for c in npz["classes"]]
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"edgecascade: the cloud's answer is not an examples archive: {exc}")
+        return 1
+    out = Path(args.out)
+    atomic_write(out, content, mode=0o600)
+    counts = ", ".join(
+        f"{classes[c] if c < len(classes) else c} {n}"
+        for c, n in zip(*np.unique(y, return_counts=True), strict=True)
+    )
+    print(f"site {args.site}: {len(y)} labelled examples{f' ({counts})' if counts else ''}")
+    print(
+        f"wrote {out}; pass it to the site's SuperNode: edgecascade federated node --labelled-examples {out}"
+    )
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """An HTTP client of ``--cloud`` with the token of ``--token-file``, for SITE (checked)."""
+    from edgecascade.device_sdk.transport.http import CloudHttp
+
+    if not SITE_NAME.fullmatch(args.site):
+        raise ConfigError(f"SITE must be 1-64 of [A-Za-z0-9_.-], got {args.site!r}")
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from None
+    return CloudHttp(
+        args.cloud, token, timeout=args.timeout, ca_file=args.ca_file, user_agent="edgecascade-cli"
+    )
 
 
 def register(sub: Any) -> None:
@@ -270,3 +316,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default %(default)s)")
     p.set_defaults(func=_thresholds)
+    p = site_sub.add_parser(
+        "examples",
+        help="download the examples the cloud's people labelled for the site, for its local training",
+        description="Download the examples a person labelled for SITE in the cloud, with their raw "
+        "inputs, into one .npz (x, y, ids, classes) that the site's SuperNode adds to its training "
+        "data (edgecascade federated node --labelled-examples).",
+    )
+    p.add_argument("site", metavar="SITE", help="the site: the name of the token its examples came with")
+    p.add_argument("--cloud", required=True, metavar="URL", help="the cloud's URL")
+    p.add_argument(
+        "--token-file", required=True, metavar="F", help="a file holding an admin token or the site's own"
+    )
+    p.add_argument("--out", required=True, metavar="NPZ", help="the file to write (replaced atomically)")
+    p.add_argument("--ca-file", metavar="PEM", help="the CA of the cloud's HTTPS certificate")
+    p.add_argument("--limit", type=int, metavar="N", help="at most the newest N (cloud default: 20000)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default %(default)s)")
+    p.set_defaults(func=_examples)

@@ -1,9 +1,11 @@
 """Per-site exit thresholds in the real cloud app: fitted from one site's audited examples on the
-served tiny bundle (LiteRT), signed into the registry, handed to the site's nodes; bad input is a 4xx."""
+served tiny bundle (LiteRT), signed into the registry, handed to the site's nodes; a site's
+human-labelled examples handed back to it alone; bad input is a 4xx."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import threading
 from pathlib import Path
@@ -13,12 +15,14 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from edgecascade.cloud_service.site_thresholds import SiteExamples, audited_examples, fit_overlay
+from edgecascade.cloud_service.site_examples import SiteExamples
+from edgecascade.cloud_service.site_thresholds import audited_examples, fit_overlay
 from edgecascade.device_sdk.core.chain import run_partitions
 from edgecascade.device_sdk.core.thresholds import choose_thresholds
 from edgecascade.device_sdk.learning.records import HardExample
 from edgecascade.device_sdk.model.bundle import load_bundle
 from edgecascade.device_sdk.model.overlay import SiteOverlay, parse_overlay
+from edgecascade.federation.site_data import load_labelled_examples
 from edgecascade.tools.cli import main
 from tests.cloud_service.full_cloud import FullCloud, make_full_cloud
 from tests.learning_kit import device_examples, with_raw
@@ -187,3 +191,76 @@ def test_audited_examples_reads_whole_reasons_only(cloud: FullCloud) -> None:
     learning = cloud.app.extensions["edgecascade.learning"]
     got = audited_examples(learning.store, "site-a", (28, 28, 1), 10)
     assert len(got) == SITE_IMAGES and got.x.shape == (SITE_IMAGES, 28, 28, 1) and got.skipped == 0
+
+
+def test_a_site_gets_back_the_examples_a_person_labelled_for_it_only(
+    cloud: FullCloud, tiny_bundle: Path, fmnist: Any
+) -> None:
+    client = cloud.app.test_client()
+    unlabelled = audited(tiny_bundle, fmnist.x_test[300:305])  # uploaded, never labelled by a person
+    gateway = {"Authorization": f"Bearer {cloud.token('gateway', 'site-a')}"}
+    assert client.post("/v1/hard-examples", json={"examples": unlabelled}, headers=gateway).status_code == 200
+
+    answer = client.get("/v1/sites/site-a/examples.npz", headers=gateway)  # the site's own token
+    assert answer.status_code == 200 and answer.mimetype == "application/octet-stream"
+    with np.load(io.BytesIO(answer.data), allow_pickle=False) as npz:
+        x, y, ids, classes = npz["x"], npz["y"], list(npz["ids"]), list(npz["classes"])
+    assert x.shape == (SITE_IMAGES + 10, 28, 28, 1) and x.dtype == np.uint8
+    assert classes == list(load_bundle(tiny_bundle).manifest.classes)
+    images = np.concatenate([shifted(fmnist.x_test[:SITE_IMAGES]), shifted(fmnist.x_test[200:210])])
+    labels = np.concatenate([fmnist.y_test[:SITE_IMAGES], fmnist.y_test[200:210]])
+
+    def pairs(xs: np.ndarray, ys: np.ndarray) -> list[tuple[bytes, int]]:
+        return sorted(
+            (image.reshape(28, 28).tobytes(), int(label)) for image, label in zip(xs, ys, strict=True)
+        )
+
+    assert pairs(x, y) == pairs(images, labels)  # each raw input with its person's label
+    assert {r["id"] for r in unlabelled}.isdisjoint(ids)  # teacher labels are not a person's
+
+    limited = client.get("/v1/sites/site-a/examples.npz?limit=5", headers=admin(cloud))
+    with np.load(io.BytesIO(limited.data), allow_pickle=False) as npz:
+        assert len(npz["y"]) == 5 and set(npz["ids"]) <= set(ids)
+    nobody = client.get("/v1/sites/site-z/examples.npz", headers=admin(cloud))
+    with np.load(io.BytesIO(nobody.data), allow_pickle=False) as npz:
+        assert npz["x"].shape == (0, 28, 28, 1) and len(npz["y"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("scope", "name", "url", "status"),
+    [
+        ("gateway", "site-b", "/v1/sites/site-a/examples.npz", 403),  # another site's inputs
+        ("device", "cam-01", "/v1/sites/site-a/examples.npz", 403),
+        ("admin", "ops", "/v1/sites/site-a/examples.npz?limit=0", 400),
+        ("admin", "ops", "/v1/sites/site-a/examples.npz?limit=x", 400),
+        ("admin", "ops", "/v1/sites/a*b/examples.npz", 400),
+    ],
+)
+def test_the_examples_of_a_site_are_refused_to_others_and_on_bad_queries(
+    cloud: FullCloud, scope: str, name: str, url: str, status: int
+) -> None:
+    client = cloud.app.test_client()
+    answer = client.get(url, headers={"Authorization": f"Bearer {cloud.token(scope, name)}"})
+    assert answer.status_code == status and answer.json["message"], answer.json
+
+
+def test_the_cli_downloads_a_sites_examples_for_its_supernode(cloud: FullCloud, tmp_path: Path) -> None:
+    """``edgecascade site examples`` against the app on a loopback port, with the site's own token;
+    the file is what the ClientApp reads (load_labelled_examples), private to its owner."""
+    server = make_server("127.0.0.1", 0, cloud.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        token = tmp_path / "site.token"
+        token.write_text(cloud.token("gateway", "site-b") + "\n")
+        url = f"http://127.0.0.1:{server.server_port}"
+        out = tmp_path / "labelled.npz"
+        args = ["site", "examples", "site-b", "--cloud", url, "--token-file", str(token), "--out", str(out)]
+        assert main(args) == 0
+        assert main([*args[:2], "site-a", *args[3:]]) == 1  # site-b's token cannot read site-a's
+    finally:
+        server.shutdown()
+        thread.join()
+    assert out.stat().st_mode & 0o777 == 0o600
+    found = load_labelled_examples(out, tuple(str(i) for i in range(10)))
+    assert found is not None and found[0].shape == (SITE_IMAGES, 28, 28, 1) and len(found[1]) == SITE_IMAGES

@@ -12,6 +12,7 @@ from edgecascade.device_sdk.errors import DatasetError
 from edgecascade.federation.site_data import (
     check_input_shape,
     class_folder,
+    load_labelled_examples,
     load_site_data,
     save_site_data,
     split_holdout,
@@ -234,3 +235,32 @@ def test_split_holdout_edges() -> None:
         split_holdout(x, y, 1.0, seed=0)
     with pytest.raises(ValueError, match="10 examples but y has 9"):
         split_holdout(x, y[:9], 0.1, seed=0)
+
+
+# --- the examples labelled for the site in the cloud ---
+
+
+def test_labelled_examples_add_what_fits_and_never_stop_a_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, _ = _data(6)
+    path = tmp_path / "labelled.npz"
+    np.savez(path, x=x, y=np.array([0, 1, 2, 5, 1, 7]), ids=np.array([f"e{i}" for i in range(6)]))
+    found = load_labelled_examples(path, CLASSES)
+    assert found is not None
+    assert found[1].tolist() == [0, 1, 2, 1] and (found[0] == x[[0, 1, 2, 4]]).all()
+    assert "2 examples labelled with classes the model does not have yet" in caplog.text
+
+    assert load_labelled_examples(tmp_path / "none.npz", CLASSES) is None  # not fetched yet
+    np.savez(path, x=x, y=np.array([5] * 6))
+    assert load_labelled_examples(path, CLASSES) is None  # nothing usable is none
+    for bad in (b"not an archive", None):
+        if bad is None:
+            np.savez(path, x=x, y=np.arange(5))  # 6 images, 5 labels
+        else:
+            path.write_bytes(bad)
+        caplog.clear()
+        assert load_labelled_examples(path, CLASSES) is None
+        assert "labelled examples left out" in caplog.text
+    np.savez(path, x=np.array([object()] * 6, dtype=object), y=np.arange(6))
+    assert load_labelled_examples(path, CLASSES) is None  # never unpickled

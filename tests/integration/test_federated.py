@@ -5,7 +5,8 @@ SuperLink starts for each submitted run, writing to a real SQLite cloud database
 One run loses a site mid-round (SIGKILL of its whole process group), goes on without one
 that hangs (SIGSTOP) until it comes back in a later round, refuses an impostor's updates,
 never sees a SuperNode whose key was not registered, sends a site that joins between
-rounds the current aggregate, and publishes, signs and promotes the result.
+rounds the current aggregate, and publishes, signs and promotes the result. One site also
+trains on the examples labelled for it in the cloud.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edgecascade.cloud_service.federation_store import FederationStore
@@ -32,6 +34,7 @@ from edgecascade.tools.federation_stack import LocalFederation
 pytestmark = pytest.mark.integration
 
 SITES = ("site-1", "site-2", "site-3", "site-4")
+LABELLED = 60  # examples labelled in the cloud for site-1
 TIMEOUT = 60.0  # a round's timeout: four or five ClientApps of the tiny model take ~40 s on 2 cores
 
 
@@ -112,12 +115,17 @@ def federation(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, f
     own_key, _ = new_site_key(strangers, "impostor")
     intruder_key, _ = new_site_key(strangers, "intruder")  # never registered anywhere
     shutil.copy(strangers / "impostor.pub", root / "impostor-registered.pub")
+    # examples the cloud's people labelled for site-1 (as 'edgecascade site examples' writes
+    # them), three of them with a class its model does not have yet: left out
+    labels = np.concatenate([fmnist.y_train[5000 : 5000 + LABELLED], [12, 12, 12]])
+    np.savez(root / "site-1-labelled.npz", x=fmnist.x_train[5000 : 5003 + LABELLED], y=labels)
     cloud = Cloud(root / "cloud", tiny_model_dir, pki)
     with LocalFederation(root / "flower", pki) as fed:
         fed.start_link()
         for site in SITES:
             fed.register(site)
-            fed.start_site(site, root / f"{site}.npz", tiny_model_dir / "trained")
+            labelled = root / f"{site}-labelled.npz" if site == "site-1" else None
+            fed.start_site(site, root / f"{site}.npz", tiny_model_dir / "trained", labelled_examples=labelled)
         fed.register("site-new")
         from edgecascade.federation import deploy
 
@@ -167,6 +175,8 @@ def test_a_run_survives_a_killed_site_refuses_forgeries_and_ships_its_aggregate_
     assert run["rounds_done"] == 3
     first, *later = (r["tally"] for r in run["rounds"])
     assert first["state"] == "completed" and set(first["accepted"]) == {"site-1", "site-2"}
+    # 400 of each site's 500 are trained on (20 % held out); site-1 adds its cloud labels
+    assert first["accepted"] == {"site-1": 400 + LABELLED, "site-2": 400}
     assert len(first["late"]) == 2  # site-3, killed, and site-4, hung: their results never came ...
     assert run["rounds"][0]["seconds"] < TIMEOUT + 15  # ... and the round did not wait past its timeout
     assert (
