@@ -169,7 +169,8 @@ class RegistrySettings:
 
 
 STRATEGIES = ("fedavg", "fedprox", "trimmed_mean", "median")
-COMPRESSIONS = ("none", "float16", "int8")
+COMPRESSIONS = ("none", "float16", "int8")  # federation.updates.COMPRESSIONS (no import: layering)
+DOWNLINKS = ("float32", "float16")  # federation.updates.DOWNLINKS
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,10 @@ class FederatedSettings:
     aggregate of the last round goes through the ``[retrain]`` gate and is exported, signed
     and published like a retrained candidate. ``strategy``: ``fedavg`` (weighted by
     examples), ``fedprox`` (``proximal_mu``), ``trimmed_mean`` (``trim_fraction`` cut at each
-    end) or ``median``. Updates travel as deltas in ``compression``. ``site_keys`` holds one
-    ``<site>.pub`` (EC P-256, OpenSSH) per site: the keys registered with the SuperLink and
-    the ones every update's signature must verify with.
+    end) or ``median``. Updates travel as deltas in ``compression``; the round's weights go
+    down to the sites as ``downlink`` (``float16`` halves the bytes, ``float32`` is exact).
+    ``site_keys`` holds one ``<site>.pub`` (EC P-256, OpenSSH) per site: the keys registered
+    with the SuperLink and the ones every update's signature must verify with.
     """
 
     strategy: str = "fedavg"
@@ -199,6 +201,7 @@ class FederatedSettings:
     proximal_mu: float = 0.01
     trim_fraction: float = 0.2
     compression: str = "int8"
+    downlink: str = "float16"
     site_keys: Path = Path("state/federation/sites")
     link_address: str = "127.0.0.1:9093"  # the SuperLink, as `edgecascade federated start` reaches it
     workdir: Path = Path("state/federation/runs")  # one directory per run: exported candidates
@@ -212,6 +215,10 @@ class FederatedSettings:
         if self.compression not in COMPRESSIONS:
             problems.append(
                 f"federated.compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
+        if self.downlink not in DOWNLINKS:
+            problems.append(
+                f"federated.downlink must be one of {', '.join(DOWNLINKS)}, got {self.downlink!r}"
             )
         for name in ("rounds", "min_sites", "local_epochs", "batch_size"):
             if getattr(self, name) < 1:

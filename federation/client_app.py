@@ -123,7 +123,7 @@ def train(msg: Message, context: Context) -> Message:
 
     node = SiteNode.from_node_config(dict(context.node_config))
     config = messages.config(msg.content)
-    base = messages.arrays(msg.content)
+    base = updates.received_weights(messages.arrays(msg.content))
     server_round = messages.integer(config, "server-round")
     version = messages.integer(config, "model-version")
     compression = messages.text(config, "compression")

@@ -44,6 +44,7 @@ class RoundPlan:
     model_version: int
     compression: str
     train_config: Mapping[str, Any]  # local-epochs, batch-size, learning-rate, proximal-mu
+    downlink: str = "float32"  # how the round's weights travel to the sites (updates.DOWNLINKS)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class Coordinator:
             {messages.ARRAYS: ArrayRecord(list(weights)), messages.CONFIG: ConfigRecord(dict(config))}
         )
 
+    def sent(self, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The weights a site receives and trains from in a round that starts from ``weights``."""
+        return updates.received_weights(updates.downlink_arrays(weights, self.plan.downlink))
+
     def train_round(
         self, server_round: int, weights: list[np.ndarray]
     ) -> tuple[list[np.ndarray], RoundTally, list[Accepted]]:
@@ -168,8 +173,10 @@ class Coordinator:
             "compression": self.plan.compression,
         }
         tally.sampled = [self.name(n) for n in nodes]
-        tally.bytes_out = updates.payload_bytes(weights)
-        replies = self._send(nodes, self._content(weights, config), MessageType.TRAIN, deadline)
+        travelling = updates.downlink_arrays(weights, self.plan.downlink)
+        base = updates.received_weights(travelling)
+        tally.bytes_out = updates.payload_bytes(travelling)
+        replies = self._send(nodes, self._content(travelling, config), MessageType.TRAIN, deadline)
         accepted: list[Accepted] = []
         for node, reply in replies:
             if reply.has_error() and reply.error.code in NO_ANSWER:
@@ -181,7 +188,7 @@ class Coordinator:
                 logger.warning("round %d: %s failed: %s", server_round, self.name(node), error)
                 continue
             try:
-                update = check_reply(reply, weights, self.plan, server_round, self.keys)
+                update = check_reply(reply, base, self.plan, server_round, self.keys)
                 if update.site != self.name(node) and update.site in tally.sampled:
                     raise UpdateError("signature", f"another node answers as {update.site!r} this round")
             except UpdateError as exc:

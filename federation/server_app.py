@@ -126,6 +126,7 @@ class FederatedRun:
             run=self.flower_run,
             model_version=manifest.version,
             compression=settings.compression,
+            downlink=settings.downlink,
             train_config={
                 "local-epochs": settings.local_epochs,
                 "batch-size": settings.batch_size,
@@ -140,7 +141,7 @@ class FederatedRun:
         coordinator = Coordinator(self.grid, make_strategy(settings), rule, plan, keys)
         for server_round in range(1, settings.rounds + 1):
             self.store.set_stage(run_id, f"round {server_round}/{settings.rounds}")
-            sent = updates.weights_digest(weights)
+            sent = updates.weights_digest(coordinator.sent(weights))
             weights, tally, accepted = coordinator.train_round(server_round, weights)
             before = _pooled_before(accepted)
             outcome = tally.state(rule, len(tally.sampled))

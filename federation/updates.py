@@ -7,6 +7,11 @@ round's base model, so every size and shape comes from that base and never from 
 payload; anything else is refused with an :class:`UpdateError` whose ``reason`` names the
 counter (:data:`REFUSAL_REASONS`).
 
+The round's weights travel down as float16 by default (:func:`downlink_arrays`, half the
+bytes of float32); a site trains from them widened back to float32
+(:func:`received_weights`), and the server decodes its update onto exactly that, so the
+aggregate is what the sites computed.
+
 Each update is signed by its site: a SHA-256 digest over a canonical JSON header (site,
 run, round, model version, compression, example count, every array's dtype and shape)
 followed by the arrays' bytes, signed with the site's EC P-256 key (:mod:`.site_keys`: the
@@ -31,6 +36,8 @@ from edgecascade.federation.site_keys import load_public_keys as load_public_key
 from edgecascade.federation.site_keys import new_site_key as new_site_key
 
 COMPRESSIONS = ("none", "float16", "int8")
+DOWNLINKS = ("float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 REFUSAL_REASONS = ("shape", "malformed", "not_finite", "unknown_site", "signature", "version")
 SIGN_CONTEXT = b"edgecascade model update v1\0"  # a site's signature over anything else never passes
 _DELTA_DTYPE: dict[str, np.dtype[Any]] = {
@@ -137,6 +144,26 @@ def decode_update(
             raise UpdateError("not_finite", f"tensor {i}: base + delta is not finite")
         out.append(weights)
     return out
+
+
+def downlink_arrays(weights: Sequence[np.ndarray], downlink: str) -> list[np.ndarray]:
+    """The weights as a round sends them: with ``float16`` each float32 tensor whose values fit
+    float16 is sent as float16; any other tensor, and everything with ``float32``, as it is."""
+    if downlink not in DOWNLINKS:
+        raise ValueError(f"unknown downlink {downlink!r}, not one of {DOWNLINKS}")
+    if downlink == "float32":
+        return [np.asarray(w) for w in weights]
+    return [
+        w.astype(np.float16)
+        if w.dtype == np.float32 and (not w.size or float(np.max(np.abs(w))) <= _FLOAT16_MAX)
+        else w
+        for w in (np.asarray(w) for w in weights)
+    ]
+
+
+def received_weights(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """What a site trains from and the server decodes its update onto: float16 tensors as float32."""
+    return [a.astype(np.float32) if a.dtype == np.float16 else np.asarray(a) for a in arrays]
 
 
 def payload_bytes(arrays: Sequence[np.ndarray]) -> int:

@@ -110,6 +110,7 @@ def _bench_federated(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs,
         strategy=args.strategy,
         compression=args.compression,
+        downlink=args.downlink,
         round_timeout=args.round_timeout,
         seed=args.seed,
     )
@@ -197,6 +198,9 @@ def register(
     )
     p.add_argument(
         "--compression", default="int8", choices=("none", "float16", "int8"), help="update encoding"
+    )
+    p.add_argument(
+        "--downlink", default="float16", choices=("float32", "float16"), help="how the model goes down"
     )
     p.add_argument(
         "--round-timeout", type=float, default=240.0, help="seconds a round waits (default %(default)s)"

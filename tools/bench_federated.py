@@ -58,6 +58,7 @@ class FederatedOptions:
     batch_size: int = 64
     strategy: str = "fedavg"
     compression: str = "int8"
+    downlink: str = "float16"
     round_timeout: float = 240.0
     alpha: float = 0.3
     seed: int = 0
@@ -217,7 +218,7 @@ def _run_numbers(run: dict[str, Any], options: FederatedOptions) -> dict[str, An
         "late_sites": sorted({s for x in late for s in x}),
         "bytes_per_site_round": round(float(np.mean(bytes_per_site)), 1) if bytes_per_site else 0.0,
         "update_bytes_per_site_round": round(float(np.mean(updates)), 1) if updates else 0.0,
-        "model_bytes_float32": rounds[0]["tally"]["bytes_out"] if rounds else 0,
+        "model_bytes_down": rounds[0]["tally"]["bytes_out"] if rounds else 0,
     }
 
 
@@ -318,6 +319,7 @@ local_epochs = {o.local_epochs}
 batch_size = {o.batch_size}
 learning_rate = {o.learning_rate}
 compression = "{o.compression}"
+downlink = "{o.downlink}"
 site_keys = "{root / "pki" / "federation" / "sites"}"
 workdir = "{root / "runs"}"
 """
@@ -461,7 +463,7 @@ def format_federated_report(report: dict[str, Any]) -> str:
     lines.append(
         f"bytes per site per round {report['bytes_per_site_round']:.0f}: the update "
         f"{report['update_bytes_per_site_round']:.0f} up, "
-        f"the float32 model {report['model_bytes_float32']} down; "
+        f"the {report['options']['downlink']} model {report['model_bytes_down']} down; "
         f"killed {report['killed_sites']}, "
         f"hung {report['slow_site']} (back in round {report['slow_site_back_in_round']})"
     )

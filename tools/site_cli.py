@@ -259,17 +259,11 @@ def _examples(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     """An HTTP client of ``--cloud`` with the token of ``--token-file``, for SITE (checked)."""
-    from edgecascade.device_sdk.transport.http import CloudHttp
+    from edgecascade.tools.unknown_cli import cloud_client
 
     if not SITE_NAME.fullmatch(args.site):
         raise ConfigError(f"SITE must be 1-64 of [A-Za-z0-9_.-], got {args.site!r}")
-    try:
-        token = Path(args.token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from None
-    return CloudHttp(
-        args.cloud, token, timeout=args.timeout, ca_file=args.ca_file, user_agent="edgecascade-cli"
-    )
+    return cloud_client(args)
 
 
 def register(sub: Any) -> None:

@@ -62,3 +62,23 @@ def test_every_missing_input_is_listed_at_once(tmp_path: Path) -> None:
         "registry.signing_key",
         "retrain.data",
     }
+
+
+def test_federated_settings_are_checked_and_the_environment_overrides_them(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(
+        '[federated]\nstrategy = "mean"\ndownlink = "int4"\ncompression = "zip"\nmin_fraction = 0\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_cloud_config(path, env={})
+    assert sorted(p.split(" must")[0] for p in info.value.problems) == [
+        "federated.compression",
+        "federated.downlink",
+        "federated.min_fraction",
+        "federated.strategy",
+    ]
+    path.write_text('[federated]\ndownlink = "float32"\n')
+    assert load_cloud_config(path, env={}).federated.downlink == "float32"
+    assert load_cloud_config(path, env={"EC_FEDERATED__DOWNLINK": "float16"}).federated.downlink == "float16"
+    path.write_text("[federated]\n")
+    assert load_cloud_config(path, env={}).federated.downlink == "float16"  # the default

@@ -8,6 +8,8 @@ import dataclasses
 import io
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,19 @@ def cloud(tmp_path: Path, tiny_bundle: Path, fmnist: Any) -> FullCloud:
             )
             assert put.status_code == 200
     return full
+
+
+@contextmanager
+def serving(cloud: FullCloud) -> Iterator[str]:
+    """The app served on a free loopback port, for the command line; its URL."""
+    server = make_server("127.0.0.1", 0, cloud.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def admin(cloud: FullCloud) -> dict[str, str]:
@@ -163,20 +178,13 @@ def test_the_fit_is_the_training_rule_on_the_served_bundle(tiny_bundle: Path, fm
 
 def test_the_cli_fits_and_downloads_the_signed_overlay(cloud: FullCloud, tmp_path: Path) -> None:
     """``edgecascade site thresholds`` against the app on a loopback port."""
-    server = make_server("127.0.0.1", 0, cloud.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        token = tmp_path / "admin.token"
-        token.write_text(cloud.token("admin", "ops") + "\n")
-        url = f"http://127.0.0.1:{server.server_port}"
-        out = tmp_path / "site-a-overlay"
+    token = tmp_path / "admin.token"
+    token.write_text(cloud.token("admin", "ops") + "\n")
+    out = tmp_path / "site-a-overlay"
+    with serving(cloud) as url:
         args = ["site", "thresholds", "site-a", "--cloud", url, "--token-file", str(token), "--out", str(out)]
         assert main([*args, "--min-examples", "20"]) == 0
         assert main(args) == 1  # the cloud's default needs 100: refused, nothing new written
-    finally:
-        server.shutdown()
-        thread.join()
     overlay = parse_overlay(
         (out / "overlay.json").read_bytes(),
         (out / "overlay.json.sig").read_bytes(),
@@ -247,20 +255,13 @@ def test_the_examples_of_a_site_are_refused_to_others_and_on_bad_queries(
 def test_the_cli_downloads_a_sites_examples_for_its_supernode(cloud: FullCloud, tmp_path: Path) -> None:
     """``edgecascade site examples`` against the app on a loopback port, with the site's own token;
     the file is what the ClientApp reads (load_labelled_examples), private to its owner."""
-    server = make_server("127.0.0.1", 0, cloud.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        token = tmp_path / "site.token"
-        token.write_text(cloud.token("gateway", "site-b") + "\n")
-        url = f"http://127.0.0.1:{server.server_port}"
-        out = tmp_path / "labelled.npz"
+    token = tmp_path / "site.token"
+    token.write_text(cloud.token("gateway", "site-b") + "\n")
+    out = tmp_path / "labelled.npz"
+    with serving(cloud) as url:
         args = ["site", "examples", "site-b", "--cloud", url, "--token-file", str(token), "--out", str(out)]
         assert main(args) == 0
         assert main([*args[:2], "site-a", *args[3:]]) == 1  # site-b's token cannot read site-a's
-    finally:
-        server.shutdown()
-        thread.join()
     assert out.stat().st_mode & 0o777 == 0o600
     found = load_labelled_examples(out, tuple(str(i) for i in range(10)))
     assert found is not None and found[0].shape == (SITE_IMAGES, 28, 28, 1) and len(found[1]) == SITE_IMAGES

@@ -116,11 +116,14 @@ def make(
     *,
     round_rule: RoundRule | None = None,
     compression: str = "none",
+    downlink: str = "float32",
     joins: dict[int, float] | None = None,
 ) -> tuple[Coordinator, FakeGrid, FakeClock]:
     clock = FakeClock()
     grid = FakeGrid(nodes, clock, joins)
-    plan = RoundPlan(run=RUN, model_version=VERSION, compression=compression, train_config=TRAIN_CONFIG)
+    plan = RoundPlan(
+        run=RUN, model_version=VERSION, compression=compression, train_config=TRAIN_CONFIG, downlink=downlink
+    )
     made = Coordinator(
         cast(Grid, grid),
         strategy or FedAvg(),
@@ -177,7 +180,7 @@ def signed(
         arrays=encoded,
     )
     signature = updates.sign_update(key, digest)
-    received = updates.weights_digest(messages.arrays(request.content))
+    received = updates.weights_digest(updates.received_weights(messages.arrays(request.content)))
     return {
         "site": site,
         "model-version": version,
@@ -191,7 +194,7 @@ def honest(site: str, key: ec.EllipticCurvePrivateKey, examples: int, shift: flo
     """A site whose local training moved every weight by ``shift``."""
 
     def answer(request: Message) -> Message:
-        base = messages.arrays(request.content)
+        base = updates.received_weights(messages.arrays(request.content))  # as the ClientApp reads them
         compression = messages.text(messages.config(request.content), "compression")
         encoded = updates.encode_update(base, [b + np.float32(shift) for b in base], compression)
         update = signed(request, site, key, encoded, examples)
@@ -262,6 +265,22 @@ def test_a_compressed_round_averages_the_same(
     assert_shifted(weights, FEDAVG_SHIFT, atol=atol)
     # float16: 8 x 2 bytes; int8: 8 x 1 byte + one float32 scale per tensor
     assert tally.bytes_in == {"site-a": nbytes, "site-b": nbytes, "site-c": nbytes}
+
+
+def test_a_float16_downlink_halves_what_goes_down_and_aggregates_what_the_sites_trained_from(
+    trusted: PublicKeys, keys: PrivateKeys
+) -> None:
+    coordinator, grid, _ = make(three_honest(keys), trusted, downlink="float16")
+    start = base_weights()
+    weights, tally, accepted = coordinator.train_round(ROUND, start)
+    assert tally.bytes_out == 16  # 8 weights as float16
+    assert [a.dtype for a in messages.arrays(grid.sent[0].content)] == [np.float16, np.float16]
+    received = coordinator.sent(start)  # float32 again, rounded through float16
+    assert [r.dtype for r in received] == [np.float32, np.float32] and received[0][1, 0] != start[0][1, 0]
+    assert {a.received for a in accepted} == {updates.weights_digest(received)}
+    for w, r in zip(weights, received, strict=True):  # the sites' base plus their averaged deltas
+        assert w.dtype == np.float32
+        np.testing.assert_allclose(w, r + np.float32(FEDAVG_SHIFT), atol=1e-6)
 
 
 # --- refusals -------------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ from edgecascade.federation.updates import (
     REFUSAL_REASONS,
     check_version,
     decode_update,
+    downlink_arrays,
     encode_update,
     load_private_key,
     load_public_keys,
     new_site_key,
     payload_bytes,
+    received_weights,
     sign_update,
     update_digest,
     verify_update,
@@ -396,3 +398,24 @@ def test_a_private_key_that_is_not_openssh_p256_is_refused(tmp_path: Path) -> No
         load_private_key(pem)
     with pytest.raises(ConfigError, match="cannot read site key"):
         load_private_key(tmp_path / "missing.key")
+
+
+def test_the_float16_downlink_halves_float32_tensors_and_leaves_the_rest_alone() -> None:
+    weights = [
+        np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+        np.array([1e6, 1.0], np.float32),  # does not fit float16: sent as it is
+        np.arange(3, dtype=np.int64),
+        np.zeros((0,), np.float32),
+    ]
+    sent = downlink_arrays(weights, "float16")
+    assert [a.dtype for a in sent] == [np.float16, np.float32, np.int64, np.float16]
+    assert payload_bytes(sent) == payload_bytes(weights) - 12 * 2
+    back = received_weights(sent)
+    assert [a.dtype for a in back] == [np.float32, np.float32, np.int64, np.float32]
+    np.testing.assert_allclose(back[0], weights[0], atol=1e-3)
+    np.testing.assert_array_equal(back[1], weights[1])
+    assert all(
+        a is w or (a == w).all() for a, w in zip(downlink_arrays(weights, "float32"), weights, strict=True)
+    )
+    with pytest.raises(ValueError, match="downlink"):
+        downlink_arrays(weights, "int4")
