@@ -10,7 +10,8 @@ enters the admin token, finds the gateway in the fleet table, checks that both c
 data (SVG geometry, and the pixels of a screenshot), labels a hard example, sees a job's
 progress, promotes version 2 and rolls back; then it groups the unknown inputs, sees a
 group's picture, names groups (a conflicting name shows the API's message in the card) and
-finds the drift event. Each change is checked against the API as well.
+finds the drift event, then the collaborative training runs. Each change is checked against
+the API as well.
 
 Chromium is Debian's (``/usr/bin/chromium``, installed by ``tools/system-deps.sh``);
 nothing is downloaded.
@@ -35,6 +36,7 @@ from werkzeug.serving import make_server
 from edgecascade.cloud_service.__main__ import tls_context
 from edgecascade.cloud_service.app import create_app
 from edgecascade.cloud_service.config import CloudConfig, CloudSettings, RegistrySettings, RetrainSettings
+from edgecascade.cloud_service.federation_store import FederationStore
 from edgecascade.cloud_service.learning import Learning
 from edgecascade.device_sdk import wire
 from edgecascade.device_sdk.client import DeviceClient
@@ -46,6 +48,7 @@ from edgecascade.edge_gateway.daemon import GatewayDaemon
 from edgecascade.tools.broker import Mosquitto
 from edgecascade.tools.certs import Pki
 from edgecascade.training.data import Dataset
+from tests.federation_kit import make_tally
 from tests.learning_kit import RecordingLauncher, device_examples, with_raw
 from tests.unknown_kit import synthetic
 
@@ -357,6 +360,14 @@ def test_an_operator_groups_and_names_unknown_inputs_and_sees_drift_in_a_browser
     site: Site, browser: Any, tmp_path: Path
 ) -> None:
     started = time.monotonic()
+    runs = FederationStore(site.learning.store.engine)  # collaborative training's, shown at the end
+    rejected = runs.start_run(strategy="fedavg", rounds=2, base_version=1)
+    for server_round in (1, 2):
+        runs.record_round(rejected, make_tally(server_round), state="completed")
+    gate = {"reason": "exit 1 drops 2.32 points on the original test data; tolerance 0.5"}
+    runs.finish_run(rejected, state="rejected", gate=gate)
+    going = runs.start_run(strategy="median", rounds=5, base_version=1)
+    runs.set_stage(going, "round 1/5")
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -419,6 +430,17 @@ def test_an_operator_groups_and_names_unknown_inputs_and_sees_drift_in_a_browser
     assert cells[:3] == [SITE, DEVICE, "1"] and "–" not in cells[3:]
     events = site.api.call_json("GET", f"/v1/drift-events?site={SITE}")["events"]
     assert [e["example_id"] for e in events] == [site.drift_id]
+
+    # collaborative training: a run the gate rejected and one still going, as the API lists them
+    page.wait_for_selector(f"#federated-table tr[data-run='{going}'][data-state='running']")
+    shown = {
+        tr.get_attribute("data-run"): tr.eval_on_selector_all("td", "tds => tds.map(td => td.textContent)")
+        for tr in page.query_selector_all("#federated-table tbody tr")
+    }
+    assert shown[str(rejected)][:5] == [str(rejected), "rejected", "fedavg", "2/2", "rejected"]
+    assert shown[str(rejected)][-1] == gate["reason"]
+    assert shown[str(going)][:5] == [str(going), "running", "median", "0/5", "round 1/5"]
+    assert [r["id"] for r in site.api.call_json("GET", "/v1/federated/runs")["runs"]] == [going, rejected]
 
     assert errors == []
     context.close()

@@ -162,6 +162,7 @@ function start() {
   every(safely(refreshFleet), POLL_MS);
   every(safely(refreshTraffic), POLL_MS);
   every(safely(refreshJobs), SLOW_POLL_MS);
+  every(safely(refreshFederated), SLOW_POLL_MS);
   every(safely(refreshModels), SLOW_POLL_MS);
   every(safely(refreshDrift), SLOW_POLL_MS);
   safely(() => loadExamples(true))();
@@ -557,6 +558,28 @@ async function startRetraining() {
     message.textContent = e.message;
   }
   await safely(refreshJobs)();
+}
+
+// ---------------------------------------------------------------- collaborative training
+async function refreshFederated() {
+  const { runs } = await call("GET", "v1/federated/runs");
+  const rows = runs.map((run) => {
+    const gate = run.error || (run.gate ? run.gate.reason || summary(run.gate) : null);
+    const tr = row([
+      run.id,
+      run.state,
+      run.strategy,
+      `${run.rounds_done}/${run.rounds_planned}`,
+      run.stage,
+      when(run.started),
+      run.candidate_version,
+      gate,
+    ]);
+    tr.dataset.run = String(run.id);
+    tr.dataset.state = run.state;
+    return tr;
+  });
+  fill($("federated-table").tBodies[0], rows, "No collaborative training run yet.", 8);
 }
 
 // ------------------------------------------------------------------------ model versions
