@@ -187,7 +187,9 @@ class FederatedSettings:
     end) or ``median``. Updates travel as deltas in ``compression``; the round's weights go
     down to the sites as ``downlink`` (``float16`` halves the bytes, ``float32`` is exact).
     ``site_keys`` holds one ``<site>.pub`` (EC P-256, OpenSSH) per site: the keys registered
-    with the SuperLink and the ones every update's signature must verify with.
+    with the SuperLink and the ones every update's signature must verify with. ``min_gain``
+    and ``tolerance``, when set, replace ``[retrain]``'s in the aggregate's gate only: a
+    federation serving sites unlike the cloud's own data may knowingly accept a drop on it.
     """
 
     strategy: str = "fedavg"
@@ -202,6 +204,8 @@ class FederatedSettings:
     trim_fraction: float = 0.2
     compression: str = "int8"
     downlink: str = "float16"
+    min_gain: float | None = None  # points the aggregate must gain at the sites (unset: [retrain]'s)
+    tolerance: float | None = None  # points an exit may lose on the cloud's test data (unset: [retrain]'s)
     site_keys: Path = Path("state/federation/sites")
     link_address: str = "127.0.0.1:9093"  # the SuperLink, as `edgecascade federated start` reaches it
     workdir: Path = Path("state/federation/runs")  # one directory per run: exported candidates
@@ -233,6 +237,10 @@ class FederatedSettings:
             problems.append(f"federated.proximal_mu must be >= 0, got {self.proximal_mu}")
         if not 0 <= self.trim_fraction < 0.5:
             problems.append(f"federated.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        for name in ("min_gain", "tolerance"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                problems.append(f"federated.{name} must be in [0, 100] points, got {value}")
         if ":" not in self.link_address:
             problems.append(f"federated.link_address must be host:port, got {self.link_address!r}")
         if problems:

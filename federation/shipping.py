@@ -1,7 +1,8 @@
 """From the last round's aggregate to a published candidate: the same gate, export and signing as retraining.
 
 The gate (:mod:`edgecascade.training.gate`) compares the served model and the aggregate on
-two things, with the ``[retrain]`` rule: the original test split, which the cloud holds (no
+two things, with the ``[retrain]`` rule (``[federated]`` ``min_gain`` and ``tolerance``
+replace its own when set, :func:`gate_rule`): the original test split, which the cloud holds (no
 exit may drop more than ``tolerance`` points), and the sites' own held-out data, which it
 never sees: there the sites measured both models (the served one as the first round's
 ``accuracy-before``, the aggregate in the final evaluation) and sent only their accuracies,
@@ -49,6 +50,16 @@ class Shipped:
     version: int | None = None
 
 
+def gate_rule(config: CloudConfig) -> GateRule:
+    """The gate an aggregate must pass: ``[retrain]``'s, with ``[federated]``'s thresholds where set."""
+    retrain, federated = config.retrain, config.federated
+    return GateRule(
+        retrain.min_gain if federated.min_gain is None else federated.min_gain,
+        retrain.tolerance if federated.tolerance is None else federated.tolerance,
+        retrain.min_holdout,
+    )
+
+
 def ship(
     weights: Sequence[np.ndarray],
     *,
@@ -79,8 +90,7 @@ def ship(
         measured = gate_scores(model, original.test, none)
         return dataclasses.replace(measured, new=sites.accuracy, n_new=sites.examples, cascade_new=None)
 
-    rule = GateRule(settings.min_gain, settings.tolerance, settings.min_holdout)
-    decision = decide(scores(current, sites_current), scores(candidate, sites_candidate), rule)
+    decision = decide(scores(current, sites_current), scores(candidate, sites_candidate), gate_rule(config))
     logger.info("gate: %s", decision.reason)
     gate = decision.to_json()
     if not decision.promote:

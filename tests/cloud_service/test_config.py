@@ -68,6 +68,7 @@ def test_federated_settings_are_checked_and_the_environment_overrides_them(tmp_p
     path = tmp_path / "cloud.toml"
     path.write_text(
         '[federated]\nstrategy = "mean"\ndownlink = "int4"\ncompression = "zip"\nmin_fraction = 0\n'
+        "tolerance = -1\nmin_gain = 101\n"
     )
     with pytest.raises(ConfigError) as info:
         load_cloud_config(path, env={})
@@ -75,7 +76,9 @@ def test_federated_settings_are_checked_and_the_environment_overrides_them(tmp_p
         "federated.compression",
         "federated.downlink",
         "federated.min_fraction",
+        "federated.min_gain",
         "federated.strategy",
+        "federated.tolerance",
     ]
     path.write_text('[federated]\ndownlink = "float32"\n')
     assert load_cloud_config(path, env={}).federated.downlink == "float32"

@@ -14,7 +14,8 @@ from edgecascade.cloud_service.registry import ModelRegistry
 from edgecascade.device_sdk.model.bundle import load_bundle, sign_bundle
 from edgecascade.device_sdk.model.signing import generate_signing_key
 from edgecascade.federation.local_training import model_weights
-from edgecascade.federation.shipping import SiteScore, ship
+from edgecascade.federation.shipping import SiteScore, gate_rule, ship
+from edgecascade.training.gate import GateRule
 from edgecascade.training.train import load_trained
 
 
@@ -80,3 +81,15 @@ min_gain = 5
     assert shipped.gate["current"]["new"] == 0.80 and shipped.gate["candidate"]["n_new"] == 400
     assert registry.current() == served
     assert _tree(tmp_path / "models") == before  # nothing served, registered or written changed
+
+
+def test_the_gate_takes_federated_thresholds_where_set_and_retrains_elsewhere(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(
+        "[retrain]\nmin_gain = 2\ntolerance = 0.5\nmin_holdout = 30\n[federated]\ntolerance = 3\n"
+    )
+    assert gate_rule(load_cloud_config(path, env={})) == GateRule(2.0, 3.0, 30)
+    env = {"EC_FEDERATED__MIN_GAIN": "0.1"}
+    assert gate_rule(load_cloud_config(path, env=env)) == GateRule(0.1, 3.0, 30)
+    path.write_text("[retrain]\nmin_gain = 2\ntolerance = 0.5\n")
+    assert gate_rule(load_cloud_config(path, env={})) == GateRule(2.0, 0.5, 20)
