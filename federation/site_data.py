@@ -51,10 +51,16 @@ def class_folder(name: str) -> str:
     return name.replace("/", "_").replace("\\", "_")
 
 
-def _checked(x: np.ndarray, y: np.ndarray, where: object) -> tuple[np.ndarray, np.ndarray]:
+def _paired(x: np.ndarray, y: np.ndarray, where: object) -> tuple[np.ndarray, np.ndarray]:
+    """Raw images and integer labels, as many of each (any number, none too)."""
     x, y = raw_images(x, where), int_labels(y, where)
     if len(x) != len(y):
         raise DatasetError(f"{where}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _checked(x: np.ndarray, y: np.ndarray, where: object) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _paired(x, y, where)
     if len(x) == 0:
         raise DatasetError(f"{where}: no examples")
     return x, y
@@ -190,10 +196,7 @@ def load_labelled_examples(path: Path, classes: Sequence[str]) -> tuple[np.ndarr
         logger.info("no labelled examples at %s; training on the site's own data only", path)
         return None
     try:
-        x, y = _read_npz(path)
-        x, y = raw_images(x, path), int_labels(y, path)
-        if len(x) != len(y):
-            raise DatasetError(f"{path}: {len(x)} images but {len(y)} labels")
+        x, y = _paired(*_read_npz(path), path)
     except DatasetError as exc:
         logger.warning("labelled examples left out: %s", exc)
         return None
